@@ -1,0 +1,372 @@
+"""The broker: what each frame does, whatever transport brought it.
+
+:class:`Broker` owns the :class:`~coremq_broker.registry.Registry` and the TCP
+listener. Every transport hands complete frames to :meth:`Broker.handle_frame`
+and implements ``Connection.send``. Per publish the work is done once
+(validate, stamp, encode the delivered frame); per subscriber it is an append
+to that subscriber's output buffer, flushed once per loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+import time
+import uuid
+from typing import Any, Callable
+
+from coremq_client import protocol as P
+from coremq_client.codec import Frame, encode_frame, validate_queue_name
+from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError, ProtocolError
+
+from .config import BrokerConfig
+from .registry import Connection, Queue, QueueSettings, Registry
+
+__all__ = ["Broker", "AccessPolicy", "VERSION"]
+
+VERSION = "0.1.0"
+PROTOCOL_VERSION = 2
+
+logger = logging.getLogger("coremq.broker")
+
+
+class RequestError(CoreMQError):
+    """A request was refused; the text becomes the ``ERROR:`` reply."""
+
+
+class AccessPolicy:
+    """Decides who may do what on which queue. The default allows everything.
+
+    ``action`` is ``"publish"``, ``"subscribe"``, ``"history"`` or ``"status"``.
+    Private id queues are checked by the broker before this is asked.
+    """
+
+    def allows(self, connection: Connection, action: str, queue: str | None) -> bool:
+        return True
+
+
+class Broker:
+    """A CoreMQ broker serving the 2015 wire protocol with its extensions."""
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        access: AccessPolicy | None = None,
+        queue_settings: Callable[[str], QueueSettings] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        self.config = config or BrokerConfig()
+        self.codec = self.config.codec
+        self.access = access or AccessPolicy()
+        self.ssl = ssl
+        default = QueueSettings(self.config.history_length)
+        self.registry = Registry(queue_settings or (lambda name: default))
+        self.host = self.config.host
+        self.port = self.config.port
+        self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty: list[Connection] = []
+        self._closed: asyncio.Event | None = None
+        self._closing = False
+        self.slow_consumers = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind the TCP listener; afterwards :attr:`port` is the bound port."""
+        from .tcp import TcpConnection
+
+        self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        self._server = await self._loop.create_server(
+            lambda: TcpConnection(self), self.config.host, self.config.port, ssl=self.ssl, reuse_address=True
+        )
+        self.host, self.port = self._server.sockets[0].getsockname()[:2]
+        logger.info("CoreMQ broker %r listening on %s%s", self.config.server_name, self.address,
+                    " (TLS)" if self.ssl else "")
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`close` has finished."""
+        if self._server is None:
+            await self.start()
+        assert self._closed is not None
+        await self._closed.wait()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, say BYE to every client, flush, close. Idempotent."""
+        if self._closing:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._closing = True
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        if self._server is not None:
+            self._server.close()
+        connections = list(self.registry.connections.values())
+        bye = self.codec.dumps({"response": P.BYE})
+        for connection in connections:
+            connection.send(encode_frame(connection.id, bye))
+            connection.close()
+        deadline = time.monotonic() + timeout
+        while self.registry.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self.registry.connections.values()):
+            logger.warning("connection %s did not drain within %.1fs; aborting", connection.id, timeout)
+            connection.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        logger.info("CoreMQ broker on %s closed", self.address)
+        if self._closed is not None:
+            self._closed.set()
+
+    # -- connections -----------------------------------------------------
+
+    def new_connection_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def connection_made(self, connection: Connection) -> None:
+        """Register ``connection`` and send it the welcome frame."""
+        self.registry.add(connection)
+        logger.info("connection %s from %s (%s)", connection.id, connection.peer, connection.transport_name)
+        self._send(connection, {
+            "response": P.WELCOME,
+            "server": self.config.server_name,
+            "connection_id": connection.id,
+            "version": VERSION,
+            "protocol": PROTOCOL_VERSION,
+            "max_frame_size": self.config.max_frame_size,
+        })
+
+    def connection_lost(self, connection: Connection, reason: str = "") -> None:
+        self.registry.remove(connection)
+        logger.info("connection %s closed%s", connection.id, f": {reason}" if reason else "")
+
+    def schedule_flush(self, connection: Connection) -> None:
+        """Have ``connection.flush()`` called once at the end of this loop iteration."""
+        if not self._dirty:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_dirty)
+        self._dirty.append(connection)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
+
+    # -- frames ----------------------------------------------------------
+
+    def protocol_error(self, connection: Connection, error: ProtocolError) -> None:
+        """Answer a frame that broke the protocol; the transport closes on fatal ones."""
+        connection.requests += 1
+        self.registry.errors += 1
+        logger.warning("connection %s (%s): %s", connection.id, connection.peer, error)
+        self._reply_error(connection, str(error))
+
+    def handle_frame(self, connection: Connection, frame: Frame) -> None:
+        """Carry out one frame from ``connection``; never raises for bad input."""
+        connection.requests += 1
+        connection.messages_in += 1
+        self.registry.messages_in += 1
+        try:
+            message = self.codec.loads(frame.body)
+            if frame.queue == connection.id and isinstance(message, dict) and self._is_control(message):
+                self._control(connection, message)
+            else:
+                self._publish(connection, frame.queue, message, len(frame.body))
+        except (RequestError, InvalidQueueName, MessageError) as exc:
+            self.registry.errors += 1
+            logger.warning("connection %s (%s): %s", connection.id, connection.peer, exc)
+            self._reply_error(connection, str(exc), queue=frame.queue)
+
+    @staticmethod
+    def _is_control(message: dict) -> bool:
+        for key in message:
+            if key.startswith("coremq_") and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY):
+                return True
+        return False
+
+    def _reply(self, connection: Connection, reply: dict) -> None:
+        reply["request"] = connection.requests
+        self._send(connection, reply)
+
+    def _reply_error(self, connection: Connection, reason: str, **extra: Any) -> None:
+        self._reply(connection, {"response": f"ERROR: {reason}", **extra})
+
+    def error_frame(self, connection: Connection, reason: str) -> bytes:
+        """The frame of an ``ERROR:`` that answers no particular request."""
+        return encode_frame(connection.id, self.codec.dumps({"response": f"ERROR: {reason}"}))
+
+    def send_error(self, connection: Connection, reason: str) -> None:
+        connection.send(self.error_frame(connection, reason))
+
+    def _send(self, connection: Connection, reply: dict) -> None:
+        connection.send(encode_frame(connection.id, self.codec.dumps(reply)))
+
+    # -- publish ---------------------------------------------------------
+
+    def _publish(self, connection: Connection, name: str, message: Any, size: int) -> None:
+        validate_queue_name(name, self.config.max_queue_name_length)
+        if isinstance(message, dict):
+            stored = message
+        elif isinstance(message, str):
+            stored = {P.STRING: message}
+        elif isinstance(message, list):
+            stored = {P.ARRAY: message}
+        else:
+            raise MessageError(f"a message must be a JSON object, array or string, not {_json_type(message)}")
+        queue = self.registry.queues.get(name)
+        if queue is None or queue.owner is None:
+            # Private queues take point-to-point messages from anyone; others ask the policy.
+            self._check(connection, "publish", name)
+            if queue is None:
+                queue = self.registry.queue(name)
+        limit = queue.settings.max_message_size
+        if limit is not None and size > limit:
+            raise RequestError(f"message too large: {size} bytes, limit for queue {name!r} is {limit}")
+        message_id = self.deliver(queue, stored, sender=connection)
+        if connection.replies:
+            self._reply(connection, {"response": P.OK_SENT, "id": message_id})
+
+    def deliver(self, queue: Queue, stored: dict, sender: Connection | None = None) -> int:
+        """Stamp ``stored``, keep it in ``queue``'s history and fan it out once encoded."""
+        queue.last_id += 1
+        now = time.time()
+        stored[P.SENDER] = sender.id if sender is not None else self.config.server_name
+        stored[P.SENT] = now
+        stored[P.SERVER] = self.address
+        stored[P.ID] = queue.last_id
+        queue.history.append((queue.last_id, stored))
+        queue.published += 1
+        queue.last_publish = now
+        frame = encode_frame(queue.name, self.codec.dumps(stored))
+        delivered = 0
+        for subscriber in queue.subscribers:
+            if subscriber is sender and not sender.echo:
+                continue
+            subscriber.send(frame)
+            subscriber.messages_out += 1
+            delivered += 1
+        self.registry.messages_out += delivered
+        return queue.last_id
+
+    # -- control requests ------------------------------------------------
+
+    def _control(self, connection: Connection, message: dict) -> None:
+        keys = [key for key in message if key in P.CONTROL_KEYS]
+        unknown = [key for key in message if key.startswith("coremq_") and key not in P.CONTROL_KEYS
+                   and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
+        if unknown:
+            raise RequestError(f"unknown control key {unknown[0]!r}")
+        if len(keys) != 1:
+            raise RequestError(f"a control request holds exactly one control key, got {sorted(keys)}")
+        key = keys[0]
+        value = message[key]
+        if key == P.SUBSCRIBE:
+            self._subscribe(connection, value)
+        elif key == P.UNSUBSCRIBE:
+            for name in self._queue_list(value, key):
+                if name != connection.id:
+                    self.registry.unsubscribe(connection, name)
+            self._reply(connection, {"response": P.OK_UNSUBSCRIBE})
+        elif key == P.OPTIONS:
+            self._options(connection, value)
+        elif key == P.GETHISTORY:
+            self._history(connection, value)
+        else:
+            self._check(connection, "status", None)
+            self._reply(connection, {"response": P.OK_STATUS, **self.status()})
+
+    def _queue_list(self, value: Any, key: str) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise RequestError(f"{key} takes a list of queue names")
+        return [validate_queue_name(name, self.config.max_queue_name_length) for name in value]
+
+    def _check_private(self, connection: Connection, action: str, name: str) -> None:
+        queue = self.registry.queues.get(name)
+        if queue is not None and queue.owner is not None and queue.owner != connection.id:
+            raise RequestError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
+
+    def _check(self, connection: Connection, action: str, name: str | None) -> None:
+        if not self.access.allows(connection, action, name):
+            target = f" on queue {name!r}" if name else ""
+            raise RequestError(f"permission denied: {action}{target}")
+
+    def _subscribe(self, connection: Connection, value: Any) -> None:
+        names = self._queue_list(value, P.SUBSCRIBE)
+        for name in names:
+            self._check_private(connection, "subscribe", name)
+            self._check(connection, "subscribe", name)
+        new = [name for name in names if name not in connection.subscriptions]
+        limit = self.config.max_subscriptions
+        if len(connection.subscriptions) - 1 + len(new) > limit:
+            raise RequestError(f"too many subscriptions: limit is {limit} per connection")
+        for name in new:
+            self.registry.subscribe(connection, name)
+        self._reply(connection, {"response": P.OK_SUBSCRIBE})
+
+    def _options(self, connection: Connection, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise RequestError(f"{P.OPTIONS} takes an object")
+        for name, option in value.items():
+            if name in (P.OPTION_ECHO, P.OPTION_REPLY) and option is not None and not isinstance(option, bool):
+                raise RequestError(f"option {name!r} must be true, false or null")
+        for name, option in value.items():
+            if option is None:
+                connection.options.pop(name, None)
+            else:
+                connection.options[name] = option
+        connection.echo = bool(connection.options.get(P.OPTION_ECHO, False))
+        connection.replies = bool(connection.options.get(P.OPTION_REPLY, True))
+        self._reply(connection, {"response": P.OK_OPTIONS, "options": connection.options})
+
+    def _history(self, connection: Connection, value: Any) -> None:
+        if isinstance(value, dict):
+            since = value
+            names = self._queue_list(list(value), P.GETHISTORY)
+            for name in names:
+                if since[name] is not None and (not isinstance(since[name], int) or isinstance(since[name], bool)):
+                    raise RequestError(f"history since must be an integer or null, got {since[name]!r}")
+        else:
+            names = self._queue_list(value, P.GETHISTORY)
+            since = {}
+        history: dict[str, list[dict]] = {}
+        sequence: dict[str, dict[str, int | None]] = {}
+        for name in names:
+            self._check_private(connection, "history", name)
+            self._check(connection, "history", name)
+            queue = self.registry.queues.get(name)
+            if queue is None:
+                history[name] = []
+                sequence[name] = {"first": None, "last": 0}
+            else:
+                history[name] = queue.history_since(since.get(name))
+                sequence[name] = {"first": queue.first_id, "last": queue.last_id}
+        self._reply(connection, {"history": history, "sequence": sequence})
+
+    def status(self) -> dict[str, Any]:
+        """The server's description, as a status request returns it."""
+        return {
+            "server": self.config.server_name,
+            "address": self.address,
+            "version": VERSION,
+            "role": "master",
+            **self.registry.describe(),
+        }
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return type(value).__name__

@@ -1,0 +1,51 @@
+"""The broker's limits and defaults, as one immutable value with no Django in it.
+
+``coremq_broker.conf`` builds a :class:`BrokerConfig` from ``settings.COREMQ``;
+code that runs without Django (``start()``, tests, benchmarks) builds one
+directly. Every limit has its default here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from coremq_client.codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_QUEUE_NAME_LENGTH, DEFAULT_PORT, JSONCodec
+
+__all__ = ["BrokerConfig", "DEFAULT_PORT", "DEFAULT_HOST"]
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything that shapes a broker's behaviour, with the defaults in force."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    server_name: str = "CoreMQ"
+    #: Messages kept per queue for history requests.
+    history_length: int = 10
+    #: Largest frame accepted, in bytes (queue name, space and JSON).
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_queue_name_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH
+    #: Queues one connection may subscribe to.
+    max_subscriptions: int = 1000
+    #: A connection whose unsent output passes this many bytes is a slow
+    #: consumer and is disconnected with ``ERROR: slow consumer``.
+    max_write_buffer: int = 8 * 2**20
+    #: Output high/low water marks; above ``write_high`` the broker stops
+    #: reading from the publishers that feed it until it drains below ``write_low``.
+    write_high: int = 64 * 2**10
+    write_low: int = 16 * 2**10
+    #: Seconds that close() waits for BYE and pending output to be flushed.
+    shutdown_timeout: float = 5.0
+    codec: JSONCodec = field(default_factory=JSONCodec, compare=False)
+
+    def with_options(self, **options: Any) -> "BrokerConfig":
+        """Return a copy with ``options`` replaced; unknown names raise TypeError."""
+        known = {f.name for f in fields(self)}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"unknown broker option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **options)

@@ -1,0 +1,209 @@
+"""The broker's live registry: connections, queues, subscriptions and history.
+
+A plain object owned by the event loop: nothing here awaits, locks or imports
+Django. The status page, the metrics and the WebSocket bridge read it in the
+broker's process; other processes ask for it with a status request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Callable, Iterator
+
+__all__ = ["Connection", "Queue", "Registry", "QueueSettings"]
+
+
+class QueueSettings:
+    """How one queue behaves. Queues without their own row use the defaults."""
+
+    __slots__ = ("history_length", "max_message_size")
+
+    def __init__(self, history_length: int, max_message_size: int | None = None) -> None:
+        self.history_length = history_length
+        self.max_message_size = max_message_size
+
+    def __repr__(self) -> str:
+        return f"QueueSettings(history_length={self.history_length}, max_message_size={self.max_message_size})"
+
+
+class Connection:
+    """One client's state, whatever its transport.
+
+    Transports subclass it and implement :meth:`send`, which must only append
+    to a buffer: it runs once per subscriber per delivered message.
+    """
+
+    transport_name = "local"
+
+    def __init__(self, connection_id: str, peer: str = "") -> None:
+        self.id = connection_id
+        self.peer = peer
+        self.user: str | None = None
+        self.connected_since = time.time()
+        self.subscriptions: set[str] = set()
+        self.options: dict[str, Any] = {}
+        self.echo = False
+        self.replies = True
+        self.requests = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+        self.closing = False
+
+    def send(self, frame: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Hand what :meth:`send` buffered to the transport (called once per loop turn)."""
+
+    def close(self, reason: str | None = None) -> None:  # pragma: no cover - interface
+        """Close the connection, telling the peer ``ERROR: reason`` first if given."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent output."""
+        self.close()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes waiting to be sent to the peer."""
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "transport": self.transport_name,
+            "peer": self.peer,
+            "user": self.user,
+            "connected_since": self.connected_since,
+            "subscriptions": sorted(self.subscriptions),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "buffered": self.buffered,
+            "dropped": self.dropped,
+        }
+
+
+class Queue:
+    """A named queue: its subscribers and the ring of its latest messages.
+
+    ``history`` holds ``(id, stored_message)`` pairs; ids start at 1 and only
+    increase. A private queue (a connection's id queue) has an ``owner``: no
+    other connection may subscribe to it or read its history.
+    """
+
+    __slots__ = ("name", "owner", "subscribers", "history", "last_id", "published", "last_publish", "settings")
+
+    def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
+        self.name = name
+        self.owner = owner
+        self.settings = settings
+        self.subscribers: dict[Connection, None] = {}  # insertion-ordered set
+        self.history: deque[tuple[int, dict]] = deque(maxlen=settings.history_length)
+        self.last_id = 0
+        self.published = 0
+        self.last_publish: float | None = None
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """Take new settings; a shorter history keeps the newest messages."""
+        if settings.history_length != self.history.maxlen:
+            self.history = deque(self.history, maxlen=settings.history_length)
+        self.settings = settings
+
+    def history_since(self, since: int | None) -> list[dict]:
+        """Stored messages with an id above ``since`` (all of them when None)."""
+        if since is None:
+            return [message for _, message in self.history]
+        return [message for message_id, message in self.history if message_id > since]
+
+    @property
+    def first_id(self) -> int | None:
+        return self.history[0][0] if self.history else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "private": self.owner is not None,
+            "subscribers": len(self.subscribers),
+            "history": len(self.history),
+            "history_capacity": self.history.maxlen,
+            "last_id": self.last_id,
+            "published": self.published,
+            "last_publish": self.last_publish,
+        }
+
+
+class Registry:
+    """Every live connection and queue of one broker."""
+
+    def __init__(self, queue_settings: Callable[[str], QueueSettings]) -> None:
+        self.queue_settings = queue_settings
+        self.connections: dict[str, Connection] = {}
+        self.queues: dict[str, Queue] = {}
+        self.started = time.time()
+        self.connections_total = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.errors = 0
+
+    def add(self, connection: Connection) -> None:
+        """Register a connection and subscribe it to its private id queue."""
+        self.connections[connection.id] = connection
+        self.connections_total += 1
+        queue = Queue(connection.id, self.queue_settings(connection.id), owner=connection.id)
+        self.queues[connection.id] = queue
+        queue.subscribers[connection] = None
+        connection.subscriptions.add(connection.id)
+
+    def remove(self, connection: Connection) -> None:
+        """Forget a connection, its subscriptions and its private queue."""
+        if self.connections.pop(connection.id, None) is None:
+            return
+        for name in connection.subscriptions:
+            queue = self.queues.get(name)
+            if queue is not None:
+                queue.subscribers.pop(connection, None)
+        connection.subscriptions.clear()
+        self.queues.pop(connection.id, None)
+
+    def queue(self, name: str) -> Queue:
+        """The queue called ``name``, created on first use."""
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = Queue(name, self.queue_settings(name))
+        return queue
+
+    def subscribe(self, connection: Connection, name: str) -> None:
+        self.queue(name).subscribers[connection] = None
+        connection.subscriptions.add(name)
+
+    def unsubscribe(self, connection: Connection, name: str) -> None:
+        queue = self.queues.get(name)
+        if queue is not None:
+            queue.subscribers.pop(connection, None)
+        connection.subscriptions.discard(name)
+
+    def reload_settings(self) -> None:
+        """Re-resolve every queue's settings (after an admin changed them)."""
+        for queue in self.queues.values():
+            queue.apply_settings(self.queue_settings(queue.name))
+
+    def public_queues(self) -> Iterator[Queue]:
+        return (queue for queue in self.queues.values() if queue.owner is None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "connections": len(self.connections),
+            "connections_total": self.connections_total,
+            "queues": sum(1 for _ in self.public_queues()),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "errors": self.errors,
+        }

@@ -1,0 +1,247 @@
+"""The CoreMQ wire codec, sans-I/O: bytes in, frames out; values in, bytes out.
+
+A frame is ``+<N> <queue> <json>``: a plus sign, the decimal byte length ``N`` of
+what follows the space, one space, then ``N`` bytes holding the queue name, one
+space and a JSON text. Frames follow one another with no delimiter.
+
+Nothing here touches a socket, an event loop or Django: the broker, the
+blocking client and the asyncio client all feed bytes to :class:`FrameParser`
+and send what :func:`encode_frame` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+from .errors import (
+    FrameBodyError,
+    FrameHeaderError,
+    FrameTooLarge,
+    InvalidQueueName,
+    MessageError,
+    ProtocolError,
+)
+
+try:  # orjson is several times faster; the stdlib is the fallback.
+    import orjson
+except ImportError:  # pragma: no cover - exercised by CI without orjson
+    orjson = None
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_QUEUE_NAME_LENGTH",
+    "Frame",
+    "FrameParser",
+    "JSONCodec",
+    "encode_frame",
+    "validate_queue_name",
+]
+
+DEFAULT_PORT = 6747
+DEFAULT_MAX_FRAME_SIZE = 2**20
+DEFAULT_MAX_QUEUE_NAME_LENGTH = 200
+
+# The longest length field we parse at all; longer headers are garbage.
+_MAX_LENGTH_DIGITS = 20
+_WHITESPACE = re.compile(r"\s")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame: the queue it is addressed to and its JSON text, undecoded."""
+
+    queue: str
+    body: bytes
+
+
+def encode_frame(queue: str, body: bytes) -> bytes:
+    """Return the wire bytes of a frame for ``queue`` carrying the JSON ``body``."""
+    name = queue.encode()
+    return b"+%d %s %s" % (len(name) + 1 + len(body), name, body)
+
+
+def validate_queue_name(name: object, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH) -> str:
+    """Return ``name`` if it is a usable queue name, else raise :class:`InvalidQueueName`."""
+    if not isinstance(name, str):
+        raise InvalidQueueName(f"queue name must be a string, not {type(name).__name__}")
+    if not name:
+        raise InvalidQueueName("queue name must not be empty")
+    if len(name) > max_length:
+        raise InvalidQueueName(f"queue name is {len(name)} characters, limit is {max_length}")
+    if _WHITESPACE.search(name):
+        raise InvalidQueueName(f"queue name {name!r} contains whitespace")
+    return name
+
+
+class FrameParser:
+    """Split a byte stream into :class:`Frame` objects.
+
+    Feed bytes with :meth:`receive_data`; collect results with :meth:`events`,
+    which returns frames and :class:`~coremq_client.errors.ProtocolError`
+    instances in stream order. Parsing never raises. A non-fatal error (an
+    oversized frame, a payload without a queue) affects one frame only: an
+    oversized frame's bytes are skipped without being buffered. A fatal error
+    (a malformed header) means the stream cannot be split any more; the parser
+    then ignores further input and :attr:`failed` is true.
+    """
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self.failed = False
+        self._buffer = bytearray()
+        self._skip = 0  # bytes of an oversized frame still to throw away
+        self._events: list[Frame | ProtocolError] = []
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    @property
+    def mid_frame(self) -> bool:
+        """True when the input so far ends inside a frame."""
+        return bool(self._buffer) or self._skip > 0
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the peer; complete frames become events."""
+        if self.failed or not data:
+            return
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
+        buf = self._buffer
+        buf += data
+        pos = self._parse(buf)
+        if pos:
+            del buf[:pos]
+
+    def events(self) -> list[Frame | ProtocolError]:
+        """Return and forget the events parsed so far."""
+        events, self._events = self._events, []
+        return events
+
+    def _fail(self, error: ProtocolError) -> int:
+        self.failed = True
+        self._events.append(error)
+        self._buffer.clear()
+        return 0
+
+    def _parse(self, buf: bytearray) -> int:
+        """Parse complete frames from ``buf``; return how many bytes were used."""
+        pos = 0
+        end = len(buf)
+        events = self._events
+        limit = self.max_frame_size
+        while pos < end:
+            if buf[pos] != 0x2B:  # "+"
+                return self._fail(FrameHeaderError(f"frame must start with '+', got {bytes(buf[pos:pos + 10])!r}"))
+            space = buf.find(b" ", pos + 1, pos + 2 + _MAX_LENGTH_DIGITS)
+            if space < 0:
+                if end - pos > 1 + _MAX_LENGTH_DIGITS:
+                    return self._fail(FrameHeaderError("frame length is not followed by a space"))
+                break
+            digits = bytes(buf[pos + 1 : space])
+            if not digits.isdigit():
+                return self._fail(FrameHeaderError(f"frame length {digits!r} is not a decimal number"))
+            size = int(digits)
+            body_start = space + 1
+            if size > limit:
+                events.append(FrameTooLarge(size, limit))
+                available = end - body_start
+                if available < size:
+                    self._skip = size - available
+                    return end
+                pos = body_start + size
+                continue
+            frame_end = body_start + size
+            if frame_end > end:
+                break
+            events.append(_split_payload(bytes(buf[body_start:frame_end])))
+            pos = frame_end
+        return pos
+
+
+def _split_payload(payload: bytes) -> Frame | ProtocolError:
+    cut = payload.find(b" ")
+    if cut <= 0:
+        return FrameBodyError("frame payload must be '<queue> <json>'")
+    try:
+        queue = payload[:cut].decode()
+    except UnicodeDecodeError:
+        return FrameBodyError("queue name is not valid UTF-8")
+    return Frame(queue, payload[cut + 1 :])
+
+
+Encoder = Union[type, Callable[[Any], Union[str, bytes]], None]
+Decoder = Union[type, Callable[[bytes], Any], None]
+
+
+class JSONCodec:
+    """Turns values into JSON bytes and back, with a pluggable encoder/decoder.
+
+    ``encoder`` is a :class:`json.JSONEncoder` subclass (for example Django's
+    ``DjangoJSONEncoder``) or a callable returning ``str`` or ``bytes``;
+    ``decoder`` is a :class:`json.JSONDecoder` subclass or a callable taking
+    ``bytes``. With neither, orjson is used when installed, else :mod:`json`.
+    """
+
+    def __init__(self, encoder: Encoder = None, decoder: Decoder = None) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.dumps: Callable[[Any], bytes] = _make_dumps(encoder)
+        self._loads: Callable[[bytes], Any] = _make_loads(decoder)
+
+    def loads(self, data: bytes) -> Any:
+        """Decode JSON bytes; raise :class:`MessageError` if they are not JSON."""
+        try:
+            return self._loads(data)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise MessageError(f"invalid JSON: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"JSONCodec(encoder={self.encoder!r}, decoder={self.decoder!r})"
+
+
+def _make_dumps(encoder: Encoder) -> Callable[[Any], bytes]:
+    if encoder is None:
+        if orjson is not None:
+            return orjson.dumps
+        return _stdlib_dumps(json.JSONEncoder)
+    if isinstance(encoder, type) and issubclass(encoder, json.JSONEncoder):
+        return _stdlib_dumps(encoder)
+    if callable(encoder):
+        def dumps(value: Any) -> bytes:
+            out = encoder(value)
+            return out.encode() if isinstance(out, str) else out
+        return dumps
+    raise TypeError(f"encoder must be a JSONEncoder subclass or a callable, not {encoder!r}")
+
+
+def _stdlib_dumps(cls: type[json.JSONEncoder]) -> Callable[[Any], bytes]:
+    encode = cls(separators=(",", ":"), ensure_ascii=False).encode
+
+    def dumps(value: Any) -> bytes:
+        return encode(value).encode()
+
+    return dumps
+
+
+def _make_loads(decoder: Decoder) -> Callable[[bytes], Any]:
+    if decoder is None:
+        if orjson is not None:
+            return orjson.loads
+        return json.loads
+    if isinstance(decoder, type) and issubclass(decoder, json.JSONDecoder):
+        decode = decoder().decode
+        return lambda data: decode(data.decode())
+    if callable(decoder):
+        return decoder
+    raise TypeError(f"decoder must be a JSONDecoder subclass or a callable, not {decoder!r}")
+

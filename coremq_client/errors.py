@@ -1,0 +1,100 @@
+"""The exceptions of CoreMQ, shared by the broker and both clients.
+
+The tree::
+
+    CoreMQError
+    ├── ProtocolError (ValueError)          the bytes on the wire break the protocol
+    │   ├── FrameHeaderError                "+<N> " is malformed; the stream cannot be resynced
+    │   ├── FrameTooLarge                   N is over the frame limit (carries size and limit)
+    │   ├── FrameBodyError                  the payload has no "<queue> " prefix or bad UTF-8
+    │   └── MessageError                    the JSON is invalid or of the wrong type
+    ├── InvalidQueueName (ValueError)       empty, whitespace, too long
+    ├── ServerError                         the broker answered "ERROR: ..." (carries .reason)
+    │   └── PermissionDenied (PermissionError)
+    ├── ConnectionClosed (ConnectionError)  the connection is gone (BYE, EOF or a socket error)
+    └── Timeout (TimeoutError)              no answer within the time allowed
+
+``ProtocolError`` subclasses describe what a *peer* sent; ``LocalUsageError``
+(a ``TypeError``) is raised when the caller misuses an API, for instance by
+passing a value that cannot be published.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CoreMQError",
+    "ProtocolError",
+    "FrameHeaderError",
+    "FrameTooLarge",
+    "FrameBodyError",
+    "MessageError",
+    "InvalidQueueName",
+    "ServerError",
+    "PermissionDenied",
+    "ConnectionClosed",
+    "Timeout",
+    "LocalUsageError",
+]
+
+
+class CoreMQError(Exception):
+    """Root of every CoreMQ exception."""
+
+
+class ProtocolError(CoreMQError, ValueError):
+    """The peer sent bytes that break the CoreMQ wire protocol."""
+
+    #: When true the byte stream can no longer be split into frames and the
+    #: connection must be closed; when false only one frame was bad.
+    fatal: bool = False
+
+
+class FrameHeaderError(ProtocolError):
+    """The ``+<N> `` header of a frame is malformed."""
+
+    fatal = True
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame announced a length over the frame size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame too large: {size} bytes, limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class FrameBodyError(ProtocolError):
+    """A frame's payload is not ``<queue> <json>`` in UTF-8."""
+
+
+class MessageError(ProtocolError):
+    """A frame's JSON is invalid, or not of a type allowed where it was sent."""
+
+
+class InvalidQueueName(CoreMQError, ValueError):
+    """A queue name is empty, holds whitespace or is longer than allowed."""
+
+
+class ServerError(CoreMQError):
+    """The broker answered a request with ``ERROR: <reason>``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PermissionDenied(ServerError, PermissionError):
+    """The broker refused an action on a queue."""
+
+
+class ConnectionClosed(CoreMQError, ConnectionError):
+    """The connection to the broker is closed."""
+
+
+class Timeout(CoreMQError, TimeoutError):
+    """The broker did not answer within the time allowed."""
+
+
+class LocalUsageError(CoreMQError, TypeError):
+    """The caller used the API wrongly (for example an unpublishable value)."""

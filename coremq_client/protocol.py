@@ -1,0 +1,230 @@
+"""What CoreMQ frames mean, sans-I/O: control requests, replies, stamps, wrapping.
+
+The broker and both clients share these names so that the protocol is spelled
+in one place. :class:`ClientProtocol` is the client's side of a connection as
+a state machine: it turns received bytes into events (:class:`Welcome`,
+:class:`Reply`, :class:`Delivery`, :class:`Bye`) and requests into bytes. The
+blocking and asyncio clients are thin I/O loops around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .codec import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, JSONCodec, encode_frame, validate_queue_name
+from .errors import LocalUsageError, MessageError, PermissionDenied, ProtocolError, ServerError
+
+__all__ = [
+    "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "CONTROL_KEYS",
+    "SENDER", "SENT", "SERVER", "ID", "STAMP_KEYS", "STRING", "ARRAY",
+    "WELCOME", "BYE", "OPTION_ECHO", "OPTION_REPLY",
+    "Welcome", "Reply", "Delivery", "Bye", "ClientProtocol",
+    "wrap", "unwrap", "error_for",
+]
+
+# Control requests: objects sent to the connection's own id queue, one key each.
+SUBSCRIBE = "coremq_subscribe"
+UNSUBSCRIBE = "coremq_unsubscribe"
+OPTIONS = "coremq_options"
+GETHISTORY = "coremq_gethistory"
+STATUS = "coremq_status"
+CONTROL_KEYS = frozenset({SUBSCRIBE, UNSUBSCRIBE, OPTIONS, GETHISTORY, STATUS})
+
+# Stamps the broker puts on every published message.
+SENDER = "coremq_sender"
+SENT = "coremq_sent"
+SERVER = "coremq_server"
+ID = "coremq_id"
+STAMP_KEYS = frozenset({SENDER, SENT, SERVER, ID})
+
+# Wrappers for messages that are not objects.
+STRING = "coremq_string"
+ARRAY = "coremq_array"
+
+# Reply texts.
+WELCOME = "OK: Welcome from CoreMQ!"
+BYE = "BYE"
+OK_SUBSCRIBE = "OK: Subscribe successful"
+OK_UNSUBSCRIBE = "OK: Unsubscribe successful"
+OK_OPTIONS = "OK: Options set"
+OK_SENT = "OK: Message sent"
+OK_STATUS = "OK: Status"
+
+# Options.
+OPTION_ECHO = "echo"    # receive your own publishes
+OPTION_REPLY = "reply"  # false: no "OK: Message sent" per publish (errors still come)
+
+
+def wrap(value: Any) -> dict:
+    """Return the object that carries ``value`` on the wire.
+
+    Objects travel as they are, strings as ``{"coremq_string": s}`` and arrays
+    (lists or tuples) as ``{"coremq_array": [...]}``; anything else cannot be
+    published.
+    """
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        return {STRING: value}
+    if isinstance(value, (list, tuple)):
+        return {ARRAY: list(value)}
+    raise LocalUsageError(f"a message must be a dict, a list or a str, not {type(value).__name__}")
+
+
+def unwrap(message: Any) -> Any:
+    """Return what the publisher sent: the inverse of :func:`wrap`.
+
+    Objects keep the broker's stamps (as 2015 clients saw them); wrapped strings
+    and arrays come back as ``str`` and ``list``.
+    """
+    if isinstance(message, dict):
+        if STRING in message and isinstance(message[STRING], str):
+            return message[STRING]
+        if ARRAY in message and isinstance(message[ARRAY], list):
+            return message[ARRAY]
+    return message
+
+
+def error_for(reason: str) -> ServerError:
+    """The exception for an ``ERROR: <reason>`` reply."""
+    if reason.startswith("permission denied"):
+        return PermissionDenied(reason)
+    return ServerError(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The first frame of a connection: its id and the server's greeting."""
+
+    connection_id: str
+    message: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The broker's answer to request number ``request`` (1-based, per connection)."""
+
+    request: int | None
+    message: dict
+
+    @property
+    def response(self) -> str:
+        value = self.message.get("response", "")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def error(self) -> str | None:
+        """The reason of an ``ERROR:`` reply, else None."""
+        text = self.response
+        return text[len("ERROR:"):].strip() if text.startswith("ERROR:") else None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A published message as received by a subscriber."""
+
+    queue: str
+    message: Any  # what the publisher sent (see unwrap)
+    id: int | None = None
+    sender: str | None = None
+    sent: float | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_stored(cls, queue: str, stored: dict) -> "Delivery":
+        return cls(queue, unwrap(stored), stored.get(ID), stored.get(SENDER), stored.get(SENT), stored)
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """The broker is closing the connection in an orderly way."""
+
+
+Event = Welcome | Reply | Delivery | Bye | ProtocolError
+
+
+class ClientProtocol:
+    """The client's side of one connection, with no I/O.
+
+    Feed received bytes to :meth:`receive_data`, which returns events; send the
+    bytes that :meth:`request` and :meth:`publish` return. Each request gets
+    the number the broker will put in its reply (``"request": n``), so replies
+    are matched exactly, including errors for publishes sent with replies off.
+    """
+
+    def __init__(self, *, codec: JSONCodec | None = None, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.codec = codec or JSONCodec()
+        self.max_frame_size = max_frame_size
+        self.parser = FrameParser(max_frame_size=max_frame_size)
+        self.connection_id: str | None = None
+        self.welcome: dict | None = None
+        self.requests_sent = 0
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse bytes from the broker into events, in order."""
+        self.parser.receive_data(data)
+        return [self._event(item) for item in self.parser.events()]
+
+    def request(self, message: dict) -> tuple[int, bytes]:
+        """Encode a control request (to the own id queue): ``(number, bytes)``."""
+        if self.connection_id is None:
+            raise LocalUsageError("no welcome received yet")
+        return self._frame(self.connection_id, message)
+
+    def publish(self, queue: str, message: Any) -> tuple[int, bytes]:
+        """Encode a publish of ``message`` to ``queue``: ``(number, bytes)``."""
+        validate_queue_name(queue)
+        return self._frame(queue, wrap(message))
+
+    def subscribe(self, queues: Iterable[str]) -> tuple[int, bytes]:
+        return self.request({SUBSCRIBE: [validate_queue_name(q) for q in queues]})
+
+    def unsubscribe(self, queues: Iterable[str]) -> tuple[int, bytes]:
+        return self.request({UNSUBSCRIBE: [validate_queue_name(q) for q in queues]})
+
+    def set_options(self, options: dict) -> tuple[int, bytes]:
+        return self.request({OPTIONS: options})
+
+    def get_history(self, queues: Iterable[str], since: dict[str, int] | None = None) -> tuple[int, bytes]:
+        """Ask for history; with ``since`` only the messages numbered above it."""
+        names = [validate_queue_name(q) for q in queues]
+        if since:
+            return self.request({GETHISTORY: {q: since.get(q) for q in names}})
+        return self.request({GETHISTORY: names})
+
+    def status(self) -> tuple[int, bytes]:
+        return self.request({STATUS: True})
+
+    def _frame(self, queue: str, message: dict) -> tuple[int, bytes]:
+        try:
+            body = self.codec.dumps(message)
+        except (TypeError, ValueError) as exc:
+            raise LocalUsageError(f"message cannot be encoded as JSON: {exc}") from exc
+        size = len(queue.encode()) + 1 + len(body)
+        if size > self.max_frame_size:
+            raise LocalUsageError(f"frame would be {size} bytes, over the frame limit of {self.max_frame_size}")
+        self.requests_sent += 1
+        return self.requests_sent, encode_frame(queue, body)
+
+    def _event(self, item: Frame | ProtocolError) -> Event:
+        if isinstance(item, ProtocolError):
+            return item
+        try:
+            message = self.codec.loads(item.body)
+        except MessageError as exc:
+            return exc
+        if self.connection_id is None:
+            if not isinstance(message, dict):
+                return MessageError("welcome frame is not an object")
+            self.connection_id = item.queue
+            self.welcome = message
+            return Welcome(item.queue, message)
+        if item.queue == self.connection_id and isinstance(message, dict) and SENDER not in message:
+            if message.get("response") == BYE:
+                return Bye()
+            request = message.get("request")
+            return Reply(request if isinstance(request, int) else None, message)
+        if isinstance(message, dict):
+            return Delivery.from_stored(item.queue, message)
+        return Delivery(item.queue, message)
