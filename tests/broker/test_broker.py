@@ -1,0 +1,348 @@
+"""The broker over real sockets: the 2015 protocol, its extensions and the rules on queues."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+
+import pytest
+
+from coremq_broker.config import BrokerConfig
+from coremq_client.codec import JSONCodec, encode_frame
+from wire import RawClient
+
+
+@pytest.fixture
+def broker_config() -> BrokerConfig:
+    return BrokerConfig(host="127.0.0.1", port=0, history_length=3, max_frame_size=4096,
+                        max_queue_name_length=50, max_subscriptions=5, shutdown_timeout=2.0)
+
+
+@pytest.fixture
+def connect(broker):
+    clients: list[RawClient] = []
+
+    def make(**kwargs) -> RawClient:
+        client = RawClient(broker.host, broker.port, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def subscribed(connect, *queues: str) -> RawClient:
+    client = connect()
+    assert client.control({"coremq_subscribe": list(queues)})["response"] == "OK: Subscribe successful"
+    return client
+
+
+def test_welcome_names_the_connection(connect):
+    """The first frame is on the new connection's UUID4 id queue with an OK: welcome and the server name."""
+    client = connect()
+    assert uuid.UUID(client.id).version == 4
+    assert client.welcome["response"] == "OK: Welcome from CoreMQ!"
+    assert client.welcome["server"] == "CoreMQ" and client.welcome["connection_id"] == client.id
+
+
+def test_fan_out_to_every_subscriber_but_the_sender(connect):
+    """A publish reaches every subscriber of the queue once, not the sender, and the sender gets OK."""
+    subs = [subscribed(connect, "news") for _ in range(3)]
+    publisher = subscribed(connect, "news")
+    publisher.send("news", {"n": 1})
+    assert publisher.read() == (publisher.id, {"response": "OK: Message sent", "id": 1, "request": 2})
+    for sub in subs:
+        queue, message = sub.read()
+        assert queue == "news" and message["n"] == 1
+    publisher.send("news", {"n": 2})
+    publisher.read()
+    assert [sub.read()[1]["n"] for sub in subs] == [2, 2, 2]
+
+
+def test_stamps_are_added_and_cannot_be_forged(connect, broker):
+    """Published objects carry sender, sent time, server and id; a publisher's own stamp values are overwritten."""
+    sub = subscribed(connect, "q")
+    pub = connect()
+    before = time.time()
+    pub.send("q", {"a": 1, "coremq_sender": "someone-else", "coremq_id": 99})
+    _, message = sub.read()
+    assert message["a"] == 1
+    assert message["coremq_sender"] == pub.id
+    assert before <= message["coremq_sent"] <= time.time()
+    assert message["coremq_server"] == f"{broker.host}:{broker.port}"
+    assert message["coremq_id"] == 1
+
+
+def test_echo_option_delivers_own_publishes(connect):
+    """With echo set the sender receives its own publishes; null removes the option again."""
+    client = subscribed(connect, "q")
+    assert client.control({"coremq_options": {"echo": True}})["response"] == "OK: Options set"
+    client.send("q", {"x": 1})
+    frames = [client.read(), client.read()]
+    assert ("q", 1) in [(q, m.get("x")) for q, m in frames]
+    client.control({"coremq_options": {"echo": None}})
+    client.send("q", {"x": 2})
+    assert client.read()[1]["response"] == "OK: Message sent"
+    client.send(client.id, {"coremq_status": True})
+    assert client.read()[1]["response"] == "OK: Status"  # nothing else was queued in between
+
+
+def test_strings_and_arrays_travel_wrapped(connect):
+    """Strings and arrays may be published; they arrive wrapped as coremq_string / coremq_array."""
+    sub = subscribed(connect, "q")
+    pub = connect()
+    pub.send("q", "hello")
+    pub.send("q", [1, "two", None])
+    pub.send("q", {"coremq_string": "2015 style"})
+    assert sub.read()[1]["coremq_string"] == "hello"
+    assert sub.read()[1]["coremq_array"] == [1, "two", None]
+    assert sub.read()[1]["coremq_string"] == "2015 style"
+
+
+@pytest.mark.parametrize("value", [5, 1.5, True, None])
+def test_scalar_message_is_refused(connect, value):
+    """A number, boolean or null where a message is needed gets an ERROR naming the type; nothing is stored."""
+    client = connect()
+    client.send("q", value)
+    reply = client.read()[1]
+    assert reply["response"].startswith("ERROR: a message must be a JSON object, array or string")
+    assert client.control({"coremq_gethistory": ["q"]})["history"] == {"q": []}
+
+
+def test_history_is_a_bounded_ring_with_increasing_ids(connect):
+    """History keeps the last history_length messages, each with a per-queue id that only increases."""
+    pub = connect()
+    for n in range(5):
+        pub.send("ring", {"n": n})
+        pub.read()
+    reply = pub.control({"coremq_gethistory": ["ring", "empty"]})
+    assert [m["n"] for m in reply["history"]["ring"]] == [2, 3, 4]
+    assert [m["coremq_id"] for m in reply["history"]["ring"]] == [3, 4, 5]
+    assert reply["history"]["empty"] == []
+    assert reply["sequence"] == {"ring": {"first": 3, "last": 5}, "empty": {"first": None, "last": 0}}
+
+
+def test_history_since(connect):
+    """History since N returns only messages numbered above N."""
+    pub = connect()
+    for n in range(3):
+        pub.send("s", {"n": n})
+        pub.read()
+    reply = pub.control({"coremq_gethistory": {"s": 2}})
+    assert [m["coremq_id"] for m in reply["history"]["s"]] == [3]
+    reply = pub.control({"coremq_gethistory": {"s": None}})
+    assert len(reply["history"]["s"]) == 3
+    reply = pub.control({"coremq_gethistory": {"s": "two"}})
+    assert reply["response"].startswith("ERROR: history since must be an integer")
+
+
+def test_point_to_point_to_a_connection_id(connect):
+    """A message sent to a connection's id queue reaches that connection only."""
+    target = connect()
+    bystander = subscribed(connect, "other")
+    sender = connect()
+    sender.send(target.id, {"private": True})
+    assert sender.read()[1]["response"] == "OK: Message sent"
+    queue, message = target.read()
+    assert queue == target.id and message["private"] is True and message["coremq_sender"] == sender.id
+    bystander.send("other", {"still": "quiet"})
+    assert bystander.read()[1]["response"] == "OK: Message sent"
+
+
+def test_id_queue_is_private(connect):
+    """No connection may subscribe to, or read the history of, another connection's id queue."""
+    victim = connect()
+    spy = connect()
+    reply = spy.control({"coremq_subscribe": [victim.id]})
+    assert reply["response"].startswith("ERROR: permission denied: subscribe")
+    reply = spy.control({"coremq_gethistory": [victim.id]})
+    assert reply["response"].startswith("ERROR: permission denied: history")
+    spy.send(victim.id, {"secret": 1})
+    spy.read()
+    assert victim.read()[1]["secret"] == 1
+
+
+@pytest.mark.parametrize("request_", [
+    {"coremq_subscribe": [""]},
+    {"coremq_subscribe": ["two words"]},
+    {"coremq_subscribe": ["x" * 51]},
+    {"coremq_subscribe": "a\tb"},
+    {"coremq_subscribe": 5},
+    {"coremq_subscribe": [1, 2]},
+    {"coremq_unsubscribe": {"a": 1}},
+    {"coremq_options": ["echo"]},
+    {"coremq_options": {"echo": "yes"}},
+    {"coremq_gethistory": 3},
+])
+def test_bad_control_values_get_errors(connect, request_):
+    """Queue names are checked and control values must have the right type; each mistake gets an ERROR."""
+    client = connect()
+    assert client.control(request_)["response"].startswith("ERROR: ")
+    assert client.control({"coremq_subscribe": ["fine"]})["response"] == "OK: Subscribe successful"
+
+
+def test_unknown_control_key(connect):
+    """An unknown coremq_ key sent to the own id queue is an ERROR naming it."""
+    client = connect()
+    reply = client.control({"coremq_subscrbe": ["typo"]})
+    assert reply["response"] == "ERROR: unknown control key 'coremq_subscrbe'"
+
+
+def test_subscription_limit(connect):
+    """A connection cannot hold more than max_subscriptions queues."""
+    client = connect()
+    assert client.control({"coremq_subscribe": [f"q{i}" for i in range(5)]})["response"].startswith("OK")
+    reply = client.control({"coremq_subscribe": ["q-too-many"]})
+    assert reply["response"] == "ERROR: too many subscriptions: limit is 5 per connection"
+
+
+def test_unsubscribe(connect):
+    """After unsubscribing, publishes to the queue no longer arrive."""
+    sub = subscribed(connect, "a", "b")
+    assert sub.control({"coremq_unsubscribe": ["a"]})["response"] == "OK: Unsubscribe successful"
+    pub = connect()
+    pub.send("a", {"n": 1})
+    pub.send("b", {"n": 2})
+    assert sub.read()[0] == "b"
+
+
+def test_replies_off_still_reports_errors(connect):
+    """With reply false no OK comes per publish, but an error still comes, numbered by its request."""
+    client = connect()
+    client.control({"coremq_options": {"reply": False}})  # request 1
+    client.send("q", {"ok": 1})  # 2
+    client.send("q", 42)  # 3: refused
+    client.send("q", {"ok": 2})  # 4
+    client.send(client.id, {"coremq_status": 1})  # 5
+    first = client.read()[1]
+    assert first["request"] == 3 and first["response"].startswith("ERROR:")
+    assert client.read()[1]["request"] == 5
+
+
+def test_status(connect):
+    """A status request describes the server: name, version, role and counts."""
+    client = connect()
+    connect()
+    status = client.control({"coremq_status": True})
+    assert status["response"] == "OK: Status"
+    assert status["server"] == "CoreMQ" and status["role"] == "master" and status["connections"] == 2
+
+
+def test_delivered_frame_is_encoded_once_per_publish(broker, connect):
+    """A publish to many subscribers encodes the delivered frame once, not once per subscriber."""
+    calls = []
+    codec = broker.broker.codec
+    real = codec.dumps
+
+    def counting(value):
+        calls.append(value)
+        return real(value)
+
+    subs = [subscribed(connect, "wide") for _ in range(20)]
+    pub = connect()
+    broker.call(lambda: setattr(codec, "dumps", counting))
+    try:
+        pub.send("wide", {"n": 1})
+        assert pub.read()[1]["response"] == "OK: Message sent"
+        assert all(sub.read()[1]["n"] == 1 for sub in subs)
+    finally:
+        broker.call(lambda: setattr(codec, "dumps", real))
+    assert len(calls) == 2  # the delivered message and the publisher's reply
+
+
+def test_oversized_frame_is_refused_and_the_connection_goes_on(connect):
+    """A frame over max_frame_size gets ERROR: frame too large and the next frame works."""
+    client = connect()
+    client.send("q", {"blob": "x" * 5000})
+    reply = client.read()[1]
+    assert reply["response"] == "ERROR: frame too large: 5014 bytes, limit is 4096"
+    client.send("q", {"small": 1})
+    assert client.read()[1]["response"] == "OK: Message sent"
+
+
+def assert_bystander_unaffected(connect) -> None:
+    sub = subscribed(connect, "calm")
+    pub = connect()
+    pub.send("calm", {"ok": True})
+    assert pub.read()[1]["response"] == "OK: Message sent"
+    assert sub.read()[1]["ok"] is True
+
+
+@pytest.mark.parametrize("raw", [b"garbage here", b"+abc q {}", b"-12 q {}", b"+" + b"9" * 30 + b" q"])
+def test_malformed_header_gets_error_and_close(connect, raw, caplog):
+    """A malformed header gets an ERROR and a clean close, is logged, and other clients go on."""
+    client = connect()
+    client.send_raw(raw)
+    frames = client.read_until_closed()
+    assert len(frames) == 1 and frames[0][1]["response"].startswith("ERROR: frame")
+    assert any("frame" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert_bystander_unaffected(connect)
+
+
+@pytest.mark.parametrize("raw,error", [
+    (b'+9 q {"a": 1}' + encode_frame("q", b"{}"), "ERROR: invalid JSON"),
+    (b"+7 q {nope" + encode_frame("q", b"{}"), "ERROR: invalid JSON"),
+    (b"+2 {}" + encode_frame("q", b"{}"), "ERROR: frame payload must be"),
+])
+def test_bad_frame_bodies_get_errors(connect, raw, error):
+    """A length that lies, text that is not JSON and a payload with no queue each get an ERROR."""
+    client = connect()
+    client.send_raw(raw)
+    replies = client.read_until_closed() if raw.startswith(b"+9") else [client.read(), client.read()]
+    assert replies[0][1]["response"].startswith(error)
+    assert_bystander_unaffected(connect)
+
+
+def test_connection_dropped_mid_frame(broker, connect, caplog):
+    """A client that vanishes in the middle of a frame is logged and cleaned up; nothing else notices."""
+    client = connect()
+    client.send_raw(b"+100 q {\"partial")
+    client.sock.shutdown(socket.SHUT_WR)
+    assert client.read_until_closed() == []
+    deadline = time.time() + 5
+    while broker.call(lambda: client.id in broker.broker.registry.connections) and time.time() < deadline:
+        time.sleep(0.01)
+    assert client.id not in broker.broker.registry.connections
+    assert any("middle of a frame" in r.getMessage() for r in caplog.records)
+    assert_bystander_unaffected(connect)
+
+
+def test_close_says_bye(broker, connect):
+    """Closing the broker sends BYE to every client and closes their connections."""
+    clients = [connect() for _ in range(3)]
+    broker.close()
+    for client in clients:
+        assert client.read_until_closed() == [(client.id, {"response": "BYE"})]
+    broker.restart()  # leave a broker for the fixture to stop
+
+
+def test_slow_consumer_is_cut_off_and_others_get_everything(broker_config, connect, broker):
+    """A subscriber that never reads is disconnected with its buffer bounded; a reading one gets every message."""
+    broker.close()
+    broker.config = broker_config.with_options(max_write_buffer=256 * 1024)
+    broker.broker = broker._open(broker.config)
+    sleeper = subscribed(connect, "firehose")
+    sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader = subscribed(connect, "firehose")
+    pub = connect()
+    pub.control({"coremq_options": {"reply": False}})
+    payload = "x" * 3000
+    count = 3000  # about 9 MB
+    received = 0
+    for n in range(count):
+        pub.send("firehose", {"n": n, "p": payload})
+        if n % 50 == 49:
+            while received <= n - 100:
+                assert reader.read()[1]["n"] == received
+                received += 1
+    while received < count:
+        assert reader.read()[1]["n"] == received
+        received += 1
+    assert broker.broker.slow_consumers == 1
+    deadline = time.time() + 5  # it gets a second's grace to read its ERROR
+    while sleeper.id in broker.call(lambda: list(broker.broker.registry.connections)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert sleeper.id not in broker.call(lambda: list(broker.broker.registry.connections))
