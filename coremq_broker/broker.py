@@ -229,12 +229,19 @@ class Broker:
         limit = queue.settings.max_message_size
         if limit is not None and size > limit:
             raise RequestError(f"message too large: {size} bytes, limit for queue {name!r} is {limit}")
-        message_id = self.deliver(queue, stored, sender=connection)
+        frame = self.deliver(queue, stored, sender=connection)
         if connection.replies:
-            self._reply(connection, {"response": P.OK_SENT, "id": message_id})
+            self._reply(connection, {"response": P.OK_SENT, "id": queue.last_id})
+        if connection.echo and connection in queue.subscribers:
+            # After the reply, so that a client waiting for it reads it first.
+            connection.send(frame)
+            connection.messages_out += 1
 
-    def deliver(self, queue: Queue, stored: dict, sender: Connection | None = None) -> int:
-        """Stamp ``stored``, keep it in ``queue``'s history and fan it out once encoded."""
+    def deliver(self, queue: Queue, stored: dict, sender: Connection | None = None) -> bytes:
+        """Stamp ``stored``, keep it in ``queue``'s history and fan it out, encoded once.
+
+        Every subscriber but ``sender`` gets the frame, which is returned.
+        """
         queue.last_id += 1
         now = time.time()
         stored[P.SENDER] = sender.id if sender is not None else self.config.server_name
@@ -247,13 +254,12 @@ class Broker:
         frame = encode_frame(queue.name, self.codec.dumps(stored))
         delivered = 0
         for subscriber in queue.subscribers:
-            if subscriber is sender and not sender.echo:
-                continue
-            subscriber.send(frame)
-            subscriber.messages_out += 1
-            delivered += 1
+            if subscriber is not sender:
+                subscriber.send(frame)
+                subscriber.messages_out += 1
+                delivered += 1
         self.registry.messages_out += delivered
-        return queue.last_id
+        return frame
 
     # -- control requests ------------------------------------------------
 
