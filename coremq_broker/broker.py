@@ -70,7 +70,6 @@ class Broker:
         self._dirty: list[Connection] = []
         self._closed: asyncio.Event | None = None
         self._closing = False
-        self.slow_consumers = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -251,6 +250,7 @@ class Broker:
         queue.history.append((queue.last_id, stored))
         queue.published += 1
         queue.last_publish = now
+        queue.rate.add(now)
         frame = encode_frame(queue.name, self.codec.dumps(stored))
         delivered = 0
         for subscriber in queue.subscribers:
@@ -258,7 +258,10 @@ class Broker:
                 subscriber.send(frame)
                 subscriber.messages_out += 1
                 delivered += 1
-        self.registry.messages_out += delivered
+        registry = self.registry
+        registry.messages_out += delivered
+        registry.rate_in.add(now)
+        registry.rate_out.add(now, delivered)
         return frame
 
     # -- control requests ------------------------------------------------
@@ -298,10 +301,12 @@ class Broker:
     def _check_private(self, connection: Connection, action: str, name: str) -> None:
         queue = self.registry.queues.get(name)
         if queue is not None and queue.owner is not None and queue.owner != connection.id:
+            self.registry.denials += 1
             raise RequestError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
 
     def _check(self, connection: Connection, action: str, name: str | None) -> None:
         if not self.access.allows(connection, action, name):
+            self.registry.denials += 1
             target = f" on queue {name!r}" if name else ""
             raise RequestError(f"permission denied: {action}{target}")
 

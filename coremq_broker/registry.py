@@ -7,11 +7,47 @@ broker's process; other processes ask for it with a status request.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any, Callable, Iterator
 
-__all__ = ["Connection", "Queue", "Registry", "QueueSettings"]
+__all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter"]
+
+
+class RateCounter:
+    """Events per second over the last ``window`` seconds, in one-second buckets.
+
+    ``add`` is cheap enough for the per-publish path: an int() and a compare.
+    """
+
+    __slots__ = ("window", "_buckets", "_second")
+
+    def __init__(self, window: int = 60) -> None:
+        self.window = window
+        self._buckets: deque[int] = deque([0] * window, maxlen=window)
+        self._second = int(time.time())
+
+    def add(self, now: float, count: int = 1) -> None:
+        second = int(now)
+        if second != self._second:
+            self._advance(second)
+        self._buckets[-1] += count
+
+    def _advance(self, second: int) -> None:
+        gap = min(second - self._second, self.window)
+        if gap > 0:
+            self._buckets.extend([0] * gap)
+        self._second = second
+
+    def series(self, now: float | None = None) -> list[int]:
+        """Counts for each of the last ``window`` whole seconds, oldest first."""
+        self._advance(int(time.time() if now is None else now))
+        return list(self._buckets)[:-1]
+
+    def rate(self, now: float | None = None) -> float:
+        """Average events per second over the last window (the current second excluded)."""
+        return sum(self.series(now)) / (self.window - 1)
 
 
 class QueueSettings:
@@ -97,7 +133,8 @@ class Queue:
     other connection may subscribe to it or read its history.
     """
 
-    __slots__ = ("name", "owner", "subscribers", "history", "last_id", "published", "last_publish", "settings")
+    __slots__ = ("name", "owner", "subscribers", "history", "last_id", "published", "last_publish",
+                 "settings", "rate")
 
     def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
         self.name = name
@@ -108,6 +145,7 @@ class Queue:
         self.last_id = 0
         self.published = 0
         self.last_publish: float | None = None
+        self.rate = RateCounter()
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """Take new settings; a shorter history keeps the newest messages."""
@@ -135,6 +173,7 @@ class Queue:
             "last_id": self.last_id,
             "published": self.published,
             "last_publish": self.last_publish,
+            "rate": self.rate.rate(),
         }
 
 
@@ -150,6 +189,10 @@ class Registry:
         self.messages_in = 0
         self.messages_out = 0
         self.errors = 0
+        self.denials = 0
+        self.slow_consumers = 0
+        self.rate_in = RateCounter()
+        self.rate_out = RateCounter()
 
     def add(self, connection: Connection) -> None:
         """Register a connection and subscribe it to its private id queue."""
@@ -206,4 +249,27 @@ class Registry:
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
             "errors": self.errors,
+            "denials": self.denials,
+            "slow_consumers": self.slow_consumers,
+            "rate_in": self.rate_in.rate(),
+            "rate_out": self.rate_out.rate(),
+            "rss_bytes": resident_memory(),
+            "open_fds": open_file_descriptors(),
         }
+
+
+def resident_memory() -> int | None:
+    """This process's resident set size in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def open_file_descriptors() -> int | None:
+    """How many file descriptors this process holds open (Linux), else None."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None

@@ -150,7 +150,7 @@ class TcpConnection(asyncio.Protocol, Connection):
     def _slow_consumer(self) -> None:
         assert self.transport is not None
         self.dropped += 1
-        self.broker.slow_consumers += 1
+        self.broker.registry.slow_consumers += 1
         logger.warning("connection %s (%s) is a slow consumer: %d bytes unsent; disconnecting",
                        self.id, self.peer, self.transport.get_write_buffer_size())
         # Nothing more is queued for it; the ERROR goes behind what is already

@@ -1,0 +1,57 @@
+"""The registry as a plain object: queues, subscriptions, history ring, rates; no event loop."""
+
+from __future__ import annotations
+
+from coremq_broker.registry import Connection, QueueSettings, RateCounter, Registry
+
+
+class Recorder(Connection):
+    def __init__(self, connection_id: str) -> None:
+        super().__init__(connection_id)
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+def test_add_and_remove_connection_cleans_up():
+    """Removing a connection drops its subscriptions and its private queue."""
+    registry = Registry(lambda name: QueueSettings(10))
+    conn = Recorder("c1")
+    registry.add(conn)
+    registry.subscribe(conn, "news")
+    assert registry.queues["c1"].owner == "c1"
+    assert conn in registry.queues["news"].subscribers
+    registry.remove(conn)
+    assert "c1" not in registry.queues and not registry.queues["news"].subscribers
+    assert registry.connections == {}
+
+
+def test_history_ring_and_since():
+    """History keeps the newest messages; since filters by id; shrinking keeps the newest."""
+    registry = Registry(lambda name: QueueSettings(3))
+    queue = registry.queue("q")
+    for n in range(1, 6):
+        queue.history.append((n, {"n": n}))
+    assert [m["n"] for m in queue.history_since(None)] == [3, 4, 5]
+    assert [m["n"] for m in queue.history_since(4)] == [5]
+    assert queue.first_id == 3
+    queue.apply_settings(QueueSettings(2))
+    assert [m["n"] for m in queue.history_since(None)] == [4, 5]
+
+
+def test_rate_counter_over_a_window():
+    """The rate averages whole seconds in the window and forgets older ones."""
+    rate = RateCounter(window=5)
+    for second in range(100, 104):
+        rate.add(second + 0.5, 10)
+    assert rate.series(104.2) == [10, 10, 10, 10]
+    assert rate.rate(104.2) == 10.0
+    assert rate.series(200.0) == [0, 0, 0, 0]
+
+
+def test_describe_reports_memory_and_descriptors():
+    """The broker description includes resident memory and open descriptors of this process."""
+    description = Registry(lambda name: QueueSettings(1)).describe()
+    assert description["rss_bytes"] > 1_000_000
+    assert description["open_fds"] >= 3
