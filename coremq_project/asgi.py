@@ -1,0 +1,26 @@
+"""The project's ASGI application, served by daphne inside ``manage.py run_coremq``.
+
+One ``ProtocolTypeRouter``: HTTP goes to Django (with static files served by
+Django's ``ASGIStaticFilesHandler``, so no extra server is needed); WebSocket
+gets its own entry when the CoreMQ WebSocket bridge lands.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coremq_project.settings")
+
+# Set Django up before importing anything that may touch models.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # "websocket": the CoreMQ WebSocket bridge (a later issue) plugs in here,
+        # wrapped in channels.auth.AuthMiddlewareStack and an origin validator.
+    }
+)
