@@ -1,0 +1,17 @@
+"""The Django app of the CoreMQ broker."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.core import checks
+
+
+class CoreMQBrokerConfig(AppConfig):
+    name = "coremq_broker"
+    verbose_name = "CoreMQ broker"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .checks import check_settings
+
+        checks.register(check_settings, "coremq")

@@ -1,0 +1,221 @@
+"""``settings.COREMQ``, read once, checked, and turned into a :class:`BrokerConfig`.
+
+Every key is optional. A key named after a :class:`BrokerConfig` field in upper
+case (``HOST``, ``PORT``, ``HISTORY_LENGTH``, ``MAX_FRAME_SIZE``, ...) sets that
+field, and its default is the field's default: there is no second copy of the
+broker's defaults here. Besides those:
+
+- ``ENCODER`` / ``DECODER``: a ``json.JSONEncoder`` / ``json.JSONDecoder``
+  subclass or a callable, or the dotted path of one
+  (``"django.core.serializers.json.DjangoJSONEncoder"``); they build the codec.
+- ``WEB_HOST`` / ``WEB_PORT``: where ``run_coremq`` serves the web app.
+
+The settings are read lazily and the result is cached until Django sends
+``setting_changed`` for ``COREMQ``, so ``override_settings`` works in tests.
+A bad setting raises :class:`SettingError`; the system checks in
+:mod:`coremq_broker.checks` report all of them, with ids and hints, before any
+command runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from coremq_client.codec import JSONCodec
+
+from .config import DEFAULT_HOST, BrokerConfig
+
+__all__ = [
+    "SETTING",
+    "BROKER_SETTINGS",
+    "CODEC_SETTINGS",
+    "WEB_DEFAULTS",
+    "KNOWN_SETTINGS",
+    "SettingError",
+    "get_config",
+    "get_web_address",
+    "setting_errors",
+]
+
+SETTING = "COREMQ"
+
+#: Settings that set a BrokerConfig field of the same name in lower case.
+BROKER_SETTINGS: dict[str, Field] = {f.name.upper(): f for f in fields(BrokerConfig) if f.name != "codec"}
+CODEC_SETTINGS = ("ENCODER", "DECODER")
+#: The web server is not the broker's business, so its defaults live here.
+WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000}
+KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
+_PORTS = frozenset({"PORT", "WEB_PORT"})
+
+_cache: dict[str, Any] = {}
+
+
+class SettingError(ImproperlyConfigured):
+    """One bad ``COREMQ`` key: ``id`` is the system check id, ``hint`` the fix."""
+
+    def __init__(self, id: str, message: str, hint: str) -> None:
+        super().__init__(f"{message} ({id})")
+        self.id = id
+        self.message = message
+        self.hint = hint
+
+
+def get_config() -> BrokerConfig:
+    """The broker configuration from ``settings.COREMQ``; raise :class:`SettingError` if bad."""
+    if "config" not in _cache:
+        values, errors = _resolve_all()
+        if errors:
+            raise errors[0]
+        codec = JSONCodec(values.pop("ENCODER", None), values.pop("DECODER", None))
+        options = {name.lower(): value for name, value in values.items() if name in BROKER_SETTINGS}
+        _cache["config"] = BrokerConfig(codec=codec, **options)
+    return _cache["config"]
+
+
+def get_web_address() -> tuple[str, int]:
+    """``(WEB_HOST, WEB_PORT)``, where ``run_coremq`` serves HTTP by default."""
+    values, errors = _resolve_all()
+    if errors:
+        raise errors[0]
+    merged = {**WEB_DEFAULTS, **values}
+    return merged["WEB_HOST"], merged["WEB_PORT"]
+
+
+def setting_errors() -> list[SettingError]:
+    """Every problem with ``settings.COREMQ``, in a stable order (empty when it is fine)."""
+    return _resolve_all()[1]
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        _cache.clear()
+
+
+def _resolve_all() -> tuple[dict[str, Any], list[SettingError]]:
+    """The user's values, converted, and the errors met on the way."""
+    raw = getattr(settings, SETTING, {})
+    if not isinstance(raw, dict):
+        return {}, [SettingError(
+            "coremq.E001",
+            f"settings.{SETTING} must be a dict, not {type(raw).__name__}.",
+            f"Write COREMQ = {{'PORT': 6747, ...}} or leave {SETTING} out to use the defaults.",
+        )]
+    values: dict[str, Any] = {}
+    errors: list[SettingError] = []
+    for name in sorted(raw, key=str):
+        try:
+            values[name] = _resolve(name, raw[name])
+        except SettingError as error:
+            errors.append(error)
+    errors.extend(_cross_check({**_defaults(), **values}))
+    return values, errors
+
+
+def _defaults() -> dict[str, Any]:
+    defaults = {name: f.default for name, f in BROKER_SETTINGS.items() if f.default is not MISSING}
+    return {**defaults, **WEB_DEFAULTS}
+
+
+def _resolve(name: Any, value: Any) -> Any:
+    """Check and convert the value of one key; raise :class:`SettingError`."""
+    if name not in KNOWN_SETTINGS:
+        raise SettingError(
+            "coremq.E002",
+            f"settings.{SETTING} has an unknown key {name!r}.",
+            f"Known keys: {', '.join(sorted(KNOWN_SETTINGS))}.",
+        )
+    if name in CODEC_SETTINGS:
+        return _codec_part(name, value)
+    default = WEB_DEFAULTS[name] if name in WEB_DEFAULTS else BROKER_SETTINGS[name].default
+    value = _typed(name, value, default)
+    if name in _PORTS:
+        if not 1 <= value <= 65535:
+            raise SettingError(
+                "coremq.E005",
+                f"settings.{SETTING}[{name!r}] is {value}, which is not a TCP port.",
+                "Use a port from 1 to 65535 (6747 is CoreMQ's; `run_coremq --port 0` picks a free one).",
+            )
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+        raise SettingError(
+            "coremq.E004",
+            f"settings.{SETTING}[{name!r}] is {value}; it must be greater than zero.",
+            f"Use a positive number, or remove the key for the default ({default!r}).",
+        )
+    elif isinstance(value, str) and not value.strip():
+        raise SettingError(
+            "coremq.E004",
+            f"settings.{SETTING}[{name!r}] is empty.",
+            f"Give it a value, or remove the key for the default ({default!r}).",
+        )
+    return value
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type of ``default`` (ints pass for floats; enums by value or name)."""
+    if default is None or default is MISSING:
+        return value  # an optional field: its type cannot be told from the default
+    kind = type(default)
+    if isinstance(default, enum.Enum):
+        for member in kind:
+            if value is member or value == member.value or value == member.name:
+                return member
+    elif isinstance(value, bool) != isinstance(default, bool):
+        pass  # True is an int to Python, not to a configuration file
+    elif isinstance(value, kind) or (kind is float and isinstance(value, int)):
+        return value
+    raise SettingError(
+        "coremq.E003",
+        f"settings.{SETTING}[{name!r}] must be {_describe(default)}, not {type(value).__name__} ({value!r}).",
+        f"The default is {default!r}.",
+    )
+
+
+def _describe(default: Any) -> str:
+    if isinstance(default, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in type(default))
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(default), f"a {type(default).__name__}"
+    )
+
+
+def _codec_part(name: str, value: Any) -> Any:
+    """The encoder or decoder named by ``value``, imported and accepted by :class:`JSONCodec`."""
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            raise _codec_error(name, f"{value!r} cannot be imported: {exc}") from None
+    try:
+        JSONCodec(**{name.lower(): value})
+    except TypeError as exc:
+        raise _codec_error(name, str(exc)) from None
+    return value
+
+
+def _codec_error(name: str, reason: str) -> SettingError:
+    return SettingError(
+        "coremq.E006",
+        f"settings.{SETTING}[{name!r}] is not usable: {reason}.",
+        "Use a json.JSONEncoder/JSONDecoder subclass or a callable, or its dotted path, "
+        "e.g. 'django.core.serializers.json.DjangoJSONEncoder'.",
+    )
+
+
+def _cross_check(values: dict[str, Any]) -> list[SettingError]:
+    high, low = values.get("WRITE_HIGH"), values.get("WRITE_LOW")
+    if isinstance(high, int) and isinstance(low, int) and low > high:
+        return [SettingError(
+            "coremq.E007",
+            f"settings.{SETTING}['WRITE_LOW'] ({low}) is above WRITE_HIGH ({high}).",
+            "The low-water mark must not exceed the high-water mark; asyncio's default is low = high // 4.",
+        )]
+    return []
