@@ -1,0 +1,317 @@
+"""Pure helpers shared by the blocking and the asyncio client: no sockets, no event loop.
+
+Both front ends keep the same bookkeeping (what to re-apply on reconnect, which
+request waits for which reply, where unclaimed errors go) and differ only in how
+they wait. Everything that does not wait lives here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol, TypeVar
+
+from .codec import validate_queue_name
+from .errors import ConnectionClosed, CoreMQError, MessageError, ProtocolError
+from .protocol import OPTION_REPLY, Bye, ClientProtocol, Delivery, Reply, Welcome, error_for, unwrap
+
+__all__ = [
+    "ErrorCallback",
+    "ErrorReporter",
+    "PendingReplies",
+    "Routed",
+    "SessionState",
+    "backoff_delays",
+    "check_backoff",
+    "deadline_after",
+    "history_messages",
+    "remaining",
+    "route",
+    "since_map",
+    "split_welcome",
+]
+
+logger = logging.getLogger("coremq_client")
+
+#: How many unclaimed errors a client keeps in ``errors`` for inspection.
+RECENT_ERRORS = 100
+
+ErrorCallback = Callable[[CoreMQError], Any]
+
+
+# -- time ----------------------------------------------------------------
+
+def deadline_after(seconds: float | None) -> float | None:
+    """The monotonic time ``seconds`` from now, or None for "no limit"."""
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (never negative), or None for "no limit"."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def check_backoff(backoff: float, max_backoff: float) -> None:
+    """Raise ValueError unless ``0 < backoff <= max_backoff``."""
+    if not 0 < backoff <= max_backoff:
+        raise ValueError(f"need 0 < backoff <= max_backoff, got backoff={backoff}, max_backoff={max_backoff}")
+
+
+def backoff_delays(initial: float, maximum: float, *, rand: Callable[[], float] = random.random) -> Iterator[float]:
+    """Yield reconnect delays: doubling from ``initial`` up to ``maximum``, with jitter.
+
+    Each delay lies in ``[d/2, d]`` for the current step ``d``, so clients cut
+    off by the same broker restart do not all come back in the same instant,
+    and no delay is longer than ``maximum``.
+    """
+    step = min(initial, maximum)
+    while True:
+        yield step * (0.5 + rand() / 2)
+        step = min(maximum, step * 2)
+
+
+# -- what is re-applied on reconnect ---------------------------------------
+
+class SessionState:
+    """Subscriptions and options that outlive one connection, plus the last ids seen.
+
+    Every (re)connect replays :meth:`replay`. Callers record a change before
+    sending it (so a reconnect racing the request still applies it) and undo
+    it if the broker refuses. Safe to share between threads.
+    """
+
+    def __init__(self, queues: Iterable[str] = (), options: Mapping[str, Any] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, None] = {validate_queue_name(q): None for q in queues}
+        self._options: dict[str, Any] = {k: v for k, v in (options or {}).items() if v is not None}
+        self._last_ids: dict[str, int] = {}
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues subscribed to, in the order first asked for."""
+        with self._lock:
+            return tuple(self._queues)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """A copy of the options in force (removed ones are absent)."""
+        with self._lock:
+            return dict(self._options)
+
+    @property
+    def replies_off(self) -> bool:
+        """True when option ``reply`` is false: publishes get no OK reply."""
+        with self._lock:
+            return self._options.get(OPTION_REPLY) is False
+
+    @property
+    def last_ids(self) -> dict[str, int]:
+        """A copy of the last ``coremq_id`` delivered per queue."""
+        with self._lock:
+            return dict(self._last_ids)
+
+    def add_queues(self, queues: Iterable[str]) -> list[str]:
+        """Record subscriptions; return the names that were not recorded before."""
+        with self._lock:
+            added = [q for q in queues if q not in self._queues]
+            self._queues.update(dict.fromkeys(added))
+            return added
+
+    def discard_queues(self, queues: Iterable[str]) -> None:
+        """Forget subscriptions (after an unsubscribe, or a refused subscribe)."""
+        with self._lock:
+            for name in queues:
+                self._queues.pop(name, None)
+
+    def update_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply ``options`` (None removes one); return the previous values for :meth:`restore_options`."""
+        with self._lock:
+            previous = {name: self._options.get(name) for name in options}
+            self._apply(options)
+            return previous
+
+    def restore_options(self, previous: Mapping[str, Any]) -> None:
+        """Undo :meth:`update_options` after the broker refused it."""
+        with self._lock:
+            self._apply(previous)
+
+    def _apply(self, options: Mapping[str, Any]) -> None:
+        for name, value in options.items():
+            if value is None:
+                self._options.pop(name, None)
+            else:
+                self._options[name] = value
+
+    def note(self, delivery: Delivery) -> None:
+        """Remember the id of a delivered message (groundwork for lossless resume)."""
+        if isinstance(delivery.id, int):
+            with self._lock:
+                self._last_ids[delivery.queue] = delivery.id
+
+    def replay(self, protocol: ClientProtocol) -> list[tuple[int, bytes]]:
+        """The requests that restore this state on a fresh connection: ``(number, bytes)`` each."""
+        with self._lock:
+            queues, options = list(self._queues), dict(self._options)
+        frames = []
+        if queues:
+            frames.append(protocol.subscribe(queues))
+        if options:
+            frames.append(protocol.set_options(options))
+        return frames
+
+
+# -- replies ---------------------------------------------------------------
+
+class _Settable(Protocol):
+    def done(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
+F = TypeVar("F", bound=_Settable)
+
+
+class PendingReplies(Generic[F]):
+    """The futures of one connection's requests, keyed by request number.
+
+    Works with :class:`concurrent.futures.Future` and :class:`asyncio.Future`
+    alike. Once :meth:`close` ran, :meth:`add` raises ConnectionClosed, so no
+    request can wait on a connection that is already gone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: dict[int, F] = {}
+        self.closed: ConnectionClosed | None = None
+
+    def add(self, number: int, future: F) -> None:
+        with self._lock:
+            if self.closed is not None:
+                raise ConnectionClosed(str(self.closed))
+            self._futures[number] = future
+
+    def discard(self, number: int) -> None:
+        """Stop waiting for ``number`` (its caller gave up); a late error is then reported."""
+        with self._lock:
+            self._futures.pop(number, None)
+
+    def resolve(self, reply: Reply) -> bool:
+        """Complete the future waiting for ``reply``; False when nobody waits for it."""
+        if reply.request is None:
+            return False
+        with self._lock:
+            future = self._futures.pop(reply.request, None)
+        if future is None or future.done():
+            return False
+        reason = reply.error
+        if reason is None:
+            future.set_result(reply.message)
+        else:
+            future.set_exception(error_for(reason))
+        return True
+
+    def close(self, error: ConnectionClosed) -> None:
+        """Fail every waiting future with ``error`` and refuse new ones. Idempotent."""
+        with self._lock:
+            if self.closed is None:
+                self.closed = error
+            futures, self._futures = list(self._futures.values()), {}
+        for future in futures:
+            if not future.done():
+                future.set_exception(ConnectionClosed(str(error)))
+
+
+@dataclass
+class Routed:
+    """What one batch of received events asks the front end to do."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    #: Errors nobody waits for: ``ERROR:`` replies to fire-and-forget or
+    #: abandoned requests, unnumbered ``ERROR:`` notices, bad frames.
+    errors: list[CoreMQError] = field(default_factory=list)
+    #: Set when the connection must end: the broker said BYE, or the stream broke.
+    ended: ConnectionClosed | None = None
+    orderly: bool = False
+
+
+def route(events: Iterable[Welcome | Reply | Delivery | Bye | ProtocolError], pending: PendingReplies[Any]) -> Routed:
+    """Sort events: replies complete their futures, the rest is returned to act on."""
+    routed = Routed()
+    for event in events:
+        if isinstance(event, Delivery):
+            routed.deliveries.append(event)
+        elif isinstance(event, Reply):
+            if not pending.resolve(event) and event.error is not None:
+                routed.errors.append(error_for(event.error))
+        elif isinstance(event, Bye):
+            routed.ended, routed.orderly = ConnectionClosed("the broker closed the connection (BYE)"), True
+            break
+        elif isinstance(event, ProtocolError):
+            routed.errors.append(event)
+            if event.fatal:
+                routed.ended = ConnectionClosed(f"protocol error from the broker: {event}")
+                break
+        # A Welcome comes only first and is taken by split_welcome.
+    return routed
+
+
+def split_welcome(events: list[Any]) -> tuple[Welcome | None, list[Any]]:
+    """Find the welcome among the first events: ``(welcome or None, events after it)``.
+
+    Raises ConnectionClosed if anything but a welcome comes first.
+    """
+    if not events:
+        return None, []
+    first = events[0]
+    if isinstance(first, Welcome):
+        return first, events[1:]
+    raise ConnectionClosed(f"the broker did not start with a welcome: {first!r}")
+
+
+def history_messages(reply: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The ``{queue: [message, ...]}`` of a history reply, each message unwrapped."""
+    history = reply.get("history")
+    if not isinstance(history, dict):
+        history = reply.get("response")  # where the earliest release put it
+    if not isinstance(history, dict):
+        raise MessageError("the history reply holds no history object")
+    return {queue: [unwrap(m) for m in messages] for queue, messages in history.items() if isinstance(messages, list)}
+
+
+def since_map(queues: list[str], since: Mapping[str, int] | int | None) -> dict[str, int] | None:
+    """Normalise ``since``: one id for every queue, a per-queue mapping, or None for all history."""
+    if since is None or isinstance(since, Mapping):
+        return dict(since) if since else None
+    if isinstance(since, bool) or not isinstance(since, int):
+        raise TypeError(f"since must be an int or a mapping of queue to int, not {since!r}")
+    return dict.fromkeys(queues, since)
+
+
+# -- errors nobody waits for -------------------------------------------------
+
+class ErrorReporter:
+    """Keeps, logs and hands on errors that no caller is waiting for; never drops one.
+
+    ``on_error`` runs in the client's reader (thread or task) and must not
+    block; what it raises is logged. Its return value is handed back so the
+    asyncio client can schedule a coroutine.
+    """
+
+    def __init__(self, on_error: ErrorCallback | None = None, *, keep: int = RECENT_ERRORS) -> None:
+        self.on_error = on_error
+        self.recent: deque[CoreMQError] = deque(maxlen=keep)
+
+    def report(self, error: CoreMQError) -> Any:
+        self.recent.append(error)
+        logger.warning("CoreMQ error with no caller waiting: %s", error)
+        if self.on_error is None:
+            return None
+        try:
+            return self.on_error(error)
+        except Exception:
+            logger.exception("on_error callback failed")
+            return None

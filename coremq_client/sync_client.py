@@ -1,0 +1,557 @@
+"""The blocking CoreMQ client: :class:`MessageQueue`, the 2015 API on a reader thread.
+
+One background thread per client owns reading: it feeds bytes to
+:class:`~coremq_client.protocol.ClientProtocol`, completes the future of each
+request by its reply number, puts deliveries on a :class:`queue.Queue` and, when
+the connection drops, reconnects with backoff and replays the subscriptions
+and options. Any number of threads may call the methods at once: frames are
+numbered and written under one lock, which the reader never takes, so a writer
+stuck on a full socket cannot stop replies from being read.
+"""
+
+from __future__ import annotations
+
+import queue as queue_module
+import socket
+import ssl as ssl_module
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Iterator, Mapping
+
+from ._common import (
+    ErrorCallback,
+    ErrorReporter,
+    PendingReplies,
+    SessionState,
+    backoff_delays,
+    check_backoff,
+    deadline_after,
+    history_messages,
+    logger,
+    remaining,
+    route,
+    since_map,
+    split_welcome,
+)
+from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, JSONCodec, validate_queue_name
+from .codec import Decoder, Encoder
+from .errors import ConnectionClosed, CoreMQError, ServerError, Timeout
+from .protocol import ClientProtocol, Delivery, Welcome, wrap
+
+__all__ = ["MessageQueue"]
+
+_READ_SIZE = 2**16
+_Build = Callable[[ClientProtocol], tuple[int, bytes]]
+_END = object()  # put on the delivery queue when no message can come any more
+
+
+class _NotSent(ConnectionClosed):
+    """The connection was gone before any byte of the request left: safe to send again."""
+
+
+class _Connection:
+    """One socket with its protocol state, its pending replies and events read with the welcome."""
+
+    def __init__(self, sock: socket.socket, protocol: ClientProtocol, welcome: Welcome, backlog: list[Any]) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.welcome = welcome
+        self.backlog = backlog
+        self.pending: PendingReplies[Future[dict]] = PendingReplies()
+
+    @property
+    def alive(self) -> bool:
+        return self.pending.closed is None
+
+    def abort(self) -> None:
+        """Make the reader's ``recv`` return at once. Safe to repeat, from any thread."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class MessageQueue:
+    """A blocking, thread-safe CoreMQ client that reconnects by itself.
+
+    ``queues`` and ``options`` (and whatever :meth:`subscribe` and
+    :meth:`set_options` add later) are re-applied on every (re)connect.
+    ``timeout`` bounds every request, ``connect_timeout`` every connection
+    attempt. With ``reconnect`` a lost connection is reopened after
+    ``backoff`` seconds, doubling up to ``max_backoff``, with jitter; requests
+    wait for it within their timeout. ``on_error(error)`` receives errors that
+    no caller waits for (for example the ``ERROR:`` answer to a publish sent
+    without waiting), from the reader thread; they are also logged and kept in
+    :attr:`errors`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        queues: tuple[str, ...] | list[str] = (),
+        options: Mapping[str, Any] | None = None,
+        timeout: float | None = 5.0,
+        connect_timeout: float | None = 5.0,
+        reconnect: bool = True,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        encoder: Encoder = None,
+        decoder: Decoder = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        ssl: ssl_module.SSLContext | None = None,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        check_backoff(backoff, max_backoff)
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect = reconnect
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.codec = JSONCodec(encoder, decoder)
+        self.max_frame_size = max_frame_size
+        self.ssl = ssl
+        self._state = SessionState(queues, options)
+        self._reporter = ErrorReporter(on_error)
+        self._deliveries: queue_module.Queue[Any] = queue_module.Queue()
+        self._write_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        self._stop = threading.Event()  # set by close(); wakes backoff sleeps
+        self._cond = threading.Condition()  # guards the four fields below
+        self._conn: _Connection | None = None
+        self._reader: threading.Thread | None = None
+        self._ended: ConnectionClosed | None = None  # no connection will ever come again
+        self._orderly = False
+        self._welcome: Welcome | None = None
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        conn = self._conn
+        return conn is not None and conn.alive
+
+    @property
+    def closed(self) -> bool:
+        """True once the client has ended for good (close(), or a loss without reconnect)."""
+        return self._ended is not None
+
+    @property
+    def connection_id(self) -> str | None:
+        """The id of the current (or last) connection, from its welcome."""
+        return self._welcome.connection_id if self._welcome else None
+
+    @property
+    def welcome(self) -> dict | None:
+        """The whole welcome object of the current (or last) connection."""
+        return self._welcome.message if self._welcome else None
+
+    @property
+    def welcome_message(self) -> str | None:
+        """The welcome's ``response`` text, e.g. ``"OK: Welcome from CoreMQ!"``."""
+        return self._welcome.message.get("response") if self._welcome else None
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues this client subscribes to on every connect."""
+        return self._state.queues
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options this client sets on every connect."""
+        return self._state.options
+
+    @property
+    def last_ids(self) -> dict[str, int]:
+        """The last ``coremq_id`` received per queue (a copy)."""
+        return self._state.last_ids
+
+    @property
+    def errors(self) -> list[CoreMQError]:
+        """The most recent errors that no caller waited for, oldest first."""
+        return list(self._reporter.recent)
+
+    # -- connecting ----------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect, read the welcome and apply the queues and options; no-op when connected.
+
+        Returns once the broker confirmed the subscriptions and options, so a
+        message published after this returns reaches this client. Raises
+        :class:`ConnectionClosed` if no connection could be made within
+        ``connect_timeout`` (retrying with backoff when ``reconnect`` is on),
+        :class:`Timeout` if the broker accepted but sent no welcome, and
+        :class:`ServerError` if it refused a queue or an option.
+        """
+        deadline = deadline_after(self.connect_timeout)
+        with self._connect_lock:
+            if self._ended is not None:
+                raise ConnectionClosed(f"client is closed: {self._ended}")
+            if self._reader is not None:
+                self._wait_connection(deadline)
+                return
+            conn, replayed = self._establish_with_retries(deadline, first_delay=False, wait=True)
+            with self._cond:
+                if self._stop.is_set():
+                    conn.sock.close()
+                    raise ConnectionClosed("client is closed")
+                self._conn = conn
+                self._reader = threading.Thread(
+                    target=self._run, args=(conn,), name=f"coremq-reader-{self.host}:{self.port}", daemon=True
+                )
+                self._reader.start()
+                self._cond.notify_all()
+        for future in replayed:
+            self._result(future, deadline)
+
+    def _establish_with_retries(
+        self, deadline: float | None, *, first_delay: bool, wait: bool
+    ) -> tuple[_Connection, list[Future[dict]]]:
+        delays = backoff_delays(self.backoff, self.max_backoff)
+        if first_delay and self._stop.wait(next(delays)):
+            raise ConnectionClosed("client is closed")
+        while True:
+            try:
+                return self._establish(deadline, wait=wait)
+            except (ConnectionClosed, Timeout):
+                if not self.reconnect or self._stop.is_set():
+                    raise
+                delay = next(delays)
+                left = remaining(deadline)
+                if left is not None and left <= delay:
+                    raise
+            if self._stop.wait(delay):
+                raise ConnectionClosed("client is closed")
+
+    def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[Future[dict]]]:
+        """One attempt: open the socket, read the welcome, send the replay requests.
+
+        With ``wait`` the replay requests get futures (for connect() to wait
+        on); without, their errors reach the error reporter.
+        """
+        limit = remaining(deadline) if deadline is not None else self.connect_timeout
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=limit)
+        except OSError as exc:
+            raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl is not None:
+                sock = self.ssl.wrap_socket(sock, server_hostname=self.host)
+            protocol = ClientProtocol(codec=self.codec, max_frame_size=self.max_frame_size)
+            welcome, backlog = self._read_welcome(sock, protocol, deadline)
+            conn = _Connection(sock, protocol, welcome, backlog)
+            futures = []
+            for number, data in self._state.replay(protocol):
+                if wait:
+                    futures.append(Future())
+                    conn.pending.add(number, futures[-1])
+                sock.sendall(data)
+            sock.settimeout(self.timeout)
+        except CoreMQError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise Timeout(f"{self.host}:{self.port} sent no welcome in time") from exc
+            raise ConnectionClosed(f"connection to {self.host}:{self.port} failed: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        self._welcome = welcome
+        return conn, futures
+
+    def _read_welcome(
+        self, sock: socket.socket, protocol: ClientProtocol, deadline: float | None
+    ) -> tuple[Welcome, list[Any]]:
+        while True:
+            sock.settimeout(remaining(deadline) if deadline is not None else self.connect_timeout)
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                raise ConnectionClosed(f"{self.host}:{self.port} closed the connection before the welcome")
+            welcome, backlog = split_welcome(protocol.receive_data(data))
+            if welcome is not None:
+                return welcome, backlog
+
+    def _wait_connection(self, deadline: float | None) -> _Connection:
+        """The live connection, waiting for a reconnect until ``deadline``."""
+        with self._cond:
+            while True:
+                if self._ended is not None:
+                    raise ConnectionClosed(str(self._ended))
+                conn = self._conn
+                if conn is not None and conn.alive:
+                    return conn
+                if self._reader is None:
+                    raise ConnectionClosed("not connected: call connect() first")
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    raise ConnectionClosed(f"not connected to {self.host}:{self.port} within {self.timeout} s")
+                self._cond.wait(left)
+
+    # -- the reader thread -----------------------------------------------------
+
+    def _run(self, conn: _Connection) -> None:
+        error, orderly = ConnectionClosed("client is closed"), True
+        try:
+            while True:
+                error, orderly = self._read(conn)
+                self._lose(conn, error)
+                if self._stop.is_set() or not self.reconnect:
+                    break
+                logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
+                try:
+                    conn, _ = self._establish_with_retries(None, first_delay=True, wait=False)
+                except ConnectionClosed:
+                    break  # only when closing
+                with self._cond:
+                    if self._stop.is_set():
+                        conn.sock.close()
+                        break
+                    self._conn = conn
+                    self._cond.notify_all()
+        except BaseException as exc:  # pragma: no cover - a bug; never leave callers hanging
+            logger.exception("CoreMQ reader thread failed")
+            error, orderly = ConnectionClosed(f"reader failed: {exc!r}"), False
+        self._end(error, orderly=orderly or self._stop.is_set())
+
+    def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
+        """Read and dispatch until the connection ends: ``(why, orderly)``."""
+        routed = route(conn.backlog, conn.pending)
+        while True:
+            for delivery in routed.deliveries:
+                self._state.note(delivery)
+                self._deliveries.put(delivery)
+            for error in routed.errors:
+                self._reporter.report(error)
+            if routed.ended is not None:
+                return routed.ended, routed.orderly
+            try:
+                data = conn.sock.recv(_READ_SIZE)
+            except TimeoutError:
+                continue  # the socket timeout bounds writes; reads just go on
+            except OSError as exc:
+                return ConnectionClosed(f"connection lost: {exc}"), False
+            if not data:
+                return ConnectionClosed("connection closed"), self._stop.is_set()
+            routed = route(conn.protocol.receive_data(data), conn.pending)
+
+    def _lose(self, conn: _Connection, error: ConnectionClosed) -> None:
+        conn.pending.close(error)
+        conn.abort()  # wakes a writer blocked in sendall, so the lock comes free
+        with self._write_lock:
+            conn.sock.close()
+        with self._cond:
+            if self._conn is conn:
+                self._conn = None
+            self._cond.notify_all()
+
+    def _end(self, error: ConnectionClosed, *, orderly: bool) -> None:
+        with self._cond:
+            if self._ended is not None:
+                return
+            self._ended, self._orderly = error, orderly
+            self._cond.notify_all()
+        self._deliveries.put(_END)
+
+    # -- requests --------------------------------------------------------------
+
+    def _request(self, build: _Build, *, reply: bool = True, retry: bool = True) -> dict | None:
+        """Send one frame and wait for its reply, within ``timeout``.
+
+        A request that never left (the connection was already gone) is always
+        re-sent on the next connection; with ``retry`` (idempotent requests)
+        so is one whose connection dropped before the reply came.
+        """
+        deadline = deadline_after(self.timeout)
+        while True:
+            conn = self._wait_connection(deadline)
+            future: Future[dict] | None = Future() if reply else None
+            try:
+                number = self._send(conn, build, future, deadline)
+            except _NotSent:
+                continue  # _wait_connection waits for the next connection or raises
+            except ConnectionClosed:
+                if retry and self.reconnect:
+                    continue
+                raise
+            if future is None:
+                return None
+            try:
+                return self._result(future, deadline)
+            except Timeout:
+                conn.pending.discard(number)
+                raise
+            except ConnectionClosed:
+                if retry and self.reconnect:
+                    continue
+                raise
+
+    def _send(self, conn: _Connection, build: _Build, future: Future[dict] | None, deadline: float | None) -> int:
+        left = remaining(deadline)
+        if not self._write_lock.acquire(timeout=-1 if left is None else left):
+            raise Timeout(f"could not send within {self.timeout} s: other threads hold the connection")
+        try:
+            if not conn.alive:
+                raise _NotSent("connection lost")
+            number, data = build(conn.protocol)
+            if future is not None:
+                try:
+                    conn.pending.add(number, future)
+                except ConnectionClosed as exc:
+                    raise _NotSent(str(exc)) from None
+            try:
+                conn.sock.sendall(data)
+            except OSError as exc:
+                # Part of the frame may be out: the stream is unusable now.
+                lost = ConnectionClosed(f"connection lost while sending: {exc}")
+                conn.pending.close(lost)
+                conn.abort()
+                if isinstance(exc, TimeoutError):
+                    raise Timeout(f"sending took longer than {self.timeout} s; connection dropped") from exc
+                raise lost from exc
+            return number
+        finally:
+            self._write_lock.release()
+
+    def _result(self, future: Future[dict], deadline: float | None) -> dict:
+        try:
+            return future.result(timeout=remaining(deadline))
+        except TimeoutError as exc:
+            if isinstance(exc, CoreMQError):
+                raise
+            raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
+
+    def subscribe(self, *queues: str) -> dict:
+        """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
+        names = [validate_queue_name(q) for q in queues]
+        added = self._state.add_queues(names)
+        try:
+            return self._request(lambda p: p.subscribe(names))  # type: ignore[return-value]
+        except ServerError:
+            self._state.discard_queues(added)
+            raise
+
+    def unsubscribe(self, *queues: str) -> dict:
+        """Unsubscribe from ``queues``; return the broker's reply."""
+        names = [validate_queue_name(q) for q in queues]
+        self._state.discard_queues(names)
+        return self._request(lambda p: p.unsubscribe(names))  # type: ignore[return-value]
+
+    def set_options(self, **options: Any) -> dict:
+        """Set options (``None`` removes one; kept for reconnects); return the reply with ``options``."""
+        previous = self._state.update_options(options)
+        try:
+            return self._request(lambda p: p.set_options(options))  # type: ignore[return-value]
+        except ServerError:
+            self._state.restore_options(previous)
+            raise
+
+    def publish(self, queue: str, message: Any, *, reply: bool = True) -> dict | None:
+        """Publish ``message`` (a dict, list or str) to ``queue``.
+
+        Returns the broker's reply (``{"response": "OK: Message sent", "id": n, ...}``)
+        or raises its ``ERROR:`` as :class:`ServerError`. With ``reply=False``,
+        or while option ``reply`` is false, returns None once the frame is
+        sent; an error the broker still reports goes to ``on_error``.
+        A publish is never sent twice: if the connection drops before the
+        reply, :class:`ConnectionClosed` is raised.
+        """
+        validate_queue_name(queue)
+        wrap(message)
+        wait = reply and not self._state.replies_off
+        return self._request(lambda p: p.publish(queue, message), reply=wait, retry=False)
+
+    def send_message(self, queue: str, message: Any) -> dict | None:
+        """The 2015 name of :meth:`publish`."""
+        return self.publish(queue, message)
+
+    def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict:
+        """The raw history reply: ``history`` (stored messages) and ``sequence`` (first/last id per queue).
+
+        With ``since`` (one id, or one per queue) only newer messages come.
+        """
+        names = [validate_queue_name(q) for q in queues]
+        after = since_map(names, since)
+        return self._request(lambda p: p.get_history(names, after))  # type: ignore[return-value]
+
+    def get_history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict[str, list[Any]]:
+        """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
+        return history_messages(self.history(*queues, since=since))
+
+    def status(self) -> dict:
+        """The broker's description of itself (connections, queues, counters)."""
+        return self._request(lambda p: p.status())  # type: ignore[return-value]
+
+    # -- receiving -------------------------------------------------------------
+
+    def receive(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivered message, or None after ``timeout`` seconds (None: wait forever).
+
+        Raises :class:`ConnectionClosed` once the client has ended and every
+        message received before has been returned.
+        """
+        try:
+            item = self._deliveries.get(timeout=timeout)
+        except queue_module.Empty:
+            return None
+        if item is _END:
+            self._deliveries.put(_END)  # wake the next waiter too
+            raise ConnectionClosed(str(self._ended))
+        return item  # type: ignore[no-any-return]
+
+    def get_message(self, timeout: float | None = 1) -> tuple[str | None, Any]:
+        """``(queue, message)`` of the next delivery, or ``(None, None)`` on timeout (2015 API)."""
+        delivery = self.receive(timeout)
+        return (None, None) if delivery is None else (delivery.queue, delivery.message)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        """``(queue, message)`` pairs until close() or BYE without reconnect; ConnectionClosed on a loss."""
+        while True:
+            try:
+                delivery = self.receive()
+            except ConnectionClosed:
+                if self._orderly:
+                    return
+                raise
+            assert delivery is not None
+            yield delivery.queue, delivery.message
+
+    # -- closing ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection and stop reconnecting. Idempotent.
+
+        Half-closes first so the broker answers what it already received
+        (late errors still reach ``on_error``), then waits up to ``timeout``.
+        """
+        with self._cond:
+            self._stop.set()
+            conn, reader = self._conn, self._reader
+        if conn is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                conn.abort()
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(self.timeout)
+            if reader.is_alive() and conn is not None:
+                conn.abort()
+                reader.join(1.0)
+        self._end(ConnectionClosed("client is closed"), orderly=True)
+
+    def __enter__(self) -> "MessageQueue":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected" if self.connected else "disconnected"
+        return f"<MessageQueue {self.host}:{self.port} {state} id={self.connection_id}>"
