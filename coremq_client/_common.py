@@ -31,6 +31,7 @@ __all__ = [
     "history_messages",
     "remaining",
     "route",
+    "settle",
     "since_map",
     "split_welcome",
 ]
@@ -227,26 +228,30 @@ class PendingReplies(Generic[F]):
 
 @dataclass
 class Routed:
-    """What one batch of received events asks the front end to do."""
+    """One batch of received events, sorted for the front end to act on in this order.
+
+    Act on :attr:`deliveries` and :attr:`errors` first, then :func:`settle` the
+    replies: a caller woken by its reply then finds every message and every
+    error that arrived before that reply already queued or reported.
+    """
 
     deliveries: list[Delivery] = field(default_factory=list)
-    #: Errors nobody waits for: ``ERROR:`` replies to fire-and-forget or
-    #: abandoned requests, unnumbered ``ERROR:`` notices, bad frames.
+    replies: list[Reply] = field(default_factory=list)
+    #: Errors that answer no request: unnumbered ``ERROR:`` notices, bad frames.
     errors: list[CoreMQError] = field(default_factory=list)
     #: Set when the connection must end: the broker said BYE, or the stream broke.
     ended: ConnectionClosed | None = None
     orderly: bool = False
 
 
-def route(events: Iterable[Welcome | Reply | Delivery | Bye | ProtocolError], pending: PendingReplies[Any]) -> Routed:
-    """Sort events: replies complete their futures, the rest is returned to act on."""
+def route(events: Iterable[Welcome | Reply | Delivery | Bye | ProtocolError]) -> Routed:
+    """Sort received events; see :class:`Routed`. Events after a BYE or a fatal error are dropped."""
     routed = Routed()
     for event in events:
         if isinstance(event, Delivery):
             routed.deliveries.append(event)
         elif isinstance(event, Reply):
-            if not pending.resolve(event) and event.error is not None:
-                routed.errors.append(error_for(event.error))
+            routed.replies.append(event)
         elif isinstance(event, Bye):
             routed.ended, routed.orderly = ConnectionClosed("the broker closed the connection (BYE)"), True
             break
@@ -257,6 +262,17 @@ def route(events: Iterable[Welcome | Reply | Delivery | Bye | ProtocolError], pe
                 break
         # A Welcome comes only first and is taken by split_welcome.
     return routed
+
+
+def settle(replies: Iterable[Reply], pending: PendingReplies[Any], report: Callable[[CoreMQError], Any]) -> None:
+    """Complete the futures of ``replies`` in order; ``report`` an ``ERROR:`` nobody waits for.
+
+    Such an error (the answer to a fire-and-forget publish, or to a request
+    whose caller timed out) is reported before any later reply is delivered.
+    """
+    for reply in replies:
+        if not pending.resolve(reply) and reply.error is not None:
+            report(error_for(reply.error))
 
 
 def split_welcome(events: list[Any]) -> tuple[Welcome | None, list[Any]]:

@@ -28,6 +28,7 @@ from ._common import (
     logger,
     remaining,
     route,
+    settle,
     since_map,
     split_welcome,
 )
@@ -293,9 +294,9 @@ class AsyncMessageQueue:
 
     async def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
         """Read and dispatch until the connection ends: ``(why, orderly)``."""
-        routed = route(conn.backlog, conn.pending)
+        routed = route(conn.backlog)
         while True:
-            self._act(routed)
+            self._act(routed, conn)
             if routed.ended is not None:
                 return routed.ended, routed.orderly
             try:
@@ -304,18 +305,22 @@ class AsyncMessageQueue:
                 return ConnectionClosed(f"connection lost: {exc}"), False
             if not data:
                 return ConnectionClosed("connection closed"), self._stop.is_set()
-            routed = route(conn.protocol.receive_data(data), conn.pending)
+            routed = route(conn.protocol.receive_data(data))
 
-    def _act(self, routed: Routed) -> None:
+    def _act(self, routed: Routed, conn: _Connection) -> None:
         for delivery in routed.deliveries:
             self._state.note(delivery)
             self._deliveries.put_nowait(delivery)
         for error in routed.errors:
-            result = self._reporter.report(error)
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                self._callbacks.add(task)
-                task.add_done_callback(self._callbacks.discard)
+            self._report(error)
+        settle(routed.replies, conn.pending, self._report)
+
+    def _report(self, error: CoreMQError) -> None:
+        result = self._reporter.report(error)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
 
     def _lose(self, conn: _Connection, error: ConnectionClosed) -> None:
         conn.pending.close(error)

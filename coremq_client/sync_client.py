@@ -30,6 +30,7 @@ from ._common import (
     logger,
     remaining,
     route,
+    settle,
     since_map,
     split_welcome,
 )
@@ -322,13 +323,14 @@ class MessageQueue:
 
     def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
         """Read and dispatch until the connection ends: ``(why, orderly)``."""
-        routed = route(conn.backlog, conn.pending)
+        routed = route(conn.backlog)
         while True:
             for delivery in routed.deliveries:
                 self._state.note(delivery)
                 self._deliveries.put(delivery)
             for error in routed.errors:
                 self._reporter.report(error)
+            settle(routed.replies, conn.pending, self._reporter.report)
             if routed.ended is not None:
                 return routed.ended, routed.orderly
             try:
@@ -339,7 +341,7 @@ class MessageQueue:
                 return ConnectionClosed(f"connection lost: {exc}"), False
             if not data:
                 return ConnectionClosed("connection closed"), self._stop.is_set()
-            routed = route(conn.protocol.receive_data(data), conn.pending)
+            routed = route(conn.protocol.receive_data(data))
 
     def _lose(self, conn: _Connection, error: ConnectionClosed) -> None:
         conn.pending.close(error)
