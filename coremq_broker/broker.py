@@ -61,7 +61,8 @@ class Broker:
         self.codec = self.config.codec
         self.access = access or AccessPolicy()
         self.ssl = ssl
-        default = QueueSettings(self.config.history_length)
+        default = QueueSettings(self.config.history_length,
+                                slow_consumer_policy=self.config.slow_consumer_policy)
         self.registry = Registry(queue_settings or (lambda name: default))
         self.host = self.config.host
         self.port = self.config.port
@@ -108,9 +109,8 @@ class Broker:
         if self._server is not None:
             self._server.close()
         connections = list(self.registry.connections.values())
-        bye = self.codec.dumps({"response": P.BYE})
         for connection in connections:
-            connection.send(encode_frame(connection.id, bye))
+            self._send(connection, {"response": P.BYE})
             connection.close()
         deadline = time.monotonic() + timeout
         while self.registry.connections and time.monotonic() < deadline:
@@ -197,15 +197,19 @@ class Broker:
     def _reply_error(self, connection: Connection, reason: str, **extra: Any) -> None:
         self._reply(connection, {"response": f"ERROR: {reason}", **extra})
 
+    def encode_reply(self, connection: Connection, reply: dict) -> bytes:
+        """The frame carrying ``reply`` on the connection's id queue."""
+        return encode_frame(connection.id, self.codec.dumps(reply))
+
     def error_frame(self, connection: Connection, reason: str) -> bytes:
         """The frame of an ``ERROR:`` that answers no particular request."""
-        return encode_frame(connection.id, self.codec.dumps({"response": f"ERROR: {reason}"}))
+        return self.encode_reply(connection, {"response": f"ERROR: {reason}"})
 
     def send_error(self, connection: Connection, reason: str) -> None:
         connection.send(self.error_frame(connection, reason))
 
     def _send(self, connection: Connection, reply: dict) -> None:
-        connection.send(encode_frame(connection.id, self.codec.dumps(reply)))
+        connection.send(self.encode_reply(connection, reply))
 
     # -- publish ---------------------------------------------------------
 

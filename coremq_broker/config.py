@@ -32,10 +32,13 @@ class BrokerConfig:
     #: Queues one connection may subscribe to.
     max_subscriptions: int = 1000
     #: A connection whose unsent output passes this many bytes is a slow
-    #: consumer and is disconnected with ``ERROR: slow consumer``.
+    #: consumer; ``slow_consumer_policy`` says what happens to it.
     max_write_buffer: int = 8 * 2**20
-    #: Output high/low water marks; above ``write_high`` the broker stops
-    #: reading from the publishers that feed it until it drains below ``write_low``.
+    #: What happens to a slow consumer: "disconnect" or "drop" (its oldest messages).
+    slow_consumer_policy: str = "disconnect"
+    #: The socket's high/low water marks: above ``write_high`` the broker keeps
+    #: output in the connection's own bounded buffer and stops reading the
+    #: connection's requests until the socket drains below ``write_low``.
     write_high: int = 64 * 2**10
     write_low: int = 16 * 2**10
     #: Seconds that close() waits for BYE and pending output to be flushed.

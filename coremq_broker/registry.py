@@ -51,16 +51,30 @@ class RateCounter:
 
 
 class QueueSettings:
-    """How one queue behaves. Queues without their own row use the defaults."""
+    """How one queue behaves. Queues without their own row use the defaults.
 
-    __slots__ = ("history_length", "max_message_size")
+    ``slow_consumer_policy`` names what happens when a subscriber's output
+    buffer overflows: ``"disconnect"`` cuts it off with ``ERROR: slow
+    consumer``; ``"drop"`` drops its oldest undelivered messages and tells it
+    which ids it missed.
+    """
 
-    def __init__(self, history_length: int, max_message_size: int | None = None) -> None:
+    __slots__ = ("history_length", "max_message_size", "slow_consumer_policy", "durable")
+
+    def __init__(self, history_length: int, max_message_size: int | None = None,
+                 slow_consumer_policy: str = "disconnect", durable: bool = False) -> None:
         self.history_length = history_length
         self.max_message_size = max_message_size
+        self.slow_consumer_policy = slow_consumer_policy
+        self.durable = durable
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QueueSettings) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
     def __repr__(self) -> str:
-        return f"QueueSettings(history_length={self.history_length}, max_message_size={self.max_message_size})"
+        values = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"QueueSettings({values})"
 
 
 class Connection:

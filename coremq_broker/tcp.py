@@ -3,9 +3,12 @@
 Output is coalesced: :meth:`TcpConnection.send` appends to a list and the
 broker flushes every connection that has output once per loop iteration, so a
 burst of deliveries costs one ``write`` per connection, not one per message.
-A connection whose unsent output passes ``max_write_buffer`` is a slow
-consumer and is cut off; one that stops reading its replies is no longer read
-from (asyncio flow control) until it drains.
+
+Output is bounded. While the socket is over its high-water mark (asyncio's
+``pause_writing``) frames wait in the connection's own buffer and the
+connection's requests are not read; past ``max_write_buffer`` the connection
+is a slow consumer and the queue's policy applies: ``disconnect`` or ``drop``
+(the oldest undelivered messages, with a notice naming the ids dropped).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from typing import TYPE_CHECKING
 
+from coremq_client import protocol as P
 from coremq_client.codec import FrameParser
 from coremq_client.errors import ProtocolError
 
@@ -39,8 +44,11 @@ class TcpConnection(asyncio.Protocol, Connection):
         self.broker = broker
         self.parser = FrameParser(max_frame_size=broker.config.max_frame_size)
         self.transport: asyncio.Transport | None = None
-        self._out: list[bytes] = []
-        self._paused_reading = False
+        self._out: deque[bytes] = deque()
+        self._out_bytes = 0
+        self._max_out = broker.config.max_write_buffer
+        self._writing_paused = False
+        self._gaps: dict[str, list[bytes]] = {}  # queue -> [first, last] frame dropped
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -81,20 +89,21 @@ class TcpConnection(asyncio.Protocol, Connection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._out.clear()
+        self._out_bytes = 0
         self.broker.connection_lost(self, str(exc) if exc else "")
 
     def pause_writing(self) -> None:
-        # The peer does not read fast enough: stop taking its requests, whose
-        # replies would only grow our buffer.
-        if self.transport is not None and not self._paused_reading:
-            self._paused_reading = True
+        # The peer reads slower than we write: keep output in our own bounded
+        # buffer and stop taking its requests, whose replies would add to it.
+        self._writing_paused = True
+        if self.transport is not None and not self.closing:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and self._paused_reading:
-            self._paused_reading = False
-            if not self.closing:
-                self.transport.resume_reading()
+        self._writing_paused = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+            self.flush()
 
     # -- Connection --------------------------------------------------------
 
@@ -105,24 +114,27 @@ class TcpConnection(asyncio.Protocol, Connection):
         if not out:
             self.broker.schedule_flush(self)
         out.append(frame)
+        self._out_bytes += len(frame)
+        if self._out_bytes > self._max_out:
+            self._overflow(frame)
 
     def flush(self) -> None:
-        """Write what :meth:`send` collected; cut off a slow consumer."""
+        """Write what :meth:`send` collected, unless the socket is over its high-water mark."""
         out = self._out
         transport = self.transport
-        if not out or transport is None or transport.is_closing():
-            out.clear()
+        if not out or self._writing_paused or transport is None or transport.is_closing():
             return
+        if self._gaps:
+            out.appendleft(self._gap_notice())
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self._out_bytes = 0
         self.bytes_out += len(data)
         transport.write(data)
-        if transport.get_write_buffer_size() > self.broker.config.max_write_buffer:
-            self._slow_consumer()
 
     @property
     def buffered(self) -> int:
-        size = sum(len(frame) for frame in self._out)
+        size = self._out_bytes
         if self.transport is not None:
             size += self.transport.get_write_buffer_size()
         return size
@@ -133,6 +145,7 @@ class TcpConnection(asyncio.Protocol, Connection):
             return
         if reason:
             self.broker.send_error(self, reason)
+        self._writing_paused = False  # hand everything to the transport, which drains then closes
         self.flush()
         self._close_within(_CLOSE_GRACE)
 
@@ -147,13 +160,67 @@ class TcpConnection(asyncio.Protocol, Connection):
         self.transport.close()
         asyncio.get_running_loop().call_later(grace, self.abort)
 
-    def _slow_consumer(self) -> None:
+    # -- slow consumers ----------------------------------------------------
+
+    def _overflow(self, frame: bytes) -> None:
+        registry = self.broker.registry
+        queue = registry.queues.get(_frame_queue(frame))
+        policy = queue.settings.slow_consumer_policy if queue is not None else "disconnect"
+        registry.slow_consumers += 1
+        if policy == "drop":
+            self._drop_oldest()
+        else:
+            self._disconnect_slow()
+
+    def _disconnect_slow(self) -> None:
         assert self.transport is not None
-        self.dropped += 1
-        self.broker.registry.slow_consumers += 1
         logger.warning("connection %s (%s) is a slow consumer: %d bytes unsent; disconnecting",
-                       self.id, self.peer, self.transport.get_write_buffer_size())
-        # Nothing more is queued for it; the ERROR goes behind what is already
-        # buffered, and the buffer is dropped if the peer still does not read.
+                       self.id, self.peer, self.buffered)
+        self._out.clear()
+        self._out_bytes = 0
+        # The ERROR goes behind what the socket already holds; if the peer
+        # still does not read within a second, that is dropped too.
         self.transport.write(self.broker.error_frame(self, "slow consumer"))
         self._close_within(1.0)
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest deliveries down to half the limit, keeping replies; note the ids lost."""
+        kept: list[bytes] = []
+        out = self._out
+        gaps = self._gaps
+        target = self._max_out // 2
+        while out and self._out_bytes > target:
+            frame = out.popleft()
+            queue = _frame_queue(frame)
+            if queue == self.id:  # replies and point-to-point messages are not dropped
+                kept.append(frame)
+                continue
+            self._out_bytes -= len(frame)
+            self.dropped += 1
+            span = gaps.get(queue)
+            if span is None:
+                gaps[queue] = [frame, frame]
+            else:
+                span[1] = frame
+        out.extendleft(reversed(kept))
+
+    def _gap_notice(self) -> bytes:
+        """The notice of what :meth:`_drop_oldest` dropped since the last flush."""
+        dropped = {queue: {"first": self._frame_id(first), "last": self._frame_id(last)}
+                   for queue, (first, last) in self._gaps.items()}
+        self._gaps.clear()
+        logger.warning("connection %s (%s) is a slow consumer: dropped %s", self.id, self.peer, dropped)
+        return self.broker.encode_reply(self, {"response": "ERROR: slow consumer: messages dropped",
+                                                "dropped": dropped})
+
+    def _frame_id(self, frame: bytes) -> int | None:
+        body = frame.split(b" ", 2)[2]
+        try:
+            return self.broker.codec.loads(body).get(P.ID)
+        except (ProtocolError, AttributeError):
+            return None
+
+
+def _frame_queue(frame: bytes) -> str:
+    """The queue name of a frame this broker encoded."""
+    return frame.split(b" ", 2)[1].decode()

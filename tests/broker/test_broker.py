@@ -335,8 +335,8 @@ def test_slow_consumer_is_cut_off_and_others_get_everything(broker_config, conne
     received = 0
     for n in range(count):
         pub.send("firehose", {"n": n, "p": payload})
-        if n % 50 == 49:
-            while received <= n - 100:
+        if n % 10 == 9:
+            while received <= n - 20:
                 assert reader.read()[1]["n"] == received
                 received += 1
     while received < count:
@@ -347,3 +347,36 @@ def test_slow_consumer_is_cut_off_and_others_get_everything(broker_config, conne
     while sleeper.id in broker.call(lambda: list(broker.broker.registry.connections)) and time.time() < deadline:
         time.sleep(0.05)
     assert sleeper.id not in broker.call(lambda: list(broker.broker.registry.connections))
+
+
+def test_drop_policy_keeps_the_slow_consumer_and_names_the_gap(broker_config, connect, broker):
+    """Under the drop policy a slow subscriber stays connected with a bounded buffer and is told exactly which ids it lost."""
+    broker.close()
+    broker.config = broker_config.with_options(max_write_buffer=256 * 1024, slow_consumer_policy="drop")
+    broker.broker = broker._open(broker.config)
+    sleeper = subscribed(connect, "firehose")  # reads nothing until the end
+    pub = connect()
+    pub.control({"coremq_options": {"reply": False}})
+    count = 6000  # 18 MB: more than the kernel's socket buffers hold
+    for n in range(count):
+        pub.send("firehose", {"n": n, "p": "x" * 3000})
+    pub.control({"coremq_status": True})  # every publish has been handled
+    connection = broker.broker.registry.connections[sleeper.id]
+    # Bound: our buffer (max) plus the socket's (high water plus at most one flush of max).
+    assert broker.call(lambda: connection.buffered) <= 2 * 256 * 1024 + 64 * 1024
+    seen: list[int] = []
+    dropped = 0
+    while not seen or seen[-1] < count:
+        queue, message = sleeper.read()
+        if queue == sleeper.id:
+            assert message["response"] == "ERROR: slow consumer: messages dropped"
+            span = message["dropped"]["firehose"]
+            assert span["first"] == (seen[-1] + 1 if seen else 1)
+            dropped += span["last"] - span["first"] + 1
+            seen.extend(range(span["first"], span["last"] + 1))
+        else:
+            assert message["coremq_id"] == (seen[-1] + 1 if seen else 1)
+            seen.append(message["coremq_id"])
+    assert seen == list(range(1, count + 1)) and dropped > 0
+    assert broker.call(lambda: connection.dropped) == dropped
+    assert sleeper.id in broker.call(lambda: list(broker.broker.registry.connections))
