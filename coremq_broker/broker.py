@@ -18,21 +18,17 @@ from typing import Any, Callable
 
 from coremq_client import protocol as P
 from coremq_client.codec import Frame, encode_frame, validate_queue_name
-from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError, ProtocolError
+from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
 from .config import BrokerConfig
+from .control import ControlRequests, RequestError
+from .version import PROTOCOL_VERSION, VERSION
 from .registry import Connection, Queue, QueueSettings, Registry
 
 __all__ = ["Broker", "AccessPolicy", "VERSION"]
 
-VERSION = "0.1.0"
-PROTOCOL_VERSION = 2
 
 logger = logging.getLogger("coremq.broker")
-
-
-class RequestError(CoreMQError):
-    """A request was refused; the text becomes the ``ERROR:`` reply."""
 
 
 class AccessPolicy:
@@ -46,7 +42,7 @@ class AccessPolicy:
         return True
 
 
-class Broker:
+class Broker(ControlRequests):
     """A CoreMQ broker serving the 2015 wire protocol with its extensions."""
 
     def __init__(
@@ -224,6 +220,8 @@ class Broker:
         else:
             raise MessageError(f"a message must be a JSON object, array or string, not {_json_type(message)}")
         queue = self.registry.queues.get(name)
+        if queue is None:
+            queue = self.registry.queue(name) if self.registry.owner_of(name) else None
         if queue is None or queue.owner is None:
             # Private queues take point-to-point messages from anyone; others ask the policy.
             self._check(connection, "publish", name)
@@ -267,115 +265,6 @@ class Broker:
         registry.rate_in.add(now)
         registry.rate_out.add(now, delivered)
         return frame
-
-    # -- control requests ------------------------------------------------
-
-    def _control(self, connection: Connection, message: dict) -> None:
-        keys = [key for key in message if key in P.CONTROL_KEYS]
-        unknown = [key for key in message if key.startswith("coremq_") and key not in P.CONTROL_KEYS
-                   and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
-        if unknown:
-            raise RequestError(f"unknown control key {unknown[0]!r}")
-        if len(keys) != 1:
-            raise RequestError(f"a control request holds exactly one control key, got {sorted(keys)}")
-        key = keys[0]
-        value = message[key]
-        if key == P.SUBSCRIBE:
-            self._subscribe(connection, value)
-        elif key == P.UNSUBSCRIBE:
-            for name in self._queue_list(value, key):
-                if name != connection.id:
-                    self.registry.unsubscribe(connection, name)
-            self._reply(connection, {"response": P.OK_UNSUBSCRIBE})
-        elif key == P.OPTIONS:
-            self._options(connection, value)
-        elif key == P.GETHISTORY:
-            self._history(connection, value)
-        else:
-            self._check(connection, "status", None)
-            self._reply(connection, {"response": P.OK_STATUS, **self.status()})
-
-    def _queue_list(self, value: Any, key: str) -> list[str]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-            raise RequestError(f"{key} takes a list of queue names")
-        return [validate_queue_name(name, self.config.max_queue_name_length) for name in value]
-
-    def _check_private(self, connection: Connection, action: str, name: str) -> None:
-        queue = self.registry.queues.get(name)
-        if queue is not None and queue.owner is not None and queue.owner != connection.id:
-            self.registry.denials += 1
-            raise RequestError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
-
-    def _check(self, connection: Connection, action: str, name: str | None) -> None:
-        if not self.access.allows(connection, action, name):
-            self.registry.denials += 1
-            target = f" on queue {name!r}" if name else ""
-            raise RequestError(f"permission denied: {action}{target}")
-
-    def _subscribe(self, connection: Connection, value: Any) -> None:
-        names = self._queue_list(value, P.SUBSCRIBE)
-        for name in names:
-            self._check_private(connection, "subscribe", name)
-            self._check(connection, "subscribe", name)
-        new = [name for name in names if name not in connection.subscriptions]
-        limit = self.config.max_subscriptions
-        if len(connection.subscriptions) - 1 + len(new) > limit:
-            raise RequestError(f"too many subscriptions: limit is {limit} per connection")
-        for name in new:
-            self.registry.subscribe(connection, name)
-        self._reply(connection, {"response": P.OK_SUBSCRIBE})
-
-    def _options(self, connection: Connection, value: Any) -> None:
-        if not isinstance(value, dict):
-            raise RequestError(f"{P.OPTIONS} takes an object")
-        for name, option in value.items():
-            if name in (P.OPTION_ECHO, P.OPTION_REPLY) and option is not None and not isinstance(option, bool):
-                raise RequestError(f"option {name!r} must be true, false or null")
-        for name, option in value.items():
-            if option is None:
-                connection.options.pop(name, None)
-            else:
-                connection.options[name] = option
-        connection.echo = bool(connection.options.get(P.OPTION_ECHO, False))
-        connection.replies = bool(connection.options.get(P.OPTION_REPLY, True))
-        self._reply(connection, {"response": P.OK_OPTIONS, "options": connection.options})
-
-    def _history(self, connection: Connection, value: Any) -> None:
-        if isinstance(value, dict):
-            since = value
-            names = self._queue_list(list(value), P.GETHISTORY)
-            for name in names:
-                if since[name] is not None and (not isinstance(since[name], int) or isinstance(since[name], bool)):
-                    raise RequestError(f"history since must be an integer or null, got {since[name]!r}")
-        else:
-            names = self._queue_list(value, P.GETHISTORY)
-            since = {}
-        history: dict[str, list[dict]] = {}
-        sequence: dict[str, dict[str, int | None]] = {}
-        for name in names:
-            self._check_private(connection, "history", name)
-            self._check(connection, "history", name)
-            queue = self.registry.queues.get(name)
-            if queue is None:
-                history[name] = []
-                sequence[name] = {"first": None, "last": 0}
-            else:
-                history[name] = queue.history_since(since.get(name))
-                sequence[name] = {"first": queue.first_id, "last": queue.last_id}
-        self._reply(connection, {"history": history, "sequence": sequence})
-
-    def status(self) -> dict[str, Any]:
-        """The server's description, as a status request returns it."""
-        return {
-            "server": self.config.server_name,
-            "address": self.address,
-            "version": VERSION,
-            "role": "master",
-            **self.registry.describe(),
-        }
-
 
 def _json_type(value: Any) -> str:
     if value is None:

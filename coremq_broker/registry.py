@@ -212,27 +212,45 @@ class Registry:
         """Register a connection and subscribe it to its private id queue."""
         self.connections[connection.id] = connection
         self.connections_total += 1
-        queue = Queue(connection.id, self.queue_settings(connection.id), owner=connection.id)
-        self.queues[connection.id] = queue
-        queue.subscribers[connection] = None
-        connection.subscriptions.add(connection.id)
+        self.queue(connection.id)
 
     def remove(self, connection: Connection) -> None:
-        """Forget a connection, its subscriptions and its private queue."""
+        """Forget a connection, its subscriptions and its private queues."""
         if self.connections.pop(connection.id, None) is None:
             return
         for name in connection.subscriptions:
             queue = self.queues.get(name)
             if queue is not None:
-                queue.subscribers.pop(connection, None)
+                if queue.owner == connection.id:
+                    del self.queues[name]
+                else:
+                    queue.subscribers.pop(connection, None)
         connection.subscriptions.clear()
-        self.queues.pop(connection.id, None)
+
+    def owner_of(self, name: str) -> str | None:
+        """The id of the live connection that a queue name is private to, if any.
+
+        A connection owns its id queue and every sub-address ``<id>/<anything>``
+        (a bridge gives each of its browsers one); they reach it alone.
+        """
+        if name in self.connections:
+            return name
+        prefix, slash, _ = name.partition("/")
+        if slash and prefix in self.connections:
+            return prefix
+        return None
 
     def queue(self, name: str) -> Queue:
-        """The queue called ``name``, created on first use."""
+        """The queue called ``name``, created on first use.
+
+        A new sub-address queue is private to its owner and delivers to it.
+        """
         queue = self.queues.get(name)
         if queue is None:
-            queue = self.queues[name] = Queue(name, self.queue_settings(name))
+            owner = self.owner_of(name)
+            queue = self.queues[name] = Queue(name, self.queue_settings(name), owner=owner)
+            if owner is not None:
+                self.subscribe(self.connections[owner], name)
         return queue
 
     def subscribe(self, connection: Connection, name: str) -> None:
@@ -245,8 +263,10 @@ class Registry:
             queue.subscribers.pop(connection, None)
         connection.subscriptions.discard(name)
 
-    def reload_settings(self) -> None:
-        """Re-resolve every queue's settings (after an admin changed them)."""
+    def reload_settings(self, queue_settings: Callable[[str], QueueSettings] | None = None) -> None:
+        """Re-resolve every queue's settings, with a new resolver if given (an admin saved a change)."""
+        if queue_settings is not None:
+            self.queue_settings = queue_settings
         for queue in self.queues.values():
             queue.apply_settings(self.queue_settings(queue.name))
 

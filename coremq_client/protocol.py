@@ -16,7 +16,7 @@ from .codec import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, JSONCodec, encode
 from .errors import LocalUsageError, MessageError, PermissionDenied, ProtocolError, ServerError
 
 __all__ = [
-    "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "CONTROL_KEYS",
+    "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "ADMIN", "CONTROL_KEYS",
     "SENDER", "SENT", "SERVER", "ID", "STAMP_KEYS", "STRING", "ARRAY",
     "WELCOME", "BYE", "OPTION_ECHO", "OPTION_REPLY",
     "Welcome", "Reply", "Delivery", "Bye", "ClientProtocol",
@@ -29,7 +29,8 @@ UNSUBSCRIBE = "coremq_unsubscribe"
 OPTIONS = "coremq_options"
 GETHISTORY = "coremq_gethistory"
 STATUS = "coremq_status"
-CONTROL_KEYS = frozenset({SUBSCRIBE, UNSUBSCRIBE, OPTIONS, GETHISTORY, STATUS})
+ADMIN = "coremq_admin"  # {"action": "disconnect" | "purge", ...}; for administrators
+CONTROL_KEYS = frozenset({SUBSCRIBE, UNSUBSCRIBE, OPTIONS, GETHISTORY, STATUS, ADMIN})
 
 # Stamps the broker puts on every published message.
 SENDER = "coremq_sender"

@@ -380,3 +380,48 @@ def test_drop_policy_keeps_the_slow_consumer_and_names_the_gap(broker_config, co
     assert seen == list(range(1, count + 1)) and dropped > 0
     assert broker.call(lambda: connection.dropped) == dropped
     assert sleeper.id in broker.call(lambda: list(broker.broker.registry.connections))
+
+
+def test_sub_addresses_are_private_to_their_connection(connect, broker):
+    """'<id>/<name>' reaches connection <id> alone; nobody else may subscribe to it; it goes when the connection goes."""
+    owner = connect()
+    other = connect()
+    spy = connect()
+    assert spy.control({"coremq_subscribe": [f"{owner.id}/browser-1"]})["response"].startswith(
+        "ERROR: permission denied: subscribe")
+    other.send(f"{owner.id}/browser-1", {"hello": 1})
+    assert other.read()[1]["response"] == "OK: Message sent"
+    queue, message = owner.read()
+    assert queue == f"{owner.id}/browser-1" and message["hello"] == 1
+    owner.close()
+    deadline = time.time() + 5
+    while broker.call(lambda: f"{owner.id}/browser-1" in broker.broker.registry.queues) and time.time() < deadline:
+        time.sleep(0.01)
+    assert f"{owner.id}/browser-1" not in broker.broker.registry.queues
+
+
+def test_status_with_detail_lists_connections_and_queues(connect):
+    """A detailed status lists every connection with its counters and every public queue."""
+    sub = subscribed(connect, "listed")
+    status = sub.control({"coremq_status": {"connections": True, "queues": True}})
+    ids = {c["id"]: c for c in status["connection_list"]}
+    assert sub.id in ids and ids[sub.id]["transport"] == "tcp" and "listed" in ids[sub.id]["subscriptions"]
+    assert [q["name"] for q in status["queue_list"]] == ["listed"]
+    assert status["queue_list"][0]["subscribers"] == 1
+
+
+def test_admin_disconnect_and_purge(connect):
+    """The admin request disconnects a connection (with an ERROR first) and purges a queue's history."""
+    admin = connect()
+    victim = connect()
+    admin.send("q", {"n": 1})
+    admin.read()
+    assert admin.control({"coremq_admin": {"action": "purge", "queue": "q"}}) == {
+        "response": "OK: Purged", "purged": 1, "request": 2}
+    assert admin.control({"coremq_gethistory": ["q"]})["history"]["q"] == []
+    assert admin.control({"coremq_admin": {"action": "disconnect", "connection": victim.id}})["response"] == \
+        "OK: Disconnected"
+    frames = victim.read_until_closed()
+    assert frames == [(victim.id, {"response": "ERROR: disconnected by an administrator"})]
+    reply = admin.control({"coremq_admin": {"action": "explode"}})
+    assert reply["response"] == "ERROR: unknown admin action 'explode'"

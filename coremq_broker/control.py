@@ -1,0 +1,190 @@
+"""Control requests: what a client asks of the broker on its own id queue.
+
+A mixin of :class:`~coremq_broker.broker.Broker`, kept apart so that the
+publish path and the lifecycle stay short. Every handler validates its value,
+asks the access policy, and replies once; a refusal raises
+:class:`RequestError`, which the broker turns into an ``ERROR:`` reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from coremq_client import protocol as P
+from coremq_client.codec import validate_queue_name
+from coremq_client.errors import CoreMQError
+
+from .registry import Connection
+from .version import VERSION
+
+if TYPE_CHECKING:
+    from .broker import AccessPolicy
+    from .config import BrokerConfig
+    from .registry import Registry
+
+__all__ = ["ControlRequests", "RequestError"]
+
+logger = logging.getLogger("coremq.broker")
+
+
+class RequestError(CoreMQError):
+    """A request was refused; the text becomes the ``ERROR:`` reply."""
+
+
+class ControlRequests:
+    """The handlers of the ``coremq_*`` control keys."""
+
+    config: "BrokerConfig"
+    registry: "Registry"
+    access: "AccessPolicy"
+    address: str
+
+    def _reply(self, connection: Connection, reply: dict) -> None:  # pragma: no cover - Broker's
+        raise NotImplementedError
+
+    def _control(self, connection: Connection, message: dict) -> None:
+        keys = [key for key in message if key in P.CONTROL_KEYS]
+        unknown = [key for key in message if key.startswith("coremq_") and key not in P.CONTROL_KEYS
+                   and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
+        if unknown:
+            raise RequestError(f"unknown control key {unknown[0]!r}")
+        if len(keys) != 1:
+            raise RequestError(f"a control request holds exactly one control key, got {sorted(keys)}")
+        key = keys[0]
+        value = message[key]
+        if key == P.SUBSCRIBE:
+            self._subscribe(connection, value)
+        elif key == P.UNSUBSCRIBE:
+            for name in self._queue_list(value, key):
+                if name != connection.id:
+                    self.registry.unsubscribe(connection, name)
+            self._reply(connection, {"response": P.OK_UNSUBSCRIBE})
+        elif key == P.OPTIONS:
+            self._options(connection, value)
+        elif key == P.GETHISTORY:
+            self._history(connection, value)
+        elif key == P.STATUS:
+            self._status(connection, value)
+        else:
+            self._admin(connection, value)
+
+    def _queue_list(self, value: Any, key: str) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise RequestError(f"{key} takes a list of queue names")
+        return [validate_queue_name(name, self.config.max_queue_name_length) for name in value]
+
+    def _check_private(self, connection: Connection, action: str, name: str) -> None:
+        owner = self.registry.owner_of(name)
+        if owner is not None and owner != connection.id:
+            self.registry.denials += 1
+            raise RequestError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
+
+    def _check(self, connection: Connection, action: str, name: str | None) -> None:
+        if not self.access.allows(connection, action, name):
+            self.registry.denials += 1
+            target = f" on queue {name!r}" if name else ""
+            raise RequestError(f"permission denied: {action}{target}")
+
+    def _subscribe(self, connection: Connection, value: Any) -> None:
+        names = self._queue_list(value, P.SUBSCRIBE)
+        for name in names:
+            self._check_private(connection, "subscribe", name)
+            self._check(connection, "subscribe", name)
+        new = [name for name in names if name not in connection.subscriptions]
+        limit = self.config.max_subscriptions
+        held = sum(1 for name in connection.subscriptions if self.registry.owner_of(name) != connection.id)
+        if held + len(new) > limit:
+            raise RequestError(f"too many subscriptions: limit is {limit} per connection")
+        for name in new:
+            self.registry.subscribe(connection, name)
+        self._reply(connection, {"response": P.OK_SUBSCRIBE})
+
+    def _options(self, connection: Connection, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise RequestError(f"{P.OPTIONS} takes an object")
+        for name, option in value.items():
+            if name in (P.OPTION_ECHO, P.OPTION_REPLY) and option is not None and not isinstance(option, bool):
+                raise RequestError(f"option {name!r} must be true, false or null")
+        for name, option in value.items():
+            if option is None:
+                connection.options.pop(name, None)
+            else:
+                connection.options[name] = option
+        connection.echo = bool(connection.options.get(P.OPTION_ECHO, False))
+        connection.replies = bool(connection.options.get(P.OPTION_REPLY, True))
+        self._reply(connection, {"response": P.OK_OPTIONS, "options": connection.options})
+
+    def _history(self, connection: Connection, value: Any) -> None:
+        if isinstance(value, dict):
+            since = value
+            names = self._queue_list(list(value), P.GETHISTORY)
+            for name in names:
+                if since[name] is not None and (not isinstance(since[name], int) or isinstance(since[name], bool)):
+                    raise RequestError(f"history since must be an integer or null, got {since[name]!r}")
+        else:
+            names = self._queue_list(value, P.GETHISTORY)
+            since = {}
+        history: dict[str, list[dict]] = {}
+        sequence: dict[str, dict[str, int | None]] = {}
+        for name in names:
+            self._check_private(connection, "history", name)
+            self._check(connection, "history", name)
+            queue = self.registry.queues.get(name)
+            if queue is None:
+                history[name] = []
+                sequence[name] = {"first": None, "last": 0}
+            else:
+                history[name] = queue.history_since(since.get(name))
+                sequence[name] = {"first": queue.first_id, "last": queue.last_id}
+        self._reply(connection, {"history": history, "sequence": sequence})
+
+    def _status(self, connection: Connection, value: Any) -> None:
+        self._check(connection, "status", None)
+        detail = value if isinstance(value, dict) else {}
+        self._reply(connection, {"response": P.OK_STATUS, **self.status(
+            connections=bool(detail.get("connections")), queues=bool(detail.get("queues")))})
+
+    def _admin(self, connection: Connection, value: Any) -> None:
+        self._check(connection, "admin", None)
+        if not isinstance(value, dict) or not isinstance(value.get("action"), str):
+            raise RequestError(f"{P.ADMIN} takes an object with an action")
+        action = value["action"]
+        if action == "disconnect":
+            target = self.registry.connections.get(value.get("connection"))  # type: ignore[arg-type]
+            if target is None:
+                raise RequestError(f"no connection {value.get('connection')!r}")
+            logger.info("connection %s disconnected by %s", target.id, connection.id)
+            target.close("disconnected by an administrator")
+            self._reply(connection, {"response": "OK: Disconnected"})
+        elif action == "purge":
+            queue = self.registry.queues.get(value.get("queue"))  # type: ignore[arg-type]
+            purged = len(queue.history) if queue is not None else 0
+            if queue is not None:
+                queue.history.clear()
+            self._reply(connection, {"response": "OK: Purged", "purged": purged})
+        else:
+            raise RequestError(f"unknown admin action {action!r}")
+
+    def status(self, *, connections: bool = False, queues: bool = False) -> dict[str, Any]:
+        """The server's description, as a status request returns it.
+
+        With ``connections`` or ``queues`` it lists each connection and each
+        public queue as well (the status page's tables).
+        """
+        status = {
+            "server": self.config.server_name,
+            "address": self.address,
+            "version": VERSION,
+            "role": "master",
+            **self.registry.describe(),
+        }
+        if connections:
+            status["connection_list"] = [c.describe() for c in self.registry.connections.values()]
+        if queues:
+            status["queue_list"] = [q.describe() for q in self.registry.public_queues()]
+        return status
+
+
