@@ -45,6 +45,21 @@ class AccessPolicy:
 class Broker(ControlRequests):
     """A CoreMQ broker serving the 2015 wire protocol with its extensions."""
 
+    _running: "Broker | None" = None
+
+    @classmethod
+    def running(cls) -> "Broker | None":
+        """The broker started last in this process and not yet closed, if any.
+
+        ASGI code served by ``run_coremq`` (the WebSocket bridge, the status
+        page) uses it to reach the live registry in-process, on the same loop.
+        """
+        return cls._running
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
     def __init__(
         self,
         config: BrokerConfig | None = None,
@@ -79,6 +94,7 @@ class Broker(ControlRequests):
         from .tcp import TcpConnection
 
         self._loop = asyncio.get_running_loop()
+        Broker._running = self
         self._closed = asyncio.Event()
         self._server = await self._loop.create_server(
             lambda: TcpConnection(self), self.config.host, self.config.port, ssl=self.ssl, reuse_address=True
@@ -119,6 +135,8 @@ class Broker(ControlRequests):
         logger.info("CoreMQ broker on %s closed", self.address)
         if self._closed is not None:
             self._closed.set()
+        if Broker._running is self:
+            Broker._running = None
 
     # -- connections -----------------------------------------------------
 
@@ -245,7 +263,12 @@ class Broker(ControlRequests):
         """
         queue.last_id += 1
         now = time.time()
-        stored[P.SENDER] = sender.id if sender is not None else self.config.server_name
+        if sender is None:
+            stored[P.SENDER] = self.config.server_name
+        elif not (isinstance(claimed := stored.get(P.SENDER), str) and claimed.startswith(sender.id + "/")):
+            # A connection may speak as one of its own sub-addresses (a bridge for
+            # its browsers); any other claimed sender is overwritten.
+            stored[P.SENDER] = sender.id
         stored[P.SENT] = now
         stored[P.SERVER] = self.address
         stored[P.ID] = queue.last_id

@@ -425,3 +425,23 @@ def test_admin_disconnect_and_purge(connect):
     assert frames == [(victim.id, {"response": "ERROR: disconnected by an administrator"})]
     reply = admin.control({"coremq_admin": {"action": "explode"}})
     assert reply["response"] == "ERROR: unknown admin action 'explode'"
+
+
+def test_sender_may_be_own_sub_address_only(connect):
+    """A publisher may stamp one of its own sub-addresses as sender; any other claimed sender is replaced."""
+    sub = subscribed(connect, "q")
+    pub = connect()
+    pub.send("q", {"coremq_sender": f"{pub.id}/browser-7"})
+    pub.send("q", {"coremq_sender": f"{sub.id}/browser-7"})
+    assert sub.read()[1]["coremq_sender"] == f"{pub.id}/browser-7"
+    assert sub.read()[1]["coremq_sender"] == pub.id
+
+
+def test_running_broker_is_reachable_in_process(broker):
+    """Broker.running() is the live broker until it closes."""
+    from coremq_broker.broker import Broker
+
+    assert Broker.running() is broker.broker
+    broker.close()
+    assert Broker.running() is None
+    broker.restart()
