@@ -97,7 +97,9 @@ def _log_announce(service: str, host: str, port: int) -> None:
 
 
 def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce) -> None:
-    # Importing daphne.server installs Twisted's asyncio reactor on a loop of its own.
+    # Importing daphne.server installs Twisted's asyncio reactor on a loop of its own;
+    # it must come before anything imports twisted.internet.reactor.
+    import daphne.server  # noqa: F401  isort:skip
     from daphne.endpoints import build_endpoint_description_strings
     from twisted.internet import defer, reactor
 
@@ -115,7 +117,7 @@ def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce) -
         return defer.Deferred.fromFuture(loop.create_task(broker.close()))
 
     def broker_finished(_: asyncio.Future) -> None:
-        if not shutting_down:  # the broker was closed from inside: take the web server down too
+        if not shutting_down and reactor.running:  # closed from inside: take the web server down too
             reactor.stop()
 
     serving = loop.create_task(broker.serve_forever())
@@ -138,7 +140,7 @@ def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce) -
         if not serving.done():  # the reactor never ran its shutdown triggers
             loop.run_until_complete(broker.close())
     if server.listen_failure is not None:
-        raise OSError(f"web server cannot listen on {web.host}:{web.port}: {server.listen_failure}")
+        raise OSError(f"web server: {server.listen_failure}")
 
 
 def _daphne_server(announce: Announce, **options: Any) -> Any:
