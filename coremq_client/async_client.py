@@ -355,19 +355,19 @@ class AsyncMessageQueue:
                 async with asyncio.timeout(remaining(deadline)):
                     await conn.writer.drain()
                     return None if future is None else await future
-            except ConnectionClosed:
-                if retry and self.reconnect:
-                    continue
-                raise
+            except ServerError:
+                raise  # PermissionDenied is an OSError too: keep it away from the clauses below
+            except ConnectionClosed as exc:
+                lost = exc
             except TimeoutError as exc:
                 if isinstance(exc, CoreMQError):
                     raise
                 conn.pending.discard(number)
                 raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
             except OSError as exc:  # drain() on a lost connection
-                if retry and self.reconnect:
-                    continue
-                raise ConnectionClosed(f"connection lost while sending: {exc}") from exc
+                lost = ConnectionClosed(f"connection lost while sending: {exc}")
+            if not (retry and self.reconnect) or remaining(deadline) == 0:
+                raise lost
 
     async def _result(self, future: asyncio.Future[dict], deadline: float | None) -> dict:
         try:

@@ -379,9 +379,9 @@ class MessageQueue:
             except _NotSent:
                 continue  # _wait_connection waits for the next connection or raises
             except ConnectionClosed:
-                if retry and self.reconnect:
-                    continue
-                raise
+                if not (retry and self.reconnect) or remaining(deadline) == 0:
+                    raise
+                continue
             if future is None:
                 return None
             try:
@@ -390,9 +390,8 @@ class MessageQueue:
                 conn.pending.discard(number)
                 raise
             except ConnectionClosed:
-                if retry and self.reconnect:
-                    continue
-                raise
+                if not (retry and self.reconnect) or remaining(deadline) == 0:
+                    raise
 
     def _send(self, conn: _Connection, build: _Build, future: Future[dict] | None, deadline: float | None) -> int:
         left = remaining(deadline)
