@@ -95,20 +95,12 @@ def start(
     process = context.Process(
         target=_child_main, args=(spec, sender, log_level), name="coremq-broker", daemon=daemon
     )
-    process.start()
-    sender.close()
     try:
-        ready = wait([receiver, process.sentinel], timeout)
-        if receiver in ready:
-            try:
-                status, detail = receiver.recv()
-            except EOFError:
-                status, detail = "error", "the broker process ended before it was listening"
-        elif ready:
-            status, detail = "error", f"the broker process exited with code {process.exitcode}"
-        else:
-            status, detail = "timeout", f"the broker was not listening within {timeout}s"
+        process.start()
+        sender.close()  # the child holds its own copy; EOF on ours then means the child died
+        status, detail = _wait_until_ready(process, receiver, timeout)
     finally:
+        sender.close()
         receiver.close()
     if status == "ready":
         return BrokerProcess(process, spec["host"], detail)
@@ -118,6 +110,21 @@ def start(
     if status == "timeout":
         raise TimeoutError(detail)
     raise OSError(detail)
+
+
+def _wait_until_ready(
+    process: multiprocessing.process.BaseProcess, receiver: Connection, timeout: float
+) -> tuple[str, Any]:
+    """``("ready", port)`` from the child, else ``("error" | "timeout", why)``."""
+    ready = wait([receiver, process.sentinel], timeout)
+    if receiver in ready:
+        try:
+            return receiver.recv()
+        except EOFError:
+            return "error", "the broker process ended before it was listening"
+    if ready:
+        return "error", f"the broker process exited with code {process.exitcode}"
+    return "timeout", f"the broker was not listening within {timeout}s"
 
 
 def _base_config() -> BrokerConfig:

@@ -1,0 +1,118 @@
+"""``python -m coremq_client`` run as a real process against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coremq_client import MessageQueue
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+ENV.pop("DJANGO_SETTINGS_MODULE", None)
+
+
+def cli(broker, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coremq_client", "--host", broker.host, "--port", str(broker.port), *args],
+        capture_output=True, text=True, timeout=30, env=ENV, cwd=ROOT,
+    )
+
+
+def start_sub(broker, *args: str) -> subprocess.Popen[str]:
+    """Start ``sub`` and return once it has said that it is subscribed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coremq_client", "--host", broker.host, "--port", str(broker.port), "sub", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+    )
+    assert process.stderr is not None
+    notice = process.stderr.readline()
+    assert notice.startswith("# subscribed to"), notice
+    return process
+
+
+def test_pub_prints_the_reply(broker):
+    """`pub QUEUE JSON` publishes and prints the broker's reply as JSON."""
+    result = cli(broker, "pub", "news", '{"a": 1}')
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["response"] == "OK: Message sent" and reply["id"] == 1
+
+
+def test_sub_prints_json_lines_until_count(broker):
+    """`sub Q1 Q2 --count 3` prints one JSON line per message, from every queue, then exits 0."""
+    process = start_sub(broker, "a", "b", "--count", "3")
+    with MessageQueue(broker.host, broker.port) as pub:
+        pub.publish("a", {"n": 1})
+        pub.publish("b", "two")
+        pub.publish("a", [3])
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["queue"] for line in lines] == ["a", "b", "a"]
+    assert lines[0]["message"]["n"] == 1 and lines[1]["message"] == "two" and lines[2]["message"] == [3]
+
+
+def test_sub_stops_cleanly_on_ctrl_c(broker):
+    """SIGINT ends `sub` with status 0 and no traceback."""
+    process = start_sub(broker, "q")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert "Traceback" not in err
+
+
+def test_history_prints_stored_messages(broker):
+    """`history QUEUE` prints {queue: [messages]}; --since limits it to newer ids."""
+    with MessageQueue(broker.host, broker.port) as pub:
+        pub.publish("h", "one")
+        pub.publish("h", "two")
+    result = cli(broker, "history", "h", "other")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"h": ["one", "two"], "other": []}
+    assert json.loads(cli(broker, "history", "h", "--since", "1").stdout) == {"h": ["two"]}
+
+
+def test_status_prints_the_server(broker):
+    """`status` prints the broker's status object."""
+    result = cli(broker, "status")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["response"] == "OK: Status" and status["connections"] >= 1
+
+
+def test_unreachable_broker_exits_1(broker):
+    """A broker that cannot be reached gives exit status 1 and a one-line error, no traceback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "coremq_client", "--port", str(port), "--timeout", "0.5", "status"],
+        capture_output=True, text=True, timeout=30, env=ENV, cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_bad_json_is_a_usage_error(broker):
+    """`pub` with an argument that is not JSON exits 2 without connecting."""
+    result = cli(broker, "pub", "q", "{not json")
+    assert result.returncode == 2 and "not JSON" in result.stderr
+
+
+def test_importing_the_client_never_imports_django():
+    """`import coremq_client` (both clients and the CLI) loads no Django module."""
+    code = ("import sys, coremq_client, coremq_client.cli; "
+            "bad = [m for m in sys.modules if m == 'django' or m.startswith('django.')]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr

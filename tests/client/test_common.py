@@ -1,0 +1,126 @@
+"""The clients' pure helpers: backoff, session state, reply routing. No sockets, no event loop."""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import Future
+
+import pytest
+
+from coremq_client._common import (
+    ErrorReporter,
+    PendingReplies,
+    SessionState,
+    backoff_delays,
+    check_backoff,
+    history_messages,
+    route,
+    settle,
+    since_map,
+)
+from coremq_client.codec import encode_frame
+from coremq_client.errors import ConnectionClosed, FrameHeaderError, FrameTooLarge, PermissionDenied, ServerError
+from coremq_client.protocol import Bye, ClientProtocol, Delivery, Reply
+
+
+def test_backoff_doubles_with_jitter_and_is_bounded():
+    """Delays double from the initial value, stay within [step/2, step] and never pass the maximum."""
+    low = list(itertools.islice(backoff_delays(0.1, 1.0, rand=lambda: 0.0), 6))
+    high = list(itertools.islice(backoff_delays(0.1, 1.0, rand=lambda: 1.0), 6))
+    assert high == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert low == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5])
+    assert max(itertools.islice(backoff_delays(0.1, 1.0), 100)) <= 1.0
+
+
+def test_backoff_arguments_are_checked():
+    """A zero backoff (a busy loop) or a maximum below the initial delay is refused."""
+    with pytest.raises(ValueError):
+        check_backoff(0, 1)
+    with pytest.raises(ValueError):
+        check_backoff(2, 1)
+
+
+def test_session_state_replays_queues_and_options():
+    """The replay subscribes every recorded queue and sets the options in force, None removing one."""
+    state = SessionState(["a"], {"echo": True, "gone": None})
+    assert state.add_queues(["b", "a"]) == ["b"]
+    state.discard_queues(["a"])
+    previous = state.update_options({"reply": False, "echo": None})
+    assert state.options == {"reply": False} and state.replies_off
+    state.restore_options(previous)
+    assert state.options == {"echo": True}
+    protocol = ClientProtocol()
+    protocol.receive_data(encode_frame("00000000-0000-0000-0000-000000000000", b'{"response":"OK"}'))
+    frames = state.replay(protocol)
+    assert [n for n, _ in frames] == [1, 2]
+    assert frames[0][1].endswith(b'{"coremq_subscribe":["b"]}')
+    assert frames[1][1].endswith(b'{"coremq_options":{"echo":true}}')
+
+
+def test_route_keeps_order_and_stops_at_bye():
+    """Deliveries, replies and errors are sorted in order; nothing after a BYE is acted on."""
+    events = [Delivery("q", "m1"), Reply(1, {}), FrameTooLarge(10, 5), Bye(), Delivery("q", "late")]
+    routed = route(events)
+    assert [d.message for d in routed.deliveries] == ["m1"]
+    assert [r.request for r in routed.replies] == [1]
+    assert isinstance(routed.errors[0], FrameTooLarge)
+    assert routed.orderly and isinstance(routed.ended, ConnectionClosed)
+    fatal = route([FrameHeaderError("bad")])
+    assert fatal.ended is not None and not fatal.orderly
+
+
+def test_settle_completes_futures_and_reports_unclaimed_errors():
+    """A reply completes its own future; an ERROR nobody waits for is reported, before later replies."""
+    pending: PendingReplies[Future] = PendingReplies()
+    mine, denied = Future(), Future()
+    pending.add(2, mine)
+    pending.add(3, denied)
+    order: list[str] = []
+    mine.add_done_callback(lambda f: order.append("reply 2"))
+    settle([
+        Reply(1, {"response": "ERROR: lost one"}),
+        Reply(2, {"response": "OK"}),
+        Reply(3, {"response": "ERROR: permission denied: x"}),
+        Reply(4, {"response": "OK: nobody waits"}),
+    ], pending, lambda error: order.append(f"reported {error}"))
+    assert mine.result() == {"response": "OK"}
+    assert isinstance(denied.exception(), PermissionDenied)
+    assert order == ["reported lost one", "reply 2"]
+
+
+def test_pending_close_fails_waiters_and_refuses_new_ones():
+    """Closing fails every waiting future with ConnectionClosed and refuses later ones."""
+    pending: PendingReplies[Future] = PendingReplies()
+    waiting = Future()
+    pending.add(1, waiting)
+    pending.close(ConnectionClosed("gone"))
+    assert isinstance(waiting.exception(), ConnectionClosed)
+    with pytest.raises(ConnectionClosed):
+        pending.add(2, Future())
+
+
+def test_history_messages_unwraps_and_accepts_the_earliest_format():
+    """Stored strings and arrays are unwrapped; the earliest release's history under "response" is read too."""
+    stored = [{"coremq_string": "s"}, {"coremq_array": [1]}, {"a": 1}]
+    assert history_messages({"history": {"q": stored}}) == {"q": ["s", [1], {"a": 1}]}
+    assert history_messages({"response": {"q": []}}) == {"q": []}
+
+
+def test_since_map_forms():
+    """since= takes one id for every queue, a mapping, or None."""
+    assert since_map(["a", "b"], 3) == {"a": 3, "b": 3}
+    assert since_map(["a"], {"a": 1}) == {"a": 1}
+    assert since_map(["a"], None) is None
+    with pytest.raises(TypeError):
+        since_map(["a"], True)
+
+
+def test_error_reporter_keeps_errors_and_survives_a_failing_callback():
+    """Every reported error is kept; a callback that raises is logged, not propagated."""
+    def broken(error: Exception) -> None:
+        raise RuntimeError("callback bug")
+
+    reporter = ErrorReporter(broken, keep=2)
+    for n in range(3):
+        reporter.report(ServerError(f"e{n}"))
+    assert [str(e) for e in reporter.recent] == ["e1", "e2"]
