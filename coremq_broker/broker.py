@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl as ssl_module
 import time
 import uuid
@@ -22,6 +23,7 @@ from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
 from .config import BrokerConfig
 from .control import ControlRequests, RequestError
+from .durable import HistoryStore
 from .version import PROTOCOL_VERSION, VERSION
 from .registry import Connection, Queue, QueueSettings, Registry
 
@@ -82,6 +84,7 @@ class Broker(ControlRequests):
         self._dirty: list[Connection] = []
         self._closed: asyncio.Event | None = None
         self._closing = False
+        self._store: HistoryStore | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -94,8 +97,10 @@ class Broker(ControlRequests):
         from .tcp import TcpConnection
 
         self._loop = asyncio.get_running_loop()
-        Broker._running = self
         self._closed = asyncio.Event()
+        if os.path.exists(self.config.durable_path):
+            await self._restore_durable_history()
+        Broker._running = self
         self._server = await self._loop.create_server(
             lambda: TcpConnection(self), self.config.host, self.config.port, ssl=self.ssl, reuse_address=True
         )
@@ -120,6 +125,10 @@ class Broker(ControlRequests):
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         if self._server is not None:
             self._server.close()
+        if self._store is not None:
+            # Commit what is queued; the loop delivers and acknowledges it meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, self._store.close)
+            await asyncio.sleep(0)
         connections = list(self.registry.connections.values())
         for connection in connections:
             self._send(connection, {"response": P.BYE})
@@ -137,6 +146,28 @@ class Broker(ControlRequests):
             self._closed.set()
         if Broker._running is self:
             Broker._running = None
+
+    # -- durable history -------------------------------------------------
+
+    def _history_store(self) -> HistoryStore:
+        if self._store is None:
+            self._store = HistoryStore(self.config.durable_path, synchronous=self.config.durable_synchronous,
+                                       keep=lambda name: self.registry.queue_settings(name).history_length)
+            assert self._loop is not None
+            self._store.start(self._loop)
+            logger.info("durable history in %s", self.config.durable_path)
+        return self._store
+
+    async def _restore_durable_history(self) -> None:
+        store = self._history_store()
+        assert self._loop is not None
+        saved = await self._loop.run_in_executor(None, store.load)
+        for name, rows in saved.items():
+            queue = self.registry.queue(name)
+            for message_id, body in rows:
+                queue.history.append((message_id, self.codec.loads(body)))
+            queue.last_id = rows[-1][0]
+        logger.info("restored the durable history of %d queue(s) from %s", len(saved), self.config.durable_path)
 
     # -- connections -----------------------------------------------------
 
@@ -204,8 +235,8 @@ class Broker(ControlRequests):
                 return True
         return False
 
-    def _reply(self, connection: Connection, reply: dict) -> None:
-        reply["request"] = connection.requests
+    def _reply(self, connection: Connection, reply: dict, request: int | None = None) -> None:
+        reply["request"] = connection.requests if request is None else request
         self._send(connection, reply)
 
     def _reply_error(self, connection: Connection, reason: str, **extra: Any) -> None:
@@ -248,35 +279,64 @@ class Broker(ControlRequests):
         limit = queue.settings.max_message_size
         if limit is not None and size > limit:
             raise RequestError(f"message too large: {size} bytes, limit for queue {name!r} is {limit}")
+        if (queue.settings.durable or self.config.durable_all) and queue.owner is None:
+            self._publish_durable(connection, queue, stored)
+            return
         frame = self.deliver(queue, stored, sender=connection)
+        self._acknowledge(connection, queue, queue.last_id, frame, connection.requests)
+
+    def _acknowledge(self, connection: Connection, queue: Queue, message_id: int, frame: bytes, request: int) -> None:
         if connection.replies:
-            self._reply(connection, {"response": P.OK_SENT, "id": queue.last_id})
+            self._reply(connection, {"response": P.OK_SENT, "id": message_id}, request)
         if connection.echo and connection in queue.subscribers:
             # After the reply, so that a client waiting for it reads it first.
             connection.send(frame)
             connection.messages_out += 1
+
+    def _publish_durable(self, connection: Connection, queue: Queue, stored: dict) -> None:
+        """Write to disk first; keep, deliver and acknowledge once committed."""
+        store = self._history_store()
+        body = self._stamp(queue, stored, connection)
+        message_id = queue.last_id
+        request = connection.requests
+
+        def committed() -> None:
+            frame = encode_frame(queue.name, body)
+            self._fan_out(queue, message_id, stored, frame, connection)
+            if not connection.closing:
+                self._acknowledge(connection, queue, message_id, frame, request)
+
+        store.write(queue.name, message_id, body, committed)
 
     def deliver(self, queue: Queue, stored: dict, sender: Connection | None = None) -> bytes:
         """Stamp ``stored``, keep it in ``queue``'s history and fan it out, encoded once.
 
         Every subscriber but ``sender`` gets the frame, which is returned.
         """
+        frame = encode_frame(queue.name, self._stamp(queue, stored, sender))
+        self._fan_out(queue, queue.last_id, stored, frame, sender)
+        return frame
+
+    def _stamp(self, queue: Queue, stored: dict, sender: Connection | None) -> bytes:
+        """Number and stamp a message; return its JSON."""
         queue.last_id += 1
-        now = time.time()
         if sender is None:
             stored[P.SENDER] = self.config.server_name
         elif not (isinstance(claimed := stored.get(P.SENDER), str) and claimed.startswith(sender.id + "/")):
             # A connection may speak as one of its own sub-addresses (a bridge for
             # its browsers); any other claimed sender is overwritten.
             stored[P.SENDER] = sender.id
-        stored[P.SENT] = now
+        stored[P.SENT] = time.time()
         stored[P.SERVER] = self.address
         stored[P.ID] = queue.last_id
-        queue.history.append((queue.last_id, stored))
+        return self.codec.dumps(stored)
+
+    def _fan_out(self, queue: Queue, message_id: int, stored: dict, frame: bytes, sender: Connection | None) -> None:
+        now = stored[P.SENT]
+        queue.history.append((message_id, stored))
         queue.published += 1
         queue.last_publish = now
         queue.rate.add(now)
-        frame = encode_frame(queue.name, self.codec.dumps(stored))
         delivered = 0
         for subscriber in queue.subscribers:
             if subscriber is not sender:
@@ -287,7 +347,6 @@ class Broker(ControlRequests):
         registry.messages_out += delivered
         registry.rate_in.add(now)
         registry.rate_out.add(now, delivered)
-        return frame
 
 def _json_type(value: Any) -> str:
     if value is None:

@@ -41,6 +41,12 @@ class BrokerConfig:
     #: connection's requests until the socket drains below ``write_low``.
     write_high: int = 64 * 2**10
     write_low: int = 16 * 2**10
+    #: Durable history: the SQLite file, whether every queue is durable (else
+    #: only queues whose settings say so), and SQLite's synchronous level
+    #: (NORMAL survives a killed process, FULL also a power cut).
+    durable_path: str = "coremq-history.sqlite3"
+    durable_all: bool = False
+    durable_synchronous: str = "NORMAL"
     #: Seconds that close() waits for BYE and pending output to be flushed.
     shutdown_timeout: float = 5.0
     codec: JSONCodec = field(default_factory=JSONCodec, compare=False)

@@ -53,8 +53,7 @@ class TcpConnection(asyncio.Protocol, Connection):
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         config = self.broker.config
         transport.set_write_buffer_limits(high=config.write_high, low=config.write_low)
         sock = transport.get_extra_info("socket")
