@@ -145,10 +145,20 @@ class ControlRequests:
         self._check(connection, "status", None)
         detail = value if isinstance(value, dict) else {}
         self._reply(connection, {"response": P.OK_STATUS, **self.status(
-            connections=bool(detail.get("connections")), queues=bool(detail.get("queues")))})
+            connections=bool(detail.get("connections")), queues=bool(detail.get("queues")),
+            series=bool(detail.get("series")))})
 
     def _admin(self, connection: Connection, value: Any) -> None:
         self._check(connection, "admin", None)
+        self._reply(connection, self.admin(value, by=connection.id))
+
+    def admin(self, value: Any, *, by: str) -> dict[str, Any]:
+        """Carry out an administrator's request and return the reply; raise :class:`RequestError`.
+
+        ``value`` is the ``coremq_admin`` object; ``by`` names who asked (for
+        the log). The access check is the caller's: :meth:`_admin` asks the
+        policy, the in-process status page has checked for a staff user.
+        """
         if not isinstance(value, dict) or not isinstance(value.get("action"), str):
             raise RequestError(f"{P.ADMIN} takes an object with an action")
         action = value["action"]
@@ -156,23 +166,24 @@ class ControlRequests:
             target = self.registry.connections.get(value.get("connection"))  # type: ignore[arg-type]
             if target is None:
                 raise RequestError(f"no connection {value.get('connection')!r}")
-            logger.info("connection %s disconnected by %s", target.id, connection.id)
+            logger.info("connection %s disconnected by %s", target.id, by)
             target.close("disconnected by an administrator")
-            self._reply(connection, {"response": "OK: Disconnected"})
-        elif action == "purge":
+            return {"response": "OK: Disconnected"}
+        if action == "purge":
             queue = self.registry.queues.get(value.get("queue"))  # type: ignore[arg-type]
             purged = len(queue.history) if queue is not None else 0
             if queue is not None:
                 queue.history.clear()
-            self._reply(connection, {"response": "OK: Purged", "purged": purged})
-        else:
-            raise RequestError(f"unknown admin action {action!r}")
+            return {"response": "OK: Purged", "purged": purged}
+        raise RequestError(f"unknown admin action {action!r}")
 
-    def status(self, *, connections: bool = False, queues: bool = False) -> dict[str, Any]:
+    def status(self, *, connections: bool = False, queues: bool = False, series: bool = False) -> dict[str, Any]:
         """The server's description, as a status request returns it.
 
         With ``connections`` or ``queues`` it lists each connection and each
-        public queue as well (the status page's tables).
+        public queue as well (the status page's tables); with ``series`` the
+        messages in and out per second over the last minute, oldest first
+        (the status page's chart).
         """
         status = {
             "server": self.config.server_name,
@@ -185,6 +196,9 @@ class ControlRequests:
             status["connection_list"] = [c.describe() for c in self.registry.connections.values()]
         if queues:
             status["queue_list"] = [q.describe() for q in self.registry.public_queues()]
+        if series:
+            status["rate_in_series"] = self.registry.rate_in.series()
+            status["rate_out_series"] = self.registry.rate_out.series()
         return status
 
 

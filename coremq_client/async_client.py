@@ -424,9 +424,13 @@ class AsyncMessageQueue:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
         return history_messages(await self.history(*queues, since=since))
 
-    async def status(self) -> dict:
-        """The broker's description of itself."""
-        return await self._request(lambda p: p.status())  # type: ignore[return-value]
+    async def status(self, **detail: bool) -> dict:
+        """The broker's description of itself; see :meth:`MessageQueue.status`."""
+        return await self._request(lambda p: p.status(**detail))  # type: ignore[return-value]
+
+    async def admin(self, action: str, **fields: Any) -> dict:
+        """An administrator's request; see :meth:`MessageQueue.admin`."""
+        return await self._request(lambda p: p.admin(action, **fields), retry=False)  # type: ignore[return-value]
 
     # -- receiving -------------------------------------------------------------
 

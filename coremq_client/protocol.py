@@ -194,8 +194,13 @@ class ClientProtocol:
             return self.request({GETHISTORY: {q: since.get(q) for q in names}})
         return self.request({GETHISTORY: names})
 
-    def status(self) -> tuple[int, bytes]:
-        return self.request({STATUS: True})
+    def status(self, **detail: bool) -> tuple[int, bytes]:
+        """Ask for the broker's status; ``connections=True`` etc. ask for the detailed lists."""
+        return self.request({STATUS: detail or True})
+
+    def admin(self, action: str, **fields: Any) -> tuple[int, bytes]:
+        """An administrator's request: ``admin("disconnect", connection=id)``, ``admin("purge", queue=name)``."""
+        return self.request({ADMIN: {"action": action, **fields}})
 
     def _frame(self, queue: str, message: dict) -> tuple[int, bytes]:
         try:

@@ -485,9 +485,21 @@ class MessageQueue:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
         return history_messages(self.history(*queues, since=since))
 
-    def status(self) -> dict:
-        """The broker's description of itself (connections, queues, counters)."""
-        return self._request(lambda p: p.status())  # type: ignore[return-value]
+    def status(self, **detail: bool) -> dict:
+        """The broker's description of itself (connections, queues, counters).
+
+        ``connections=True``, ``queues=True``, ``series=True`` add the list of
+        connections, of public queues, and the per-second rates of the last minute.
+        """
+        return self._request(lambda p: p.status(**detail))  # type: ignore[return-value]
+
+    def admin(self, action: str, **fields: Any) -> dict:
+        """An administrator's request (``"disconnect"`` with ``connection=``, ``"purge"`` with ``queue=``).
+
+        The broker's access policy decides who may; a refusal raises :class:`PermissionDenied`.
+        Never re-sent after a lost connection.
+        """
+        return self._request(lambda p: p.admin(action, **fields), retry=False)  # type: ignore[return-value]
 
     # -- receiving -------------------------------------------------------------
 
