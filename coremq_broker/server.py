@@ -26,12 +26,17 @@ from typing import Any, Callable
 from .broker import Broker
 from .config import BrokerConfig
 
-__all__ = ["WebServer", "Announce", "run", "serve", "new_event_loop"]
+__all__ = ["WebServer", "Announce", "OnStart", "run", "serve", "new_event_loop"]
 
 logger = logging.getLogger("coremq.server")
 
 #: Called with ``(service, host, port)`` once a listener is bound: ``"broker"`` or ``"web"``.
 Announce = Callable[[str, str, int], None]
+
+#: Called with the started broker, on the loop's thread (it must not block); may
+#: return a function to call once the broker has closed. ``run_coremq`` starts
+#: the per-queue settings watcher with it.
+OnStart = Callable[[Broker], "Callable[[], None] | None"]
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -46,14 +51,18 @@ class WebServer:
     verbosity: int = 1
 
 
-def run(config: BrokerConfig, *, web: WebServer | None = None, announce: Announce | None = None) -> None:
-    """Serve ``config``'s broker (and ``web``) until SIGINT/SIGTERM; raise OSError if a bind fails."""
+def run(config: BrokerConfig, *, web: WebServer | None = None, announce: Announce | None = None,
+        broker_options: dict[str, Any] | None = None, on_start: OnStart | None = None) -> None:
+    """Serve ``config``'s broker (and ``web``) until SIGINT/SIGTERM; raise OSError if a bind fails.
+
+    ``broker_options`` are passed to :class:`Broker` (``queue_settings``, ``access``, ``ssl``).
+    """
     announce = announce or _log_announce
     if web is None:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve(config, announce=announce))
+            runner.run(serve(config, announce=announce, broker_options=broker_options, on_start=on_start))
     else:
-        _run_with_daphne(config, web, announce)
+        _run_with_daphne(config, web, announce, broker_options or {}, on_start)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -65,15 +74,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def serve(config: BrokerConfig, *, announce: Announce | None = None) -> None:
+async def serve(config: BrokerConfig, *, announce: Announce | None = None,
+                broker_options: dict[str, Any] | None = None, on_start: OnStart | None = None) -> None:
     """Run a broker on the running loop until SIGINT or SIGTERM arrives, then close it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, _on_signal, signum, stop)
     try:
-        broker = Broker(config)
+        broker = Broker(config, **(broker_options or {}))
         await broker.start()
+        on_close = on_start(broker) if on_start is not None else None
         try:
             (announce or _log_announce)("broker", broker.host, broker.port)
             serving = asyncio.ensure_future(broker.serve_forever())
@@ -82,6 +93,8 @@ async def serve(config: BrokerConfig, *, announce: Announce | None = None) -> No
             stopping.cancel()
         finally:
             await broker.close()
+            if on_close is not None:
+                on_close()
     finally:
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
@@ -96,7 +109,8 @@ def _log_announce(service: str, host: str, port: int) -> None:
     logger.info("%s listening on %s:%d", service, host, port)
 
 
-def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce) -> None:
+def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce,
+                     broker_options: dict[str, Any], on_start: OnStart | None) -> None:
     # Importing daphne.server installs Twisted's asyncio reactor on a loop of its own;
     # it must come before anything imports twisted.internet.reactor.
     import daphne.server  # noqa: F401  isort:skip
@@ -105,8 +119,9 @@ def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce) -
 
     loop: asyncio.AbstractEventLoop = reactor._asyncioEventloop  # type: ignore[attr-defined]
     asyncio.set_event_loop(loop)
-    broker = Broker(config)
+    broker = Broker(config, **broker_options)
     loop.run_until_complete(broker.start())  # the reactor is not running yet: bind errors surface here
+    on_close = on_start(broker) if on_start is not None else None
     announce("broker", broker.host, broker.port)
     shutting_down = False
 
@@ -139,6 +154,8 @@ def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce) -
     finally:
         if not serving.done():  # the reactor never ran its shutdown triggers
             loop.run_until_complete(broker.close())
+        if on_close is not None:
+            on_close()
     if server.listen_failure is not None:
         raise OSError(f"web server: {server.listen_failure}")
 
