@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 import pytest_asyncio
 
+from conftest import BrokerThread
 from coremq_broker.config import BrokerConfig
 from coremq_client import AsyncMessageQueue, ConnectionClosed, CoreMQError, PermissionDenied, ServerError, Timeout
 
@@ -234,3 +235,20 @@ async def test_custom_encoder(connect):
     await pub.send_message("typed", {"when": when, "price": decimal.Decimal("9.99"), "id": uuid.UUID(int=7)})
     message = (await sub.get_message(timeout=5))[1]
     assert body(message) == {"when": "2015-06-01T12:30:00Z", "price": "9.99", "id": str(uuid.UUID(int=7))}
+
+
+@pytest.mark.asyncio
+async def test_tls_roundtrip(broker_config, tmp_path):
+    """Over TLS the welcome, a publish and its delivery work as over plain TCP."""
+    from selfsigned import tls_contexts
+
+    server_tls, client_tls = tls_contexts(tmp_path)
+    tls_broker = await asyncio.to_thread(BrokerThread, broker_config, ssl=server_tls)
+    try:
+        async with AsyncMessageQueue("127.0.0.1", tls_broker.port, ssl=client_tls, queues=["secure"]) as sub, \
+                AsyncMessageQueue("127.0.0.1", tls_broker.port, ssl=client_tls) as pub:
+            assert sub.welcome_message == "OK: Welcome from CoreMQ!"
+            assert (await pub.send_message("secure", "hush"))["id"] == 1
+            assert await sub.get_message(timeout=5) == ("secure", "hush")
+    finally:
+        await asyncio.to_thread(tls_broker.stop)

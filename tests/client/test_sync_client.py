@@ -6,6 +6,7 @@ import datetime
 import decimal
 import json
 import socket
+import ssl as ssl_module
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from conftest import BrokerThread
 from coremq_broker.config import BrokerConfig
 from coremq_client import (
     ConnectionClosed,
@@ -430,6 +432,30 @@ def test_close_stops_a_waiting_reader(connect):
     client.close()
     waiter.join(5)
     assert len(outcome) == 1
+
+
+def test_tls_roundtrip_from_many_threads(broker_config, tmp_path):
+    """Over TLS the welcome, concurrent publishes and deliveries work as over plain TCP."""
+    from selfsigned import tls_contexts
+
+    server_tls, client_tls = tls_contexts(tmp_path)
+    tls_broker = BrokerThread(broker_config, ssl=server_tls)
+    try:
+        with MessageQueue("127.0.0.1", tls_broker.port, ssl=client_tls, queues=["secure"]) as sub, \
+                MessageQueue("127.0.0.1", tls_broker.port, ssl=client_tls) as pub:
+            assert sub.welcome_message == "OK: Welcome from CoreMQ!"
+            threads = [threading.Thread(target=lambda: [pub.publish("secure", {"n": n}) for n in range(20)])
+                       for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            ids = sorted(sub.receive(timeout=5).id for _ in range(80))
+            assert ids == list(range(1, 81))
+        with pytest.raises(ConnectionClosed):  # a client that does not trust the certificate
+            MessageQueue("127.0.0.1", tls_broker.port, ssl=ssl_module.create_default_context(), reconnect=False).connect()
+    finally:
+        tls_broker.stop()
 
 
 # -- encoding ---------------------------------------------------------------------------
