@@ -15,12 +15,13 @@ import os
 import ssl as ssl_module
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
 from coremq_client.codec import Frame, encode_frame, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
+from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal, TokenBucket
 from .config import BrokerConfig
 from .control import ControlRequests, RequestError
 from .durable import HistoryStore
@@ -31,17 +32,6 @@ __all__ = ["Broker", "AccessPolicy", "VERSION"]
 
 
 logger = logging.getLogger("coremq.broker")
-
-
-class AccessPolicy:
-    """Decides who may do what on which queue. The default allows everything.
-
-    ``action`` is ``"publish"``, ``"subscribe"``, ``"history"`` or ``"status"``.
-    Private id queues are checked by the broker before this is asked.
-    """
-
-    def allows(self, connection: Connection, action: str, queue: str | None) -> bool:
-        return True
 
 
 class Broker(ControlRequests):
@@ -67,13 +57,16 @@ class Broker(ControlRequests):
         config: BrokerConfig | None = None,
         *,
         access: AccessPolicy | None = None,
+        authenticator: Callable[[dict], Awaitable[Principal | None]] | None = None,
         queue_settings: Callable[[str], QueueSettings] | None = None,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.config = config or BrokerConfig()
         self.codec = self.config.codec
         self.access = access or AccessPolicy()
-        self.ssl = ssl
+        self.authenticator = authenticator
+        self.auth_failures = FailureTracker(limit=self.config.max_auth_failures)
+        self.ssl = ssl if ssl is not None else tls_context(self.config)
         default = QueueSettings(self.config.history_length,
                                 slow_consumer_policy=self.config.slow_consumer_policy)
         self.registry = Registry(queue_settings or (lambda name: default))
@@ -175,7 +168,16 @@ class Broker(ControlRequests):
         return str(uuid.uuid4())
 
     def connection_made(self, connection: Connection) -> None:
-        """Register ``connection`` and send it the welcome frame."""
+        """Register ``connection`` and send it the welcome frame (or refuse it: too many)."""
+        if len(self.registry.connections) >= self.config.max_connections:
+            logger.warning("refused a connection from %s: %d connections is the limit",
+                           connection.peer, self.config.max_connections)
+            connection.send(self.encode_reply(connection, {
+                "response": f"ERROR: too many connections: limit is {self.config.max_connections}"}))
+            connection.close()
+            return
+        if self.config.max_publish_rate:
+            connection.publish_bucket = TokenBucket(self.config.max_publish_rate)
         self.registry.add(connection)
         logger.info("connection %s from %s (%s)", connection.id, connection.peer, connection.transport_name)
         self._send(connection, {
@@ -259,6 +261,9 @@ class Broker(ControlRequests):
     # -- publish ---------------------------------------------------------
 
     def _publish(self, connection: Connection, name: str, message: Any, size: int) -> None:
+        bucket = connection.publish_bucket
+        if bucket is not None and not bucket.take():
+            raise RequestError(f"publish rate limit exceeded: {self.config.max_publish_rate} per second")
         validate_queue_name(name, self.config.max_queue_name_length)
         if isinstance(message, dict):
             stored = message
@@ -284,6 +289,25 @@ class Broker(ControlRequests):
             return
         frame = self.deliver(queue, stored, sender=connection)
         self._acknowledge(connection, queue, queue.last_id, frame, connection.requests)
+
+    def set_access(self, access: AccessPolicy) -> None:
+        """Apply a new access policy to new requests and to live connections at once.
+
+        Connections whose credentials were revoked are closed; subscriptions the
+        policy no longer allows end, each with an ``ERROR: permission denied``.
+        """
+        self.access = access
+        for connection in list(self.registry.connections.values()):
+            if connection.principal is not ANONYMOUS and access.is_revoked(connection.principal):
+                logger.warning("connection %s: credentials of %r revoked", connection.id,
+                               connection.principal.username)
+                connection.close("credentials revoked")
+                continue
+            for name in sorted(connection.subscriptions):
+                if self.registry.owner_of(name) is None and not access.allows(connection, "subscribe", name):
+                    self.registry.unsubscribe(connection, name)
+                    self.registry.denials += 1
+                    self.send_error(connection, f"permission denied: subscribe on queue {name!r} (subscription ended)")
 
     def _acknowledge(self, connection: Connection, queue: Queue, message_id: int, frame: bytes, request: int) -> None:
         if connection.replies:
@@ -356,3 +380,12 @@ def _json_type(value: Any) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     return type(value).__name__
+
+
+def tls_context(config: BrokerConfig) -> ssl_module.SSLContext | None:
+    """The server's TLS context from ``tls_cert``/``tls_key``, or None for plain TCP."""
+    if not config.tls_cert:
+        return None
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key or None)
+    return context

@@ -41,6 +41,17 @@ class BrokerConfig:
     #: connection's requests until the socket drains below ``write_low``.
     write_high: int = 64 * 2**10
     write_low: int = 16 * 2**10
+    #: Limits: connections in all and per authenticated user, publishes per
+    #: second per connection (0: none), failed authentications per address
+    #: (each failure doubles the wait before the next answer; past the limit
+    #: within five minutes the address is refused).
+    max_connections: int = 20_000
+    max_connections_per_user: int = 100
+    max_publish_rate: int = 100_000
+    max_auth_failures: int = 10
+    #: TLS on the TCP listener: certificate and key files (PEM).
+    tls_cert: str = ""
+    tls_key: str = ""
     #: Durable history: the SQLite file, whether every queue is durable (else
     #: only queues whose settings say so), and SQLite's synchronous level
     #: (NORMAL survives a killed process, FULL also a power cut).

@@ -8,8 +8,9 @@ asks the access policy, and replies once; a refusal raises
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from coremq_client import protocol as P
 from coremq_client.codec import validate_queue_name
@@ -19,7 +20,7 @@ from .registry import Connection
 from .version import VERSION
 
 if TYPE_CHECKING:
-    from .broker import AccessPolicy
+    from .access import AccessPolicy, FailureTracker, Principal
     from .config import BrokerConfig
     from .registry import Registry
 
@@ -38,9 +39,11 @@ class ControlRequests:
     config: "BrokerConfig"
     registry: "Registry"
     access: "AccessPolicy"
+    authenticator: "Callable[[dict], Awaitable[Principal | None]] | None"
+    auth_failures: "FailureTracker"
     address: str
 
-    def _reply(self, connection: Connection, reply: dict) -> None:  # pragma: no cover - Broker's
+    def _reply(self, connection: Connection, reply: dict, request: int | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def _control(self, connection: Connection, message: dict) -> None:
@@ -66,6 +69,8 @@ class ControlRequests:
             self._history(connection, value)
         elif key == P.STATUS:
             self._status(connection, value)
+        elif key == P.AUTH:
+            self._auth(connection, value)
         else:
             self._admin(connection, value)
 
@@ -140,6 +145,53 @@ class ControlRequests:
                 history[name] = queue.history_since(since.get(name))
                 sequence[name] = {"first": queue.first_id, "last": queue.last_id}
         self._reply(connection, {"history": history, "sequence": sequence})
+
+    def _auth(self, connection: Connection, value: Any) -> None:
+        """Authenticate off the loop; the connection's requests wait for the answer."""
+        if not isinstance(value, dict) or not (isinstance(value.get("token"), str) or (
+                isinstance(value.get("username"), str) and isinstance(value.get("password"), str))):
+            raise RequestError(f"{P.AUTH} takes {{\"token\": ...}} or {{\"username\": ..., \"password\": ...}}")
+        if self.authenticator is None:
+            raise RequestError("authentication is not configured on this broker")
+        address = connection.peer.rpartition(":")[0] or connection.peer
+        if self.auth_failures.blocked(address):
+            logger.warning("connection %s: %s is blocked after repeated failed authentications",
+                           connection.id, address)
+            connection.close("too many failed authentications")
+            return
+        connection.hold()
+        asyncio.get_running_loop().create_task(
+            self._authenticate(connection, dict(value), connection.requests, address))
+
+    async def _authenticate(self, connection: Connection, credentials: dict, request: int, address: str) -> None:
+        try:
+            try:
+                principal = await self.authenticator(credentials)  # type: ignore[misc]
+            except Exception:
+                logger.exception("authenticator failed")
+                principal = None
+            if principal is None or self.access.is_revoked(principal):
+                self.auth_failures.failed(address)
+                self.registry.auth_failures += 1
+                logger.warning("connection %s (%s): authentication failed for %r", connection.id, connection.peer,
+                               credentials.get("username") or "a token")
+                await asyncio.sleep(self.auth_failures.delay(address))  # slows guessing down
+                self._reply(connection, {"response": "ERROR: authentication failed"}, request)
+                return
+            limit = self.config.max_connections_per_user
+            same_user = sum(1 for other in self.registry.connections.values()
+                            if other is not connection and other.principal.username == principal.username)
+            if same_user >= limit:
+                self._reply(connection, {"response": f"ERROR: too many connections for user "
+                                                     f"{principal.username!r}: limit is {limit}"}, request)
+                return
+            self.auth_failures.succeeded(address)
+            connection.principal = principal
+            logger.info("connection %s authenticated as %r", connection.id, principal.username)
+            self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
+                                     "staff": principal.is_staff}, request)
+        finally:
+            connection.release()
 
     def _status(self, connection: Connection, value: Any) -> None:
         self._check(connection, "status", None)

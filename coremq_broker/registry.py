@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .access import ANONYMOUS, Principal
+
+if TYPE_CHECKING:
+    from .access import TokenBucket
 
 __all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter"]
 
@@ -89,7 +94,8 @@ class Connection:
     def __init__(self, connection_id: str, peer: str = "") -> None:
         self.id = connection_id
         self.peer = peer
-        self.user: str | None = None
+        self.principal: Principal = ANONYMOUS
+        self.publish_bucket: "TokenBucket | None" = None
         self.connected_since = time.time()
         self.subscriptions: set[str] = set()
         self.options: dict[str, Any] = {}
@@ -105,6 +111,12 @@ class Connection:
 
     def send(self, frame: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def hold(self) -> None:
+        """Stop taking requests from the peer until :meth:`release` (nestable)."""
+
+    def release(self) -> None:
+        """Undo one :meth:`hold`."""
 
     def flush(self) -> None:
         """Hand what :meth:`send` buffered to the transport (called once per loop turn)."""
@@ -127,7 +139,7 @@ class Connection:
             "id": self.id,
             "transport": self.transport_name,
             "peer": self.peer,
-            "user": self.user,
+            "user": self.principal.username,
             "connected_since": self.connected_since,
             "subscriptions": sorted(self.subscriptions),
             "messages_in": self.messages_in,
@@ -203,6 +215,7 @@ class Registry:
         self.messages_in = 0
         self.messages_out = 0
         self.errors = 0
+        self.auth_failures = 0
         self.denials = 0
         self.slow_consumers = 0
         self.rate_in = RateCounter()
@@ -284,6 +297,7 @@ class Registry:
             "messages_out": self.messages_out,
             "errors": self.errors,
             "denials": self.denials,
+            "auth_failures": self.auth_failures,
             "slow_consumers": self.slow_consumers,
             "rate_in": self.rate_in.rate(),
             "rate_out": self.rate_out.rate(),

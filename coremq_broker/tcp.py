@@ -48,6 +48,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         self._out_bytes = 0
         self._max_out = broker.config.max_write_buffer
         self._writing_paused = False
+        self._holds = 0
         self._gaps: dict[str, list[bytes]] = {}  # queue -> [first, last] frame dropped
 
     # -- asyncio.Protocol --------------------------------------------------
@@ -95,14 +96,22 @@ class TcpConnection(asyncio.Protocol, Connection):
         # The peer reads slower than we write: keep output in our own bounded
         # buffer and stop taking its requests, whose replies would add to it.
         self._writing_paused = True
-        if self.transport is not None and not self.closing:
-            self.transport.pause_reading()
+        self.hold()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.transport is not None and not self.closing:
+        self.release()
+        self.flush()
+
+    def hold(self) -> None:
+        self._holds += 1
+        if self._holds == 1 and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self.transport is not None and not self.closing:
             self.transport.resume_reading()
-            self.flush()
 
     # -- Connection --------------------------------------------------------
 

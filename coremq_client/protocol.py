@@ -16,7 +16,7 @@ from .codec import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, JSONCodec, encode
 from .errors import LocalUsageError, MessageError, PermissionDenied, ProtocolError, ServerError
 
 __all__ = [
-    "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "ADMIN", "CONTROL_KEYS",
+    "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "ADMIN", "AUTH", "CONTROL_KEYS",
     "SENDER", "SENT", "SERVER", "ID", "STAMP_KEYS", "STRING", "ARRAY",
     "WELCOME", "BYE", "OPTION_ECHO", "OPTION_REPLY",
     "Welcome", "Reply", "Delivery", "Bye", "ClientProtocol",
@@ -30,7 +30,8 @@ OPTIONS = "coremq_options"
 GETHISTORY = "coremq_gethistory"
 STATUS = "coremq_status"
 ADMIN = "coremq_admin"  # {"action": "disconnect" | "purge", ...}; for administrators
-CONTROL_KEYS = frozenset({SUBSCRIBE, UNSUBSCRIBE, OPTIONS, GETHISTORY, STATUS, ADMIN})
+AUTH = "coremq_auth"  # {"token": ...} or {"username": ..., "password": ...}
+CONTROL_KEYS = frozenset({SUBSCRIBE, UNSUBSCRIBE, OPTIONS, GETHISTORY, STATUS, ADMIN, AUTH})
 
 # Stamps the broker puts on every published message.
 SENDER = "coremq_sender"
@@ -51,6 +52,7 @@ OK_UNSUBSCRIBE = "OK: Unsubscribe successful"
 OK_OPTIONS = "OK: Options set"
 OK_SENT = "OK: Message sent"
 OK_STATUS = "OK: Status"
+OK_AUTH = "OK: Authenticated"
 
 # Options.
 OPTION_ECHO = "echo"    # receive your own publishes
