@@ -86,6 +86,8 @@ class SessionState:
     """
 
     def __init__(self, queues: Iterable[str] = (), options: Mapping[str, Any] | None = None) -> None:
+        if isinstance(queues, str):  # one name, not its characters
+            queues = [queues]
         self._lock = threading.Lock()
         self._queues: dict[str, None] = {validate_queue_name(q): None for q in queues}
         self._options: dict[str, Any] = {k: v for k, v in (options or {}).items() if v is not None}

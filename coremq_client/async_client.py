@@ -277,7 +277,7 @@ class AsyncMessageQueue:
                 logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
                 try:
                     conn, _ = await self._establish_with_retries(None, first_delay=True, wait=False)
-                except ConnectionClosed:
+                except (ConnectionClosed, Timeout):
                     break  # only when closing
                 if self._stop.is_set():
                     conn.writer.close()

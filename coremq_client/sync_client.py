@@ -84,6 +84,11 @@ class MessageQueue:
     no caller waits for (for example the ``ERROR:`` answer to a publish sent
     without waiting), from the reader thread; they are also logged and kept in
     :attr:`errors`.
+
+    Messages published while the client was disconnected are not delivered
+    (as in 2015), but :attr:`last_ids` with ``get_history(..., since=client.last_ids)``
+    fetches those still in the queues' history. Always :meth:`close` the client
+    (or use ``with``): its reader thread keeps it alive otherwise.
     """
 
     def __init__(
@@ -308,7 +313,7 @@ class MessageQueue:
                 logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
                 try:
                     conn, _ = self._establish_with_retries(None, first_delay=True, wait=False)
-                except ConnectionClosed:
+                except (ConnectionClosed, Timeout):
                     break  # only when closing
                 with self._cond:
                     if self._stop.is_set():

@@ -57,6 +57,11 @@ def test_session_state_replays_queues_and_options():
     assert frames[1][1].endswith(b'{"coremq_options":{"echo":true}}')
 
 
+def test_a_single_queue_name_is_not_split():
+    """queues="news" means the queue news, not the queues n, e, w and s."""
+    assert SessionState("news").queues == ("news",)
+
+
 def test_route_keeps_order_and_stops_at_bye():
     """Deliveries, replies and errors are sorted in order; nothing after a BYE is acted on."""
     events = [Delivery("q", "m1"), Reply(1, {}), FrameTooLarge(10, 5), Bye(), Delivery("q", "late")]
