@@ -22,6 +22,7 @@ from .protocol import OPTION_REPLY, Bye, ClientProtocol, Delivery, Reply, Welcom
 __all__ = [
     "ErrorCallback",
     "ErrorReporter",
+    "JSONObject",
     "PendingReplies",
     "Routed",
     "SessionState",
@@ -42,6 +43,8 @@ logger = logging.getLogger("coremq_client")
 RECENT_ERRORS = 100
 
 ErrorCallback = Callable[[CoreMQError], Any]
+#: A decoded JSON object: a reply, a welcome, a stored message.
+JSONObject = dict[str, Any]
 
 
 # -- time ----------------------------------------------------------------

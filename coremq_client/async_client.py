@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 from ._common import (
     ErrorCallback,
     ErrorReporter,
+    JSONObject,
     PendingReplies,
     Routed,
     SessionState,
@@ -53,7 +54,7 @@ class _Connection:
         self.protocol = protocol
         self.welcome = welcome
         self.backlog = backlog
-        self.pending: PendingReplies[asyncio.Future[dict]] = PendingReplies()
+        self.pending: PendingReplies[asyncio.Future[JSONObject]] = PendingReplies()
 
     @property
     def alive(self) -> bool:
@@ -125,7 +126,7 @@ class AsyncMessageQueue:
         return self._welcome.connection_id if self._welcome else None
 
     @property
-    def welcome(self) -> dict | None:
+    def welcome(self) -> JSONObject | None:
         return self._welcome.message if self._welcome else None
 
     @property
@@ -184,7 +185,7 @@ class AsyncMessageQueue:
 
     async def _establish_with_retries(
         self, deadline: float | None, *, first_delay: bool, wait: bool
-    ) -> tuple[_Connection, list[asyncio.Future[dict]]]:
+    ) -> tuple[_Connection, list[asyncio.Future[JSONObject]]]:
         delays = backoff_delays(self.backoff, self.max_backoff)
         if first_delay and await self._sleep(next(delays)):
             raise ConnectionClosed("client is closed")
@@ -201,7 +202,7 @@ class AsyncMessageQueue:
             if await self._sleep(delay):
                 raise ConnectionClosed("client is closed")
 
-    async def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[asyncio.Future[dict]]]:
+    async def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[asyncio.Future[JSONObject]]]:
         """One attempt: open the streams, read the welcome, send the replay requests."""
         limit = remaining(deadline) if deadline is not None else self.connect_timeout
         try:
@@ -216,7 +217,7 @@ class AsyncMessageQueue:
             async with asyncio.timeout(remaining(deadline) if deadline is not None else self.connect_timeout):
                 welcome, backlog = await self._read_welcome(reader, protocol)
             conn = _Connection(reader, writer, protocol, welcome, backlog)
-            futures: list[asyncio.Future[dict]] = []
+            futures: list[asyncio.Future[JSONObject]] = []
             for number, data in self._state.replay(protocol):
                 if wait:
                     futures.append(asyncio.get_running_loop().create_future())
@@ -338,7 +339,7 @@ class AsyncMessageQueue:
 
     # -- requests --------------------------------------------------------------
 
-    async def _request(self, build: _Build, *, reply: bool = True, retry: bool = True) -> dict | None:
+    async def _request(self, build: _Build, *, reply: bool = True, retry: bool = True) -> JSONObject | None:
         """Send one frame and wait for its reply, within ``timeout``; see :meth:`MessageQueue._request`."""
         deadline = deadline_after(self.timeout)
         while True:
@@ -346,7 +347,7 @@ class AsyncMessageQueue:
             # Numbering, registering and writing happen in one loop step, so
             # concurrent requests leave in the order of their numbers.
             number, data = build(conn.protocol)
-            future: asyncio.Future[dict] | None = None
+            future: asyncio.Future[JSONObject] | None = None
             if reply:
                 future = asyncio.get_running_loop().create_future()
                 conn.pending.add(number, future)
@@ -369,7 +370,7 @@ class AsyncMessageQueue:
             if not (retry and self.reconnect) or remaining(deadline) == 0:
                 raise lost
 
-    async def _result(self, future: asyncio.Future[dict], deadline: float | None) -> dict:
+    async def _result(self, future: asyncio.Future[JSONObject], deadline: float | None) -> JSONObject:
         try:
             async with asyncio.timeout(remaining(deadline)):
                 return await future
@@ -378,7 +379,7 @@ class AsyncMessageQueue:
                 raise
             raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
 
-    async def subscribe(self, *queues: str) -> dict:
+    async def subscribe(self, *queues: str) -> JSONObject:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         added = self._state.add_queues(names)
@@ -388,13 +389,13 @@ class AsyncMessageQueue:
             self._state.discard_queues(added)
             raise
 
-    async def unsubscribe(self, *queues: str) -> dict:
+    async def unsubscribe(self, *queues: str) -> JSONObject:
         """Unsubscribe from ``queues``; return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         self._state.discard_queues(names)
         return await self._request(lambda p: p.unsubscribe(names))  # type: ignore[return-value]
 
-    async def set_options(self, **options: Any) -> dict:
+    async def set_options(self, **options: Any) -> JSONObject:
         """Set options (``None`` removes one; kept for reconnects); return the reply."""
         previous = self._state.update_options(options)
         try:
@@ -403,18 +404,18 @@ class AsyncMessageQueue:
             self._state.restore_options(previous)
             raise
 
-    async def publish(self, queue: str, message: Any, *, reply: bool = True) -> dict | None:
+    async def publish(self, queue: str, message: Any, *, reply: bool = True) -> JSONObject | None:
         """Publish ``message`` to ``queue``; see :meth:`MessageQueue.publish`."""
         validate_queue_name(queue)
         wrap(message)
         wait = reply and not self._state.replies_off
         return await self._request(lambda p: p.publish(queue, message), reply=wait, retry=False)
 
-    async def send_message(self, queue: str, message: Any) -> dict | None:
+    async def send_message(self, queue: str, message: Any) -> JSONObject | None:
         """The 2015 name of :meth:`publish`."""
         return await self.publish(queue, message)
 
-    async def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict:
+    async def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> JSONObject:
         """The raw history reply, with ``history`` and ``sequence``."""
         names = [validate_queue_name(q) for q in queues]
         after = since_map(names, since)
@@ -424,11 +425,11 @@ class AsyncMessageQueue:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
         return history_messages(await self.history(*queues, since=since))
 
-    async def status(self, **detail: bool) -> dict:
+    async def status(self, **detail: bool) -> JSONObject:
         """The broker's description of itself; see :meth:`MessageQueue.status`."""
         return await self._request(lambda p: p.status(**detail))  # type: ignore[return-value]
 
-    async def admin(self, action: str, **fields: Any) -> dict:
+    async def admin(self, action: str, **fields: Any) -> JSONObject:
         """An administrator's request; see :meth:`MessageQueue.admin`."""
         return await self._request(lambda p: p.admin(action, **fields), retry=False)  # type: ignore[return-value]
 

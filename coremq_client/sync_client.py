@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ._common import (
     ErrorCallback,
     ErrorReporter,
+    JSONObject,
     PendingReplies,
     SessionState,
     backoff_delays,
@@ -58,7 +59,7 @@ class _Connection:
         self.protocol = protocol
         self.welcome = welcome
         self.backlog = backlog
-        self.pending: PendingReplies[Future[dict]] = PendingReplies()
+        self.pending: PendingReplies[Future[JSONObject]] = PendingReplies()
 
     @property
     def alive(self) -> bool:
@@ -152,7 +153,7 @@ class MessageQueue:
         return self._welcome.connection_id if self._welcome else None
 
     @property
-    def welcome(self) -> dict | None:
+    def welcome(self) -> JSONObject | None:
         """The whole welcome object of the current (or last) connection."""
         return self._welcome.message if self._welcome else None
 
@@ -216,7 +217,7 @@ class MessageQueue:
 
     def _establish_with_retries(
         self, deadline: float | None, *, first_delay: bool, wait: bool
-    ) -> tuple[_Connection, list[Future[dict]]]:
+    ) -> tuple[_Connection, list[Future[JSONObject]]]:
         delays = backoff_delays(self.backoff, self.max_backoff)
         if first_delay and self._stop.wait(next(delays)):
             raise ConnectionClosed("client is closed")
@@ -233,7 +234,7 @@ class MessageQueue:
             if self._stop.wait(delay):
                 raise ConnectionClosed("client is closed")
 
-    def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[Future[dict]]]:
+    def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[Future[JSONObject]]]:
         """One attempt: open the socket, read the welcome, send the replay requests.
 
         With ``wait`` the replay requests get futures (for connect() to wait
@@ -251,7 +252,7 @@ class MessageQueue:
             protocol = ClientProtocol(codec=self.codec, max_frame_size=self.max_frame_size)
             welcome, backlog = self._read_welcome(sock, protocol, deadline)
             conn = _Connection(sock, protocol, welcome, backlog)
-            futures = []
+            futures: list[Future[JSONObject]] = []
             for number, data in self._state.replay(protocol):
                 if wait:
                     futures.append(Future())
@@ -368,7 +369,7 @@ class MessageQueue:
 
     # -- requests --------------------------------------------------------------
 
-    def _request(self, build: _Build, *, reply: bool = True, retry: bool = True) -> dict | None:
+    def _request(self, build: _Build, *, reply: bool = True, retry: bool = True) -> JSONObject | None:
         """Send one frame and wait for its reply, within ``timeout``.
 
         A request that never left (the connection was already gone) is always
@@ -378,7 +379,7 @@ class MessageQueue:
         deadline = deadline_after(self.timeout)
         while True:
             conn = self._wait_connection(deadline)
-            future: Future[dict] | None = Future() if reply else None
+            future: Future[JSONObject] | None = Future() if reply else None
             try:
                 number = self._send(conn, build, future, deadline)
             except _NotSent:
@@ -398,7 +399,7 @@ class MessageQueue:
                 if not (retry and self.reconnect) or remaining(deadline) == 0:
                     raise
 
-    def _send(self, conn: _Connection, build: _Build, future: Future[dict] | None, deadline: float | None) -> int:
+    def _send(self, conn: _Connection, build: _Build, future: Future[JSONObject] | None, deadline: float | None) -> int:
         left = remaining(deadline)
         if not self._write_lock.acquire(timeout=-1 if left is None else left):
             raise Timeout(f"could not send within {self.timeout} s: other threads hold the connection")
@@ -425,7 +426,7 @@ class MessageQueue:
         finally:
             self._write_lock.release()
 
-    def _result(self, future: Future[dict], deadline: float | None) -> dict:
+    def _result(self, future: Future[JSONObject], deadline: float | None) -> JSONObject:
         try:
             return future.result(timeout=remaining(deadline))
         except TimeoutError as exc:
@@ -433,7 +434,7 @@ class MessageQueue:
                 raise
             raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
 
-    def subscribe(self, *queues: str) -> dict:
+    def subscribe(self, *queues: str) -> JSONObject:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         added = self._state.add_queues(names)
@@ -443,13 +444,13 @@ class MessageQueue:
             self._state.discard_queues(added)
             raise
 
-    def unsubscribe(self, *queues: str) -> dict:
+    def unsubscribe(self, *queues: str) -> JSONObject:
         """Unsubscribe from ``queues``; return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         self._state.discard_queues(names)
         return self._request(lambda p: p.unsubscribe(names))  # type: ignore[return-value]
 
-    def set_options(self, **options: Any) -> dict:
+    def set_options(self, **options: Any) -> JSONObject:
         """Set options (``None`` removes one; kept for reconnects); return the reply with ``options``."""
         previous = self._state.update_options(options)
         try:
@@ -458,7 +459,7 @@ class MessageQueue:
             self._state.restore_options(previous)
             raise
 
-    def publish(self, queue: str, message: Any, *, reply: bool = True) -> dict | None:
+    def publish(self, queue: str, message: Any, *, reply: bool = True) -> JSONObject | None:
         """Publish ``message`` (a dict, list or str) to ``queue``.
 
         Returns the broker's reply (``{"response": "OK: Message sent", "id": n, ...}``)
@@ -473,11 +474,11 @@ class MessageQueue:
         wait = reply and not self._state.replies_off
         return self._request(lambda p: p.publish(queue, message), reply=wait, retry=False)
 
-    def send_message(self, queue: str, message: Any) -> dict | None:
+    def send_message(self, queue: str, message: Any) -> JSONObject | None:
         """The 2015 name of :meth:`publish`."""
         return self.publish(queue, message)
 
-    def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict:
+    def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> JSONObject:
         """The raw history reply: ``history`` (stored messages) and ``sequence`` (first/last id per queue).
 
         With ``since`` (one id, or one per queue) only newer messages come.
@@ -490,7 +491,7 @@ class MessageQueue:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
         return history_messages(self.history(*queues, since=since))
 
-    def status(self, **detail: bool) -> dict:
+    def status(self, **detail: bool) -> JSONObject:
         """The broker's description of itself (connections, queues, counters).
 
         ``connections=True``, ``queues=True``, ``series=True`` add the list of
@@ -498,7 +499,7 @@ class MessageQueue:
         """
         return self._request(lambda p: p.status(**detail))  # type: ignore[return-value]
 
-    def admin(self, action: str, **fields: Any) -> dict:
+    def admin(self, action: str, **fields: Any) -> JSONObject:
         """An administrator's request (``"disconnect"`` with ``connection=``, ``"purge"`` with ``queue=``).
 
         The broker's access policy decides who may; a refusal raises :class:`PermissionDenied`.
