@@ -20,6 +20,7 @@ from .errors import ConnectionClosed, CoreMQError, MessageError, ProtocolError
 from .protocol import OPTION_REPLY, Bye, ClientProtocol, Delivery, Reply, Welcome, error_for, unwrap
 
 __all__ = [
+    "ConnectCallback",
     "ErrorCallback",
     "ErrorReporter",
     "JSONObject",
@@ -30,6 +31,7 @@ __all__ = [
     "check_backoff",
     "deadline_after",
     "history_messages",
+    "notify_connected",
     "remaining",
     "route",
     "settle",
@@ -43,6 +45,8 @@ logger = logging.getLogger("coremq_client")
 RECENT_ERRORS = 100
 
 ErrorCallback = Callable[[CoreMQError], Any]
+#: Called with the welcome object of every new connection (the first and each reconnect).
+ConnectCallback = Callable[[dict], Any]
 #: A decoded JSON object: a reply, a welcome, a stored message.
 JSONObject = dict[str, Any]
 
@@ -310,6 +314,17 @@ def since_map(queues: list[str], since: Mapping[str, int] | int | None) -> dict[
     if isinstance(since, bool) or not isinstance(since, int):
         raise TypeError(f"since must be an int or a mapping of queue to int, not {since!r}")
     return dict.fromkeys(queues, since)
+
+
+def notify_connected(callback: ConnectCallback | None, welcome: dict) -> Any:
+    """Call ``on_connect(welcome)``; log what it raises; return its result (maybe a coroutine)."""
+    if callback is None:
+        return None
+    try:
+        return callback(welcome)
+    except Exception:
+        logger.exception("on_connect callback failed")
+        return None
 
 
 # -- errors nobody waits for -------------------------------------------------

@@ -16,6 +16,7 @@ import ssl as ssl_module
 from typing import Any, AsyncIterator, Callable, Mapping
 
 from ._common import (
+    ConnectCallback,
     ErrorCallback,
     ErrorReporter,
     JSONObject,
@@ -27,6 +28,7 @@ from ._common import (
     deadline_after,
     history_messages,
     logger,
+    notify_connected,
     remaining,
     route,
     settle,
@@ -65,7 +67,8 @@ class AsyncMessageQueue:
     """An asyncio CoreMQ client that reconnects by itself; see :class:`~coremq_client.MessageQueue`.
 
     Same constructor and semantics; every request is a coroutine. ``on_error``
-    may be a plain function or a coroutine function (then it runs as a task).
+    and ``on_connect`` may be plain functions or coroutine functions (then
+    they run as tasks).
     Use from one event loop only.
     """
 
@@ -86,6 +89,7 @@ class AsyncMessageQueue:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ssl: ssl_module.SSLContext | None = None,
         on_error: ErrorCallback | None = None,
+        on_connect: ConnectCallback | None = None,
     ) -> None:
         check_backoff(backoff, max_backoff)
         self.host = host
@@ -100,6 +104,7 @@ class AsyncMessageQueue:
         self.ssl = ssl
         self._state = SessionState(queues, options)
         self._reporter = ErrorReporter(on_error)
+        self._on_connect = on_connect
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._deliveries: asyncio.Queue[Any] = asyncio.Queue()
         self._connect_lock = asyncio.Lock()
@@ -171,6 +176,7 @@ class AsyncMessageQueue:
             self._conn = conn
             self._reader_task = asyncio.create_task(self._run(conn), name=f"coremq-reader-{self.host}:{self.port}")
             self._notify()
+            self._connected(conn)
         for future in replayed:
             await self._result(future, deadline)
 
@@ -285,6 +291,7 @@ class AsyncMessageQueue:
                     break
                 self._conn = conn
                 self._notify()
+                self._connected(conn)
         except Exception as exc:  # pragma: no cover - a bug; never leave callers hanging
             logger.exception("CoreMQ reader task failed")
             error, orderly = ConnectionClosed(f"reader failed: {exc!r}"), False
@@ -317,7 +324,14 @@ class AsyncMessageQueue:
         settle(routed.replies, conn.pending, self._report)
 
     def _report(self, error: CoreMQError) -> None:
-        result = self._reporter.report(error)
+        self._keep(self._reporter.report(error))
+
+    def _connected(self, conn: _Connection) -> None:
+        """Hand the welcome of a new connection to ``on_connect``."""
+        self._keep(notify_connected(self._on_connect, conn.welcome.message))
+
+    def _keep(self, result: Any) -> None:
+        """Run what a callback returned, if it is awaitable, as a task kept until it ends."""
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
             self._callbacks.add(task)

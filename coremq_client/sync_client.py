@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterator, Mapping
 
 from ._common import (
+    ConnectCallback,
     ErrorCallback,
     ErrorReporter,
     JSONObject,
@@ -29,6 +30,7 @@ from ._common import (
     deadline_after,
     history_messages,
     logger,
+    notify_connected,
     remaining,
     route,
     settle,
@@ -85,6 +87,10 @@ class MessageQueue:
     no caller waits for (for example the ``ERROR:`` answer to a publish sent
     without waiting), from the reader thread; they are also logged and kept in
     :attr:`errors`.
+    ``on_connect(welcome)`` is called after every connection and reconnection,
+    once the subscriptions and options have been sent again (from the reader
+    thread after a reconnect; it must not block): the connection id changes
+    with every connection, and a reconnected client may fetch what it missed.
 
     Messages published while the client was disconnected are not delivered
     (as in 2015), but :attr:`last_ids` with ``get_history(..., since=client.last_ids)``
@@ -109,6 +115,7 @@ class MessageQueue:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ssl: ssl_module.SSLContext | None = None,
         on_error: ErrorCallback | None = None,
+        on_connect: ConnectCallback | None = None,
     ) -> None:
         check_backoff(backoff, max_backoff)
         self.host = host
@@ -123,6 +130,7 @@ class MessageQueue:
         self.ssl = ssl
         self._state = SessionState(queues, options)
         self._reporter = ErrorReporter(on_error)
+        self._on_connect = on_connect
         self._deliveries: queue_module.Queue[Any] = queue_module.Queue()
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
@@ -212,6 +220,7 @@ class MessageQueue:
                 )
                 self._reader.start()
                 self._cond.notify_all()
+            self._connected(conn)
         for future in replayed:
             self._result(future, deadline)
 
@@ -322,10 +331,15 @@ class MessageQueue:
                         break
                     self._conn = conn
                     self._cond.notify_all()
+                self._connected(conn)
         except BaseException as exc:  # pragma: no cover - a bug; never leave callers hanging
             logger.exception("CoreMQ reader thread failed")
             error, orderly = ConnectionClosed(f"reader failed: {exc!r}"), False
         self._end(error, orderly=orderly or self._stop.is_set())
+
+    def _connected(self, conn: _Connection) -> None:
+        """Hand the welcome of a new connection to ``on_connect``."""
+        notify_connected(self._on_connect, conn.welcome.message)
 
     def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
         """Read and dispatch until the connection ends: ``(why, orderly)``."""
