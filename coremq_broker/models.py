@@ -17,14 +17,9 @@ from django.db import models
 from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, validate_queue_name
 from coremq_client.errors import InvalidQueueName
 
-__all__ = ["QueueSetting", "GLOB_CHARACTERS", "is_glob"]
+from .queue_settings import is_glob
 
-#: A pattern holding any of these is a glob (``fnmatch``: ``*``, ``?``, ``[seq]``).
-GLOB_CHARACTERS = frozenset("*?[")
-
-
-def is_glob(pattern: str) -> bool:
-    return not GLOB_CHARACTERS.isdisjoint(pattern)
+__all__ = ["QueueSetting"]
 
 
 def validate_pattern(value: str) -> None:

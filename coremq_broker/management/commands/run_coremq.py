@@ -23,6 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-web", action="store_true", help="run the broker only, without daphne")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from coremq_broker.queue_settings import QueueSettingsWatcher
         from coremq_broker.server import WebServer, run
 
         for name in ("port", "web_port"):
@@ -41,8 +42,12 @@ class Command(BaseCommand):
                 port=_given(options["web_port"], web_port),
                 verbosity=options["verbosity"],
             )
+        # Per-queue settings from the admin: read here, off any event loop, and
+        # followed by a thread once the broker runs (coremq_broker.queue_settings).
+        watcher = QueueSettingsWatcher(config)
         try:
-            run(config, web=web, announce=self.announce)
+            run(config, web=web, announce=self.announce,
+                broker_options={"queue_settings": watcher.resolver}, on_start=watcher.attach)
         except OSError as exc:
             raise CommandError(f"cannot serve: {exc}") from exc
 
