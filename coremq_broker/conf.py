@@ -9,6 +9,8 @@ broker's defaults here. Besides those:
   subclass or a callable, or the dotted path of one
   (``"django.core.serializers.json.DjangoJSONEncoder"``); they build the codec.
 - ``WEB_HOST`` / ``WEB_PORT``: where ``run_coremq`` serves the web app.
+- ``STATUS_TOKEN``: a secret that opens ``/coremq/status.json`` and ``/metrics``
+  to ``Authorization: Bearer <token>`` (scrapers); unset, only staff sessions.
 
 The settings are read lazily and the result is cached until Django sends
 ``setting_changed`` for ``COREMQ``, so ``override_settings`` works in tests.
@@ -42,6 +44,7 @@ __all__ = [
     "SettingError",
     "get_config",
     "get_web_address",
+    "get_status_token",
     "setting_errors",
 ]
 
@@ -51,7 +54,7 @@ SETTING = "COREMQ"
 BROKER_SETTINGS: dict[str, Field] = {f.name.upper(): f for f in fields(BrokerConfig) if f.name != "codec"}
 CODEC_SETTINGS = ("ENCODER", "DECODER")
 #: The web server is not the broker's business, so its defaults live here.
-WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000}
+WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000, "STATUS_TOKEN": None}
 KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
 _PORTS = frozenset({"PORT", "WEB_PORT"})
 
@@ -87,6 +90,14 @@ def get_web_address() -> tuple[str, int]:
         raise errors[0]
     merged = {**WEB_DEFAULTS, **values}
     return merged["WEB_HOST"], merged["WEB_PORT"]
+
+
+def get_status_token() -> str | None:
+    """``STATUS_TOKEN``: the bearer token of the status JSON and the metrics, or None."""
+    values, errors = _resolve_all()
+    if errors:
+        raise errors[0]
+    return values.get("STATUS_TOKEN")
 
 
 def setting_errors() -> list[SettingError]:
@@ -137,6 +148,12 @@ def _resolve(name: Any, value: Any) -> Any:
         return _codec_part(name, value)
     default = WEB_DEFAULTS[name] if name in WEB_DEFAULTS else BROKER_SETTINGS[name].default
     value = _typed(name, value, default)
+    if name == "STATUS_TOKEN" and value is not None and not isinstance(value, str):
+        raise SettingError(
+            "coremq.E003",
+            f"settings.{SETTING}['STATUS_TOKEN'] must be a string or None, not {type(value).__name__}.",
+            "Use a long random string, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe())'`.",
+        )
     if name in _PORTS:
         if not 1 <= value <= 65535:
             raise SettingError(
