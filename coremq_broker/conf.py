@@ -9,6 +9,8 @@ broker's defaults here. Besides those:
   subclass or a callable, or the dotted path of one
   (``"django.core.serializers.json.DjangoJSONEncoder"``); they build the codec.
 - ``WEB_HOST`` / ``WEB_PORT``: where ``run_coremq`` serves the web app.
+- ``WEBSOCKET_MAX_MESSAGE_SIZE``: the largest frame a browser may send to
+  ``/ws/coremq/``, in bytes (64 KiB); a larger one is answered with an error frame.
 - ``STATUS_TOKEN``: a secret that opens ``/coremq/status.json`` and ``/metrics``
   to ``Authorization: Bearer <token>`` (scrapers); unset, only staff sessions.
 
@@ -44,6 +46,7 @@ __all__ = [
     "SettingError",
     "get_config",
     "get_web_address",
+    "get_web_setting",
     "get_status_token",
     "setting_errors",
 ]
@@ -55,6 +58,8 @@ BROKER_SETTINGS: dict[str, Field] = {f.name.upper(): f for f in fields(BrokerCon
 CODEC_SETTINGS = ("ENCODER", "DECODER")
 #: The web server is not the broker's business, so its defaults live here.
 WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000, "STATUS_TOKEN": None}
+#: The WebSocket bridge's limit on one browser frame (coremq_broker/websocket).
+WEB_DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"] = 64 * 2**10
 KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
 _PORTS = frozenset({"PORT", "WEB_PORT"})
 
@@ -98,6 +103,17 @@ def get_status_token() -> str | None:
     if errors:
         raise errors[0]
     return values.get("STATUS_TOKEN")
+
+
+def get_web_setting(name: str) -> Any:
+    """The value of a web-side key of ``WEB_DEFAULTS`` (``WEBSOCKET_MAX_MESSAGE_SIZE``, ...), cached."""
+    key = f"web:{name}"
+    if key not in _cache:
+        values, errors = _resolve_all()
+        if errors:
+            raise errors[0]
+        _cache[key] = values.get(name, WEB_DEFAULTS[name])
+    return _cache[key]
 
 
 def setting_errors() -> list[SettingError]:
