@@ -24,6 +24,7 @@ command runs.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "CODEC_SETTINGS",
     "WEB_DEFAULTS",
     "KNOWN_SETTINGS",
+    "CHOICES",
     "SettingError",
     "get_config",
     "get_web_address",
@@ -62,6 +64,15 @@ WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000, "STA
 WEB_DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"] = 64 * 2**10
 KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
 _PORTS = frozenset({"PORT", "WEB_PORT"})
+#: Limits whose zero switches them off (see BrokerConfig) instead of being a mistake.
+_ZERO_MEANS_NO_LIMIT = frozenset({"MAX_PUBLISH_RATE"})
+#: Text settings with a fixed set of values. The slow consumer policies are the
+#: admin's (QueueSetting.SLOW_CONSUMER_POLICIES; a test keeps the two equal);
+#: DURABLE_SYNCHRONOUS is SQLite's ``PRAGMA synchronous`` and goes into SQL.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "SLOW_CONSUMER_POLICY": ("disconnect", "drop"),
+    "DURABLE_SYNCHRONOUS": ("OFF", "NORMAL", "FULL", "EXTRA"),
+}
 
 _cache: dict[str, Any] = {}
 
@@ -170,6 +181,17 @@ def _resolve(name: Any, value: Any) -> Any:
             f"settings.{SETTING}['STATUS_TOKEN'] must be a string or None, not {type(value).__name__}.",
             "Use a long random string, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe())'`.",
         )
+    _check_range(name, value, default)
+    if name in CHOICES and value not in CHOICES[name]:
+        raise SettingError(
+            "coremq.E008",
+            f"settings.{SETTING}[{name!r}] is {value!r}, which is not one of {', '.join(map(repr, CHOICES[name]))}.",
+            f"Pick one of those, or remove the key for the default ({default!r}).",
+        )
+    return value
+
+
+def _check_range(name: str, value: Any, default: Any) -> None:
     if name in _PORTS:
         if not 1 <= value <= 65535:
             raise SettingError(
@@ -177,19 +199,21 @@ def _resolve(name: Any, value: Any) -> Any:
                 f"settings.{SETTING}[{name!r}] is {value}, which is not a TCP port.",
                 "Use a port from 1 to 65535 (6747 is CoreMQ's; `run_coremq --port 0` picks a free one).",
             )
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-        raise SettingError(
-            "coremq.E004",
-            f"settings.{SETTING}[{name!r}] is {value}; it must be greater than zero.",
-            f"Use a positive number, or remove the key for the default ({default!r}).",
-        )
-    elif isinstance(value, str) and not value.strip():
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        lowest_ok = 0 if name in _ZERO_MEANS_NO_LIMIT else None
+        if value < 0 or (value == 0 and lowest_ok is None):
+            bound = "zero or more (0: no limit)" if lowest_ok == 0 else "greater than zero"
+            raise SettingError(
+                "coremq.E004",
+                f"settings.{SETTING}[{name!r}] is {value}; it must be {bound}.",
+                f"Use a positive number, or remove the key for the default ({default!r}).",
+            )
+    elif isinstance(value, str) and not value.strip() and default != "":
         raise SettingError(
             "coremq.E004",
             f"settings.{SETTING}[{name!r}] is empty.",
             f"Give it a value, or remove the key for the default ({default!r}).",
         )
-    return value
 
 
 def _typed(name: str, value: Any, default: Any) -> Any:
@@ -244,11 +268,26 @@ def _codec_error(name: str, reason: str) -> SettingError:
 
 
 def _cross_check(values: dict[str, Any]) -> list[SettingError]:
+    errors = []
     high, low = values.get("WRITE_HIGH"), values.get("WRITE_LOW")
     if isinstance(high, int) and isinstance(low, int) and low > high:
-        return [SettingError(
+        errors.append(SettingError(
             "coremq.E007",
             f"settings.{SETTING}['WRITE_LOW'] ({low}) is above WRITE_HIGH ({high}).",
             "The low-water mark must not exceed the high-water mark; asyncio's default is low = high // 4.",
-        )]
-    return []
+        ))
+    cert, key = values.get("TLS_CERT"), values.get("TLS_KEY")
+    if key and not cert:
+        errors.append(SettingError(
+            "coremq.E009",
+            f"settings.{SETTING}['TLS_KEY'] is set but TLS_CERT is not.",
+            "Set TLS_CERT to the certificate's PEM file too, or remove TLS_KEY.",
+        ))
+    for name, path in (("TLS_CERT", cert), ("TLS_KEY", key)):
+        if isinstance(path, str) and path and not os.path.isfile(path):
+            errors.append(SettingError(
+                "coremq.E009",
+                f"settings.{SETTING}[{name!r}] is {path!r}, which is not a file.",
+                "Give the path of a PEM file readable by the broker (the key may be in the certificate's file).",
+            ))
+    return errors

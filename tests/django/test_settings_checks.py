@@ -32,6 +32,11 @@ from coremq_broker.config import BrokerConfig
         ({"DECODER": "json.no_such_decoder"}, "coremq.E006"),
         ({"ENCODER": 42}, "coremq.E006"),
         ({"WRITE_HIGH": 1000, "WRITE_LOW": 2000}, "coremq.E007"),
+        ({"MAX_PUBLISH_RATE": -1}, "coremq.E004"),
+        ({"SLOW_CONSUMER_POLICY": "ignore"}, "coremq.E008"),
+        ({"DURABLE_SYNCHRONOUS": "NORMAL; DROP TABLE x"}, "coremq.E008"),
+        ({"TLS_CERT": "/nonexistent/cert.pem"}, "coremq.E009"),
+        ({"TLS_KEY": __file__}, "coremq.E009"),
     ],
 )
 def test_bad_setting_is_an_error_with_id_and_hint(value: object, error_id: str) -> None:
@@ -50,6 +55,9 @@ def test_bad_setting_is_an_error_with_id_and_hint(value: object, error_id: str) 
         {"PORT": 1, "WEB_PORT": 65535, "SHUTDOWN_TIMEOUT": 1, "HISTORY_LENGTH": 100},
         {"ENCODER": "django.core.serializers.json.DjangoJSONEncoder", "DECODER": "json.JSONDecoder"},
         {"SERVER_NAME": "edge-1", "WRITE_HIGH": 4096, "WRITE_LOW": 4096},
+        {"MAX_PUBLISH_RATE": 0, "SLOW_CONSUMER_POLICY": "drop", "DURABLE_SYNCHRONOUS": "FULL"},
+        {"TLS_CERT": "", "TLS_KEY": ""},
+        {"TLS_CERT": __file__},
     ],
 )
 def test_good_settings_pass(value: dict) -> None:
@@ -78,3 +86,19 @@ def test_checks_run_before_commands() -> None:
     with override_settings(COREMQ={"PORT": -1}):
         with pytest.raises(SystemCheckError, match="coremq.E005"):
             call_command("check")
+
+
+def test_slow_consumer_choices_match_the_admin() -> None:
+    """SLOW_CONSUMER_POLICY accepts exactly the policies the admin offers per queue."""
+    from coremq_broker.models import QueueSetting
+
+    assert conf.CHOICES["SLOW_CONSUMER_POLICY"] == tuple(value for value, _ in QueueSetting.SLOW_CONSUMER_POLICIES)
+
+
+def test_defaults_pass_their_own_checks() -> None:
+    """Every BrokerConfig default, written out in COREMQ, is accepted."""
+    from dataclasses import fields
+
+    explicit = {f.name.upper(): f.default for f in fields(BrokerConfig) if f.name != "codec"}
+    with override_settings(COREMQ={**explicit, **conf.WEB_DEFAULTS}):
+        assert check_settings() == []
