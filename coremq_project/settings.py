@@ -82,14 +82,13 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# CoreMQ. Every key is optional and defaults to BrokerConfig's value
-# (coremq_broker/config.py); coremq_broker/conf.py reads this and the system
-# checks (coremq.E001...) validate it. Keys: HOST (127.0.0.1), PORT (6747),
-# WEB_HOST (127.0.0.1), WEB_PORT (8000), SERVER_NAME, HISTORY_LENGTH (10),
-# MAX_FRAME_SIZE (1 MiB), MAX_QUEUE_NAME_LENGTH, MAX_SUBSCRIPTIONS,
-# MAX_WRITE_BUFFER, WRITE_HIGH, WRITE_LOW, SHUTDOWN_TIMEOUT, and
-# ENCODER / DECODER (a class, a callable or a dotted path, for instance
-# "django.core.serializers.json.DjangoJSONEncoder"; orjson is used when unset).
+# CoreMQ. Every key is optional. Each BrokerConfig field (coremq_broker/config.py)
+# is a key in upper case with its default there: HOST (127.0.0.1), PORT (6747),
+# SERVER_NAME, HISTORY_LENGTH (10), MAX_FRAME_SIZE (1 MiB), ... Besides those,
+# coremq_broker/conf.py reads WEB_HOST (127.0.0.1), WEB_PORT (8000) and ENCODER /
+# DECODER (a class, a callable or a dotted path, for instance
+# "django.core.serializers.json.DjangoJSONEncoder"; orjson when unset). The
+# system checks (coremq.E001...) validate all of it.
 COREMQ = {
     "SERVER_NAME": "CoreMQ",
 }
