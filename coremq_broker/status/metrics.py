@@ -1,0 +1,114 @@
+"""The status snapshot in Prometheus' text format, for ``/metrics``.
+
+A custom collector reads one snapshot (the same dict ``status.json`` serves)
+and yields metric families; nothing is registered globally and nothing is
+kept between scrapes, so the numbers are the broker's, even when the broker
+runs in another process. Names follow Prometheus' conventions: ``coremq_``
+prefix, base units in the name (``_bytes``, ``_seconds``), ``_total`` on
+counters, timestamps as ``_timestamp_seconds``.
+
+Connections are counted per transport rather than listed: a connection id as
+a label would make a new time series per client. Per-queue series carry a
+``queue`` label (public queues only; private id queues are left out). Rates
+are not exported: Prometheus computes them from the counters with ``rate()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterator
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["SnapshotCollector", "render", "CONTENT_TYPE", "TRANSPORTS"]
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+
+#: Transports that always get a ``coremq_connections`` series, even at zero.
+TRANSPORTS = ("tcp", "websocket")
+
+
+class SnapshotCollector(Collector):
+    """Metric families for one status snapshot; ``snapshot=None`` means the broker could not be asked."""
+
+    def __init__(self, snapshot: dict[str, Any] | None) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("coremq_up", "1 if the broker answered the status request, else 0.")
+        up.add_metric([], 0 if self.snapshot is None else 1)
+        yield up
+        if self.snapshot is None:
+            return
+        yield from self._broker(self.snapshot["broker"], self.snapshot["source"])
+        yield from self._connections(self.snapshot["connections"])
+        yield from self._queues(self.snapshot["queues"])
+
+    def _broker(self, broker: dict[str, Any], source: str) -> Iterator[Metric]:
+        yield InfoMetricFamily("coremq_broker", "The broker's name, version and address.", value={
+            "server": str(broker.get("server", "")), "version": str(broker.get("version", "")),
+            "address": str(broker.get("address", "")), "role": str(broker.get("role", "")), "source": source,
+        })
+        for kind, name, help_text, key in _BROKER_SERIES:
+            value = broker.get(key)
+            if value is not None:  # memory and descriptors are unknown off Linux
+                yield kind(name, help_text, value=float(value))
+
+    def _connections(self, connections: list[dict[str, Any]]) -> Iterator[Metric]:
+        per_transport = Counter({transport: 0 for transport in TRANSPORTS})
+        per_transport.update(str(c.get("transport", "")) for c in connections)
+        gauge = GaugeMetricFamily("coremq_connections", "Open client connections.", labels=["transport"])
+        for transport, count in sorted(per_transport.items()):
+            gauge.add_metric([transport], count)
+        yield gauge
+        yield GaugeMetricFamily("coremq_connections_buffered_bytes",
+                                "Output waiting to be sent, summed over connections.",
+                                value=sum(c.get("buffered") or 0 for c in connections))
+
+    def _queues(self, queues: list[dict[str, Any]]) -> Iterator[Metric]:
+        families = {
+            "subscribers": GaugeMetricFamily("coremq_queue_subscribers", "Connections subscribed to the queue.",
+                                             labels=["queue"]),
+            "history": GaugeMetricFamily("coremq_queue_history_messages", "Messages held in the queue's history.",
+                                         labels=["queue"]),
+            "history_capacity": GaugeMetricFamily("coremq_queue_history_capacity_messages",
+                                                  "Messages the queue's history can hold.", labels=["queue"]),
+            "published": CounterMetricFamily("coremq_queue_messages_published",
+                                             "Messages published to the queue.", labels=["queue"]),
+            "last_publish": GaugeMetricFamily("coremq_queue_last_publish_timestamp_seconds",
+                                              "When the last message was published to the queue.", labels=["queue"]),
+        }
+        for queue in queues:
+            for key, family in families.items():
+                value = queue.get(key)
+                if value is not None:
+                    family.add_metric([queue["name"]], value)
+        yield from families.values()
+
+
+#: (family, name, help, key in the snapshot's "broker") of the broker-wide series.
+_BROKER_SERIES: tuple[tuple[type, str, str, str], ...] = (
+    (GaugeMetricFamily, "coremq_start_time_seconds", "When the broker started, in seconds since the epoch.",
+     "started"),
+    (CounterMetricFamily, "coremq_connections_opened", "Connections accepted since the broker started.",
+     "connections_total"),
+    (GaugeMetricFamily, "coremq_queues", "Public queues the broker knows.", "queues"),
+    (CounterMetricFamily, "coremq_messages_received", "Frames received from clients: publishes and requests.",
+     "messages_in"),
+    (CounterMetricFamily, "coremq_messages_delivered", "Messages delivered to subscribers.", "messages_out"),
+    (CounterMetricFamily, "coremq_errors", "Requests answered with an ERROR.", "errors"),
+    (CounterMetricFamily, "coremq_permission_denials", "Requests refused by the access policy or a private queue.",
+     "denials"),
+    (CounterMetricFamily, "coremq_slow_consumers", "Times a subscriber's output buffer overflowed.",
+     "slow_consumers"),
+    (GaugeMetricFamily, "coremq_resident_memory_bytes", "Resident memory of the broker's process.", "rss_bytes"),
+    (GaugeMetricFamily, "coremq_open_fds", "File descriptors the broker's process holds open.", "open_fds"),
+)
+
+
+def render(snapshot: dict[str, Any] | None) -> bytes:
+    """The text exposition of ``snapshot`` (``None``: only ``coremq_up 0``)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry)
