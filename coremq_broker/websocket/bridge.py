@@ -1,0 +1,373 @@
+"""The bridge: one link to the broker per web process, fanned out to that process's WebSockets.
+
+Browsers do not each open a TCP connection to the broker. A web process holds
+one :class:`BrokerLink` (in-process beside the broker, or a remote client; see
+:mod:`coremq_broker.websocket.links`) and multiplexes every WebSocket over it:
+
+- **Subscriptions** are counted locally: the first browser on a queue makes
+  the one upstream subscription, the last one to leave ends it. A delivered
+  message is turned into the browser's JSON text **once** and handed to every
+  local subscriber of its queue, in order, by a single pump task.
+- **Identity**: browser number ``n`` of a bridge whose broker connection is
+  ``<id>`` is ``<id>/<n>``. The broker keeps such sub-address queues private
+  to the bridge and delivers them to it unasked; the bridge routes them to
+  browser ``n`` and stops each browser from touching another's. A browser's
+  publishes carry its sub-address as ``coremq_sender``. When the link
+  reconnects, ``<id>`` changes and every browser gets a new ``welcome``.
+- **Order**: everything sent to browsers (answers, errors, messages) goes
+  through one outbox, so a browser sees an answer after every message that
+  the broker delivered before it.
+
+Nothing here imports Django.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import logging
+from collections import deque
+from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping
+
+from coremq_client import protocol as P
+from coremq_client.codec import JSONCodec
+from coremq_client.errors import CoreMQError
+
+from .protocol import error_frame, message_entry, message_frame
+
+__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "CLOSE_SERVICE_RESTART"]
+
+logger = logging.getLogger("coremq.websocket")
+
+#: The WebSocket close code sent to browsers when their bridge's broker goes away.
+CLOSE_SERVICE_RESTART = 1012
+
+#: A ``since`` above any message id: the history answer then holds only the sequence.
+_NEWEST = 2**53
+
+ASGISend = Callable[[dict], Awaitable[None]]
+
+
+class BridgeError(CoreMQError):
+    """A browser's request was refused by the bridge; the text goes into the error frame."""
+
+
+class Browser:
+    """One WebSocket as the bridge sees it: its number, its ASGI ``send`` and its subscriptions."""
+
+    __slots__ = ("number", "send", "user", "queues", "open")
+
+    def __init__(self, number: int, send: ASGISend, user: Any = None) -> None:
+        self.number = number
+        self.send = send
+        self.user = user
+        self.queues: set[str] = set()
+        self.open = True
+
+    def __repr__(self) -> str:
+        return f"<Browser {self.number} queues={sorted(self.queues)}>"
+
+
+class BrokerLink(abc.ABC):
+    """The bridge's one connection to the broker.
+
+    :meth:`start` connects and calls ``bridge.connected(connection_id,
+    epoch)`` before it returns, and again after every reconnection; every
+    delivered message goes to ``bridge.delivered(queue, stored)``; a link
+    that can never deliver again calls ``bridge.lost(reason)``. Requests
+    raise :class:`~coremq_client.errors.ServerError` when the broker refuses
+    them and :class:`~coremq_client.errors.ConnectionClosed` when it is gone.
+    """
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    async def start(self, bridge: "Bridge") -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, queues: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def unsubscribe(self, queues: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, queue: str, stored: dict) -> dict:
+        """Publish ``stored`` (stamped with the browser's sender); return the broker's reply (with ``id``)."""
+
+    @abc.abstractmethod
+    async def history(self, since: Mapping[str, int | None]) -> dict:
+        """The broker's history reply: ``{"history": {...}, "sequence": {...}}``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Bridge:
+    """Local fan-out of one :class:`BrokerLink` to many browsers; see the module docstring.
+
+    ``info`` is added to every welcome frame (server name, version, limits).
+    ``max_subscriptions`` bounds the queues one browser may subscribe to.
+    """
+
+    def __init__(self, link: BrokerLink, *, codec: JSONCodec | None = None, max_subscriptions: int = 1000,
+                 info: Mapping[str, Any] | None = None) -> None:
+        self.link = link
+        self.codec = codec or JSONCodec()
+        self.max_subscriptions = max_subscriptions
+        self.info = dict(info or {})
+        self.connection_id: str | None = None
+        self.epoch: str | None = None
+        self.closed = False
+        self.browsers: dict[int, Browser] = {}
+        self.delivered_count = 0
+        self._numbers = itertools.count(1)
+        self._private_prefix = "\0"  # matches no queue until connected
+        self._local: dict[str, dict[Browser, None]] = {}  # queue -> browsers, insertion-ordered
+        self._fanout: dict[str, tuple[Browser, ...]] = {}  # the same as tuples, rebuilt on change
+        self._upstream: dict[str, asyncio.Future[None]] = {}  # queue -> its upstream subscription
+        self._outbox: deque[tuple[dict, Iterable[Browser]]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the link and start the pump."""
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="coremq-websocket-pump")
+        await self.link.start(self)
+
+    async def close(self) -> None:
+        """Close the link; browsers still attached are closed after what is queued for them. Idempotent."""
+        if not self.closed:
+            self.lost("the web server is shutting down")
+        await self.link.close()
+        if self._pump_task is not None:
+            self._enqueue({}, ())  # wakes the pump, which stops once the outbox is empty
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pump_task), 5)
+            except TimeoutError:
+                self._pump_task.cancel()
+
+    # -- called by the link ----------------------------------------------------
+
+    def connected(self, connection_id: str, epoch: str) -> None:
+        """The link (re)connected as ``connection_id``: every browser gets a new welcome."""
+        self.connection_id = connection_id
+        self.epoch = epoch
+        self._private_prefix = connection_id + "/"
+        for browser in self.browsers.values():
+            self.send(browser, self._welcome(browser))
+
+    def delivered(self, queue: str, stored: Any) -> None:
+        """A message from the broker: encode it once, queue it for every local subscriber of ``queue``."""
+        browsers = self._fanout.get(queue)
+        if browsers is None:
+            browsers = self._route(queue)
+            if not browsers:
+                return
+        self.delivered_count += len(browsers)
+        text = self.codec.dumps(message_frame(queue, stored)).decode()
+        self._enqueue({"type": "websocket.send", "text": text}, browsers)
+
+    def lost(self, reason: str) -> None:
+        """The link can never deliver again: tell every browser and close it (they reconnect to a new bridge)."""
+        if self.closed:
+            return
+        self.closed = True
+        logger.info("WebSocket bridge %s closed: %s", self.connection_id, reason)
+        close = {"type": "websocket.close", "code": CLOSE_SERVICE_RESTART}
+        for browser in list(self.browsers.values()):
+            self.send(browser, error_frame(f"connection to the broker lost: {reason}"))
+            self._enqueue(close, (browser,))
+
+    # -- browsers --------------------------------------------------------------
+
+    def attach(self, send: ASGISend, user: Any = None) -> Browser:
+        """Register a WebSocket; it gets its welcome once the link is connected."""
+        if self.closed:
+            raise BridgeError("the bridge is closed")
+        browser = Browser(next(self._numbers), send, user)
+        self.browsers[browser.number] = browser
+        if self.connection_id is not None:
+            self.send(browser, self._welcome(browser))
+        return browser
+
+    def detach(self, browser: Browser) -> None:
+        """Forget a WebSocket that closed, and its subscriptions."""
+        if self.browsers.pop(browser.number, None) is None:
+            return
+        browser.open = False
+        for name in browser.queues:
+            self._drop_local(name, browser)
+        browser.queues.clear()
+
+    def browser_id(self, browser: Browser) -> str:
+        """The browser's connection id, ``<bridge connection id>/<number>``."""
+        return f"{self.connection_id}/{browser.number}"
+
+    def send(self, browser: Browser, frame: Mapping[str, Any]) -> None:
+        """Queue one JSON frame for ``browser``, behind what is already queued for it."""
+        self._enqueue({"type": "websocket.send", "text": self.codec.dumps(frame).decode()}, (browser,))
+
+    def _welcome(self, browser: Browser) -> dict[str, Any]:
+        return {"type": "welcome", "connection_id": self.browser_id(browser), "epoch": self.epoch, **self.info}
+
+    # -- requests --------------------------------------------------------------
+
+    async def subscribe(self, browser: Browser, queues: Iterable[str]) -> dict[str, Any]:
+        """Subscribe ``browser`` to ``queues``; return their ``sequence`` (``first``/``last`` id) as of now.
+
+        All or nothing: if the broker refuses one queue, none is subscribed.
+        A browser's own id is always subscribed; another's is refused.
+        """
+        names = list(queues)
+        own = self.browser_id(browser)
+        for name in names:
+            self._check_private(browser, "subscribe", name)
+        public = [name for name in names if name != own]
+        new = [name for name in public if name not in browser.queues]
+        if len(browser.queues) + len(new) > self.max_subscriptions:
+            raise BridgeError(f"too many subscriptions: limit is {self.max_subscriptions} per connection")
+        for name in new:
+            browser.queues.add(name)
+            self._local.setdefault(name, {})[browser] = None
+            self._fanout.pop(name, None)
+        try:
+            # Both requests leave at once, the subscription first: one round trip.
+            _, reply = await asyncio.gather(self._subscribe_upstream(public),
+                                            self.link.history(dict.fromkeys(names, _NEWEST)))
+        except BaseException:
+            for name in new:
+                if name in browser.queues:
+                    browser.queues.discard(name)
+                    self._drop_local(name, browser)
+            raise
+        return reply.get("sequence", {})
+
+    async def unsubscribe(self, browser: Browser, queues: Iterable[str]) -> None:
+        for name in queues:
+            if name in browser.queues:
+                browser.queues.discard(name)
+                self._drop_local(name, browser)
+
+    async def publish(self, browser: Browser, queue: str, message: Any) -> dict:
+        """Publish as the browser (its id is the sender); return the broker's reply."""
+        if queue == self.connection_id:
+            raise BridgeError(f"permission denied: publish on queue {queue!r} (the bridge's own queue)")
+        stored = dict(message) if isinstance(message, dict) else P.wrap(message)
+        stored[P.SENDER] = self.browser_id(browser)
+        return await self.link.publish(queue, stored)
+
+    async def history(self, browser: Browser, since: Mapping[str, int | None]) -> dict[str, Any]:
+        """``{"history": {queue: [entry, ...]}, "sequence": {...}}`` with entries as browsers see messages."""
+        for name in since:
+            self._check_private(browser, "history", name)
+        reply = await self.link.history(since)
+        history = reply.get("history") or {}
+        return {
+            "history": {name: [message_entry(m) for m in messages] for name, messages in history.items()},
+            "sequence": reply.get("sequence", {}),
+        }
+
+    def _check_private(self, browser: Browser, action: str, name: str) -> None:
+        """Refuse the bridge's own queue and other browsers' sub-addresses."""
+        if name == self.connection_id or (name.startswith(self._private_prefix) and name != self.browser_id(browser)):
+            raise BridgeError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
+
+    # -- upstream subscriptions ----------------------------------------------------
+
+    async def _subscribe_upstream(self, names: list[str]) -> None:
+        """Make sure the link is subscribed to ``names``: one request for those not yet asked for."""
+        missing = [name for name in names if name not in self._upstream]
+        waiting = {self._upstream[name] for name in names if name in self._upstream}
+        if missing:
+            future = asyncio.get_running_loop().create_future()
+            for name in missing:
+                self._upstream[name] = future
+            try:
+                await self.link.subscribe(missing)
+            except BaseException as exc:
+                for name in missing:
+                    if self._upstream.get(name) is future:
+                        del self._upstream[name]
+                future.set_exception(exc if isinstance(exc, Exception) else CoreMQError("cancelled"))
+                future.exception()  # retrieved: other waiters get it through shield() below
+                raise
+            future.set_result(None)
+        for other in waiting:
+            await asyncio.shield(other)
+
+    def _drop_local(self, name: str, browser: Browser) -> None:
+        local = self._local.get(name)
+        if local is None:
+            return
+        local.pop(browser, None)
+        self._fanout.pop(name, None)
+        if not local:
+            del self._local[name]
+            if self._upstream.pop(name, None) is not None and not self.closed:
+                self._spawn(self._unsubscribe_upstream(name))
+
+    async def _unsubscribe_upstream(self, name: str) -> None:
+        try:
+            await self.link.unsubscribe([name])
+        except CoreMQError as exc:
+            logger.info("WebSocket bridge: unsubscribing from %r failed: %s", name, exc)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- fan-out -------------------------------------------------------------------
+
+    def _route(self, queue: str) -> tuple[Browser, ...]:
+        """Who gets a message of ``queue``: its local subscribers (cached), or one browser's sub-address."""
+        if queue.startswith(self._private_prefix):
+            number = queue[len(self._private_prefix):]
+            browser = self.browsers.get(int(number)) if number.isdigit() else None
+            return (browser,) if browser is not None else ()
+        local = self._local.get(queue)
+        if not local:
+            return ()
+        browsers = self._fanout[queue] = tuple(local)
+        return browsers
+
+    def _enqueue(self, message: dict, browsers: Iterable[Browser]) -> None:
+        self._outbox.append((message, browsers))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _pump(self) -> None:
+        """Send what is queued, in order. ASGI servers' ``send`` does not block (daphne's writes and returns)."""
+        outbox = self._outbox
+        loop = asyncio.get_running_loop()
+        while True:
+            if not outbox:
+                if self.closed:
+                    return
+                self._waiter = loop.create_future()
+                await self._waiter
+                continue
+            message, browsers = outbox.popleft()
+            for browser in browsers:
+                if browser.open:
+                    try:
+                        await browser.send(message)
+                    except Exception:
+                        logger.exception("WebSocket bridge: sending to browser %d failed", browser.number)
+                        browser.open = False
+
+    def describe(self) -> dict[str, Any]:
+        """What the status page shows about this process's bridge."""
+        return {
+            "link": self.link.kind,
+            "connection_id": self.connection_id,
+            "browsers": len(self.browsers),
+            "queues": len(self._local),
+            "delivered": self.delivered_count,
+            "queued": len(self._outbox),
+        }

@@ -1,0 +1,150 @@
+"""The Channels consumer behind ``/ws/coremq/``: one browser, spoken to in JSON text frames.
+
+The consumer only parses, checks and answers; the process's
+:class:`~coremq_broker.websocket.bridge.Bridge` holds the one link to the
+broker and fans messages out. Deliveries never pass through a channel layer.
+Every bad frame is answered with an error frame; nothing a browser sends
+closes its connection. The protocol is in ``docs/websocket.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
+
+from .. import conf
+from .bridge import Bridge, BridgeError, Browser
+from .links import get_bridge
+from .protocol import (
+    BadRequest,
+    History,
+    Publish,
+    Request,
+    Subscribe,
+    Unsubscribe,
+    error_frame,
+    parse_queue_list,
+    parse_request,
+)
+
+__all__ = ["CoreMQConsumer"]
+
+logger = logging.getLogger("coremq.websocket")
+
+#: Close code when no bridge can be had (the broker is unreachable): "try again later".
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class CoreMQConsumer(AsyncWebsocketConsumer):
+    """A browser taking part in CoreMQ. ``?queues=a,b`` subscribes on connect.
+
+    ``scope["user"]`` (from ``AuthMiddlewareStack``) is attached to the
+    browser; :meth:`allows` is where per-user rules plug in.
+    """
+
+    #: Never a channel layer: messages come from the bridge, not from Redis.
+    channel_layer_alias = "coremq-no-channel-layer"
+
+    bridge: Bridge | None = None
+    browser: Browser | None = None
+
+    async def connect(self) -> None:
+        await self.accept()
+        config = conf.get_config()
+        self.max_size: int = conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE")
+        self.max_queue_name_length = config.max_queue_name_length
+        try:
+            self.bridge = await get_bridge()
+            self.browser = self.bridge.attach(self.base_send, user=self.scope.get("user"))
+        except (CoreMQError, OSError) as exc:
+            logger.warning("WebSocket from %s refused: no link to the broker (%s)", self.scope.get("client"), exc)
+            await self.send(text_data=_dumps(error_frame(f"the broker is unavailable: {exc}")))
+            await self.close(CLOSE_TRY_AGAIN_LATER)
+            return
+        queues = _query_queues(self.scope.get("query_string", b""))
+        if queues:
+            await self.handle(_parse_query_queues(queues, self.max_queue_name_length))
+
+    async def disconnect(self, code: int) -> None:
+        if self.bridge is not None and self.browser is not None:
+            self.bridge.detach(self.browser)
+            self.browser = None
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.bridge is None or self.browser is None:
+            return  # refused on connect; the close is under way
+        data = text_data if text_data is not None else bytes_data
+        await self.handle(parse_request(data, codec=self.bridge.codec, max_size=self.max_size,
+                                        max_queue_name_length=self.max_queue_name_length))
+
+    async def handle(self, request: Request | BadRequest) -> None:
+        """Carry out one request and answer it; every failure becomes an error frame."""
+        bridge, browser = self.bridge, self.browser
+        assert bridge is not None and browser is not None
+        if isinstance(request, BadRequest):
+            bridge.send(browser, error_frame(request.error, request.ref))
+            return
+        action = type(request).__name__.lower()
+        try:
+            self.check_access(request)
+            answer = await self.carry_out(bridge, browser, request)
+        except (BridgeError, CoreMQError) as exc:
+            bridge.send(browser, error_frame(str(exc), request.ref, action=action))
+            return
+        except Exception:
+            logger.exception("WebSocket %s request failed", action)
+            bridge.send(browser, error_frame("internal error", request.ref, action=action))
+            return
+        if browser.open:
+            bridge.send(browser, {**answer, "ref": request.ref})
+
+    async def carry_out(self, bridge: Bridge, browser: Browser, request: Request) -> dict[str, Any]:
+        if isinstance(request, Subscribe):
+            sequence = await bridge.subscribe(browser, request.queues)
+            return {"type": "subscribed", "queues": list(request.queues), "sequence": sequence}
+        if isinstance(request, Unsubscribe):
+            await bridge.unsubscribe(browser, request.queues)
+            return {"type": "unsubscribed", "queues": list(request.queues)}
+        if isinstance(request, Publish):
+            reply = await bridge.publish(browser, request.queue, request.message)
+            return {"type": "published", "queue": request.queue, "id": reply.get("id")}
+        assert isinstance(request, History)
+        return {"type": "history", **await bridge.history(browser, request.since)}
+
+    def check_access(self, request: Request) -> None:
+        """Raise :class:`BridgeError` if the connection's user may not make ``request``."""
+        queues = [request.queue] if isinstance(request, Publish) else list(request.queues)
+        action = {Subscribe: "subscribe", Publish: "publish", History: "history"}.get(type(request))
+        if action is None:
+            return
+        for name in queues:
+            if not self.allows(action, name):
+                raise BridgeError(f"permission denied: {action} on queue {name!r}")
+
+    def allows(self, action: str, queue: str) -> bool:
+        """Whether ``scope["user"]`` may ``action`` (publish, subscribe, history) on ``queue``. All, for now."""
+        return True
+
+
+def _query_queues(query_string: bytes) -> str:
+    values = parse_qs(query_string.decode("latin-1")).get("queues", [])
+    return ",".join(values)
+
+
+def _parse_query_queues(value: str, max_length: int) -> Subscribe | BadRequest:
+    names = [name for name in value.split(",") if name]
+    if not names:
+        return BadRequest("?queues= names no queue")
+    try:
+        return Subscribe(parse_queue_list(names, max_length))
+    except (InvalidQueueName, MessageError) as exc:
+        return BadRequest(f"?queues=: {exc}")
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return conf.get_config().codec.dumps(frame).decode()

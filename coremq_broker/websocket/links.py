@@ -1,0 +1,308 @@
+"""The bridge's link to the broker, in-process or remote, and the one bridge per event loop.
+
+- :class:`InProcessLink`: inside ``run_coremq``, where daphne and the broker
+  share one event loop, the bridge is a broker connection like a TCP client's,
+  minus the socket: the broker calls :meth:`InProcessLink.send` once per
+  delivered frame (an append), and flushes once per loop turn.
+- :class:`RemoteLink`: any other process (``daphne coremq_project.asgi:application``)
+  reaches the broker of ``settings.COREMQ`` with one
+  :class:`~coremq_client.AsyncMessageQueue`, which reconnects and resubscribes by
+  itself; after each reconnection every browser gets a new welcome.
+
+:func:`get_bridge` picks the link when the loop's bridge is first needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, Mapping
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from coremq_client import protocol as P
+from coremq_client.async_client import AsyncMessageQueue
+from coremq_client.codec import Frame
+from coremq_client.errors import ConnectionClosed, CoreMQError
+
+from .. import conf
+from ..broker import Broker
+from ..registry import Connection
+from ..version import VERSION
+from .bridge import Bridge, BrokerLink
+
+if TYPE_CHECKING:
+    from ..config import BrokerConfig
+
+__all__ = ["BridgeConnection", "InProcessLink", "RemoteLink", "get_bridge", "open_bridge", "close_bridges"]
+
+logger = logging.getLogger("coremq.websocket")
+
+# An address that means "every interface" to a server means "this host" to a client.
+_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+class InProcessLink(BrokerLink):
+    """The bridge as a connection of a broker on the same event loop.
+
+    Requests go through :meth:`Broker.handle_frame` like a TCP client's frames;
+    replies and deliveries come back through :meth:`BridgeConnection.send`, are
+    buffered, and are handled once per loop turn (or at once, before and after
+    each request, so that answers keep their order with messages).
+    """
+
+    kind = "in-process"
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.codec = broker.codec
+        self.connection = BridgeConnection(self, broker.new_connection_id())
+        self._pending: dict[int, asyncio.Future[dict]] = {}
+        self._bridge: Bridge | None = None
+        self.lost = False
+
+    async def start(self, bridge: Bridge) -> None:
+        self.broker.connection_made(self.connection)
+        if self.lost:
+            raise ConnectionClosed("the broker refused the bridge's connection")
+        self._bridge = bridge
+        await self._request(self.connection.id, {P.OPTIONS: {P.OPTION_ECHO: True}})
+        bridge.connected(self.connection.id, f"{self.broker.address}@{self.broker.registry.started}")
+
+    async def subscribe(self, queues: list[str]) -> None:
+        await self._request(self.connection.id, {P.SUBSCRIBE: queues})
+
+    async def unsubscribe(self, queues: list[str]) -> None:
+        await self._request(self.connection.id, {P.UNSUBSCRIBE: queues})
+
+    async def publish(self, queue: str, stored: dict) -> dict:
+        return await self._request(queue, stored)
+
+    async def history(self, since: Mapping[str, int | None]) -> dict:
+        return await self._request(self.connection.id, {P.GETHISTORY: dict(since)})
+
+    async def close(self) -> None:
+        self.closed_by("the bridge closed")
+
+    def _request(self, queue: str, message: dict) -> asyncio.Future[dict]:
+        """Hand one frame to the broker; the future is the reply (most replies come at once)."""
+        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        if self.lost:
+            future.set_exception(ConnectionClosed("the broker closed the bridge's connection"))
+            return future
+        connection = self.connection
+        connection.flush()  # deliveries the broker made before this request go out first
+        self._pending[connection.requests + 1] = future  # handle_frame counts this frame first
+        body = self.codec.dumps(message)
+        connection.bytes_in += len(body)
+        self.broker.handle_frame(connection, Frame(queue, body))
+        connection.flush()
+        return future
+
+    def received(self, frame: bytes) -> None:
+        """One frame from the broker: a reply to a request, or a delivery for the browsers."""
+        _, name, body = frame.split(b" ", 2)
+        queue = name.decode()
+        message = self.codec.loads(body)  # the broker encoded it
+        if queue == self.connection.id and isinstance(message, dict) and P.SENDER not in message:
+            self._reply(message)
+        elif self._bridge is not None:
+            self._bridge.delivered(queue, message)
+
+    def _reply(self, message: dict) -> None:
+        request = message.get("request")
+        reply = P.Reply(request if isinstance(request, int) else None, message)
+        future = self._pending.pop(reply.request, None) if reply.request is not None else None
+        if future is None:
+            if reply.error is not None:
+                logger.warning("WebSocket bridge %s: %s", self.connection.id, reply.response)
+            return  # the welcome, BYE (close() follows), or a notice
+        if not future.done():
+            if reply.error is None:
+                future.set_result(message)
+            else:
+                future.set_exception(P.error_for(reply.error))
+
+    def closed_by(self, reason: str) -> None:
+        """The connection ends (BYE on shutdown, an administrator, revoked access, or our close())."""
+        if self.lost:
+            return
+        self.connection.flush()
+        self.lost = True
+        self.connection.closing = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionClosed(f"the broker closed the bridge's connection: {reason}"))
+        self._pending.clear()
+        self.broker.connection_lost(self.connection, reason)
+        if self._bridge is not None:
+            self._bridge.lost(reason)
+
+
+class BridgeConnection(Connection):
+    """What the broker's registry holds for an :class:`InProcessLink`: ``send`` only appends."""
+
+    transport_name = "websocket-bridge"
+
+    def __init__(self, link: InProcessLink, connection_id: str) -> None:
+        super().__init__(connection_id, peer="in-process")
+        self.link = link
+        self._out: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        out = self._out
+        if not out:
+            self.link.broker.schedule_flush(self)
+        out.append(frame)
+
+    def flush(self) -> None:
+        while self._out:
+            frames, self._out = self._out, []
+            self.bytes_out += sum(map(len, frames))
+            for frame in frames:
+                self.link.received(frame)
+
+    def close(self, reason: str | None = None) -> None:
+        self.link.closed_by(reason or "the broker closed")
+
+
+class RemoteLink(BrokerLink):
+    """The bridge as one :class:`AsyncMessageQueue` to the broker of another process."""
+
+    kind = "remote"
+
+    def __init__(self, host: str, port: int, *, timeout: float = 5.0, **client_options: Any) -> None:
+        self.client = AsyncMessageQueue(host, port, options={P.OPTION_ECHO: True}, timeout=timeout,
+                                        reconnect=True, on_connect=self._on_connect, **client_options)
+        self._bridge: Bridge | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self._started = asyncio.get_running_loop().create_future()
+        await self.client.connect()
+        self._reader = asyncio.create_task(self._read(), name="coremq-websocket-link")
+        await self._started
+
+    async def _on_connect(self, welcome: dict) -> None:
+        connection_id = self.client.connection_id
+        try:
+            status = await self.client.status()
+            epoch = f"{status.get('address')}@{status.get('started')}"
+        except CoreMQError as exc:
+            if self.client.connection_id != connection_id:
+                return  # lost again already; the next connection reports itself
+            logger.info("WebSocket bridge: no status from the broker (%s); ids restart with each connection", exc)
+            epoch = str(connection_id)
+        if self._bridge is None or connection_id is None or self.client.connection_id != connection_id:
+            return
+        logger.info("WebSocket bridge connected to %s:%s as %s", self.client.host, self.client.port, connection_id)
+        self._bridge.connected(connection_id, epoch)
+        if self._started is not None and not self._started.done():
+            self._started.set_result(None)
+
+    async def _read(self) -> None:
+        client = self.client
+        while True:
+            try:
+                delivery = await client.receive()
+            except ConnectionClosed:
+                break
+            assert self._bridge is not None and delivery is not None
+            self._bridge.delivered(delivery.queue, delivery.raw or delivery.message)
+        if self._bridge is not None and not self._closing:
+            self._bridge.lost("the link to the broker ended")
+
+    async def subscribe(self, queues: list[str]) -> None:
+        await self.client.subscribe(*queues)
+
+    async def unsubscribe(self, queues: list[str]) -> None:
+        await self.client.unsubscribe(*queues)
+
+    async def publish(self, queue: str, stored: dict) -> dict:
+        reply = await self.client.publish(queue, stored)
+        return reply or {}
+
+    async def history(self, since: Mapping[str, int | None]) -> dict:
+        return await self.client.history(*since, since=dict(since))
+
+    async def close(self) -> None:
+        self._closing = True
+        await self.client.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+# -- one bridge per event loop ------------------------------------------------------
+
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Bridge]] = weakref.WeakKeyDictionary()
+
+
+async def get_bridge() -> Bridge:
+    """The running loop's bridge, opened on first use; a closed or failed one is replaced.
+
+    Raises what :func:`open_bridge` raises (``ConnectionClosed`` when the broker cannot be reached).
+    """
+    loop = asyncio.get_running_loop()
+    opening = _bridges.get(loop)
+    if opening is not None and opening.done():
+        if opening.cancelled() or opening.exception() is not None or opening.result().closed:
+            opening = None
+    if opening is None:
+        opening = _bridges[loop] = loop.create_task(open_bridge(), name="coremq-websocket-bridge")
+    return await asyncio.shield(opening)
+
+
+async def open_bridge(config: "BrokerConfig | None" = None) -> Bridge:
+    """A started bridge: in-process when a broker runs on this loop, else remote to ``settings.COREMQ``."""
+    config = config or conf.get_config()
+    broker = Broker.running()
+    link: BrokerLink
+    if broker is not None and broker.loop is asyncio.get_running_loop():
+        link = InProcessLink(broker)
+        config = broker.config
+    else:
+        link = RemoteLink(_WILDCARD_HOSTS.get(config.host, config.host), config.port,
+                          encoder=config.codec.encoder, decoder=config.codec.decoder)
+    bridge = Bridge(link, codec=config.codec, max_subscriptions=config.max_subscriptions, info={
+        "server": config.server_name,
+        "version": VERSION,
+        "max_message_size": conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE"),
+    })
+    try:
+        await bridge.start()
+    except BaseException:
+        await bridge.close()
+        raise
+    logger.info("WebSocket bridge %s (%s link)", bridge.connection_id, link.kind)
+    return bridge
+
+
+async def close_bridges() -> None:
+    """Close the running loop's bridge (tests, shutdown); the next :func:`get_bridge` opens a new one."""
+    opening = _bridges.pop(asyncio.get_running_loop(), None)
+    if opening is None:
+        return
+    if not opening.done():
+        opening.cancel()
+    try:
+        bridge = await opening
+    except (asyncio.CancelledError, CoreMQError, OSError):
+        return
+    await bridge.close()
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == conf.SETTING:
+        # Bridges of other loops close themselves when their link fails; forget them all.
+        for loop, opening in list(_bridges.items()):
+            if opening.done() and not opening.cancelled() and opening.exception() is None and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda bridge=opening.result(): asyncio.ensure_future(bridge.close()))
+        _bridges.clear()

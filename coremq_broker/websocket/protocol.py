@@ -1,0 +1,208 @@
+"""The browser protocol, sans-I/O: JSON text frames in, requests out; events in, frames out.
+
+A browser sends one JSON object per WebSocket text frame, with an ``action``
+(``subscribe``, ``unsubscribe``, ``publish``, ``history``) and an optional
+``ref`` that the answer carries back. :func:`parse_request` turns a frame into
+one of the frozen request dataclasses below or into a :class:`BadRequest`; it
+never raises. The ``*_frame`` functions build the objects sent back; the
+bridge encodes each delivered message once, whatever the number of browsers.
+The protocol is documented for JavaScript authors in ``docs/websocket.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+
+from coremq_client import protocol as P
+from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, JSONCodec, validate_queue_name
+from coremq_client.errors import InvalidQueueName, MessageError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_REF_LENGTH",
+    "Subscribe",
+    "Unsubscribe",
+    "Publish",
+    "History",
+    "BadRequest",
+    "Request",
+    "parse_request",
+    "parse_queue_list",
+    "message_entry",
+    "message_frame",
+    "error_frame",
+]
+
+#: The largest frame a browser may send, in UTF-8 bytes (``WEBSOCKET_MAX_MESSAGE_SIZE``).
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**10
+#: A ``ref`` is echoed back, so it is kept short: a number or a string of at most this many characters.
+MAX_REF_LENGTH = 100
+
+Ref = Union[str, int, float, None]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Receive the messages of ``queues`` from now on."""
+
+    queues: tuple[str, ...]
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    queues: tuple[str, ...]
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``message`` (an object, an array or a string) to ``queue``."""
+
+    queue: str
+    message: Any
+    ref: Ref = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The history of ``queues``; with a number in ``since`` only the messages numbered above it."""
+
+    since: Mapping[str, int | None]
+    ref: Ref = None
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(self.since)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A frame that is not a valid request: answered with an error frame, never a close."""
+
+    error: str
+    ref: Ref = None
+
+
+Request = Union[Subscribe, Unsubscribe, Publish, History]
+
+
+def parse_request(
+    data: str | bytes | None,
+    *,
+    codec: JSONCodec | None = None,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_queue_name_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH,
+) -> Request | BadRequest:
+    """Turn one WebSocket frame (``str`` for text, ``bytes`` for binary) into a request."""
+    if not isinstance(data, str):
+        return BadRequest("binary frames are not supported: send JSON text")
+    size = len(data) if data.isascii() else len(data.encode())
+    if size > max_size:
+        return BadRequest(f"message too large: {size} bytes, limit is {max_size}")
+    try:
+        value = (codec or _CODEC).loads(data.encode())
+    except MessageError as exc:
+        return BadRequest(str(exc))
+    if not isinstance(value, dict):
+        return BadRequest("a request must be a JSON object with an 'action'")
+    ref = value.get("ref")
+    if not _valid_ref(ref):
+        return BadRequest(f"ref must be a number or a string of at most {MAX_REF_LENGTH} characters")
+    action = value.get("action")
+    try:
+        if action == "subscribe":
+            return Subscribe(parse_queue_list(value.get("queues"), max_queue_name_length), ref)
+        if action == "unsubscribe":
+            return Unsubscribe(parse_queue_list(value.get("queues"), max_queue_name_length), ref)
+        if action == "publish":
+            return _publish(value, ref, max_queue_name_length)
+        if action == "history":
+            return _history(value, ref, max_queue_name_length)
+    except (InvalidQueueName, MessageError) as exc:
+        return BadRequest(str(exc), ref)
+    if action is None:
+        return BadRequest("a request must have an 'action'", ref)
+    return BadRequest(f"unknown action {action!r}: use subscribe, unsubscribe, publish or history", ref)
+
+
+def parse_queue_list(value: Any, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH) -> tuple[str, ...]:
+    """Queue names from a list (a bare string is one name), checked and deduplicated."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise MessageError("'queues' must be a non-empty list of queue names")
+    return tuple(dict.fromkeys(validate_queue_name(name, max_length) for name in value))
+
+
+def _publish(value: dict, ref: Ref, max_length: int) -> Publish | BadRequest:
+    queue = validate_queue_name(value.get("queue"), max_length)
+    if "message" not in value:
+        return BadRequest("publish needs a 'message'", ref)
+    message = value["message"]
+    if not isinstance(message, (dict, list, str)):
+        return BadRequest(f"a message must be a JSON object, array or string, not {_json_type(message)}", ref)
+    return Publish(queue, message, ref)
+
+
+def _history(value: dict, ref: Ref, max_length: int) -> History | BadRequest:
+    since = value.get("since")
+    if since is None:
+        since = {}
+    if not isinstance(since, dict):
+        return BadRequest("'since' must be an object of queue name to message id", ref)
+    names = parse_queue_list(value["queues"], max_length) if "queues" in value else ()
+    names = tuple(dict.fromkeys(names + tuple(since)))
+    if not names:
+        return BadRequest("history needs 'queues' or 'since'", ref)
+    resolved: dict[str, int | None] = {}
+    for name in names:
+        validate_queue_name(name, max_length)
+        after = since.get(name)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            return BadRequest(f"since[{name!r}] must be a message id (an integer) or null, not {after!r}", ref)
+        resolved[name] = after
+    return History(resolved, ref)
+
+
+def _valid_ref(ref: Any) -> bool:
+    if ref is None or isinstance(ref, (int, float)) and not isinstance(ref, bool):
+        return True
+    return isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+_CODEC = JSONCodec()
+
+
+# -- frames to the browser ---------------------------------------------------------
+
+def message_entry(stored: Any) -> dict[str, Any]:
+    """A stored message as browsers see it: ``id``, ``message`` (as published), ``sender``, ``sent``.
+
+    ``message`` is what the publisher sent: strings and arrays unwrapped, and
+    objects without the broker's ``coremq_*`` stamps, which are given beside it.
+    """
+    if not isinstance(stored, dict):
+        return {"id": None, "message": stored, "sender": None, "sent": None}
+    message = P.unwrap(stored)
+    if message is stored:
+        message = {key: value for key, value in stored.items() if key not in P.STAMP_KEYS}
+    return {"id": stored.get(P.ID), "message": message, "sender": stored.get(P.SENDER), "sent": stored.get(P.SENT)}
+
+
+def message_frame(queue: str, stored: Any) -> dict[str, Any]:
+    """The ``message`` frame that delivers ``stored`` from ``queue``."""
+    return {"type": "message", "queue": queue, **message_entry(stored)}
+
+
+def error_frame(error: str, ref: Ref = None, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "error": error, "ref": ref, **extra}
