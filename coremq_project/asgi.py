@@ -2,7 +2,7 @@
 
 One ``ProtocolTypeRouter``: HTTP goes to Django (with static files served by
 Django's ``ASGIStaticFilesHandler``, so no extra server is needed); WebSocket
-gets its own entry when the CoreMQ WebSocket bridge lands.
+goes to the CoreMQ WebSocket bridge (``coremq_broker.websocket``).
 """
 
 import os
@@ -17,10 +17,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from coremq_broker.websocket.routing import websocket_application  # noqa: E402
+
 application = ProtocolTypeRouter(
     {
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        # "websocket": the CoreMQ WebSocket bridge (a later issue) plugs in here,
-        # wrapped in channels.auth.AuthMiddlewareStack and an origin validator.
+        # /ws/coremq/: browsers as CoreMQ clients, behind the origin check and the session user.
+        "websocket": websocket_application(),
     }
 )
