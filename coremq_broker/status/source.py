@@ -30,7 +30,9 @@ from coremq_client.errors import CoreMQError, InvalidQueueName, LocalUsageError
 from ..broker import Broker
 from ..control import RequestError
 
-__all__ = ["StatusSource", "LocalSource", "RemoteSource", "SourceUnavailable", "ActionFailed", "get_source"]
+__all__ = [
+    "StatusSource", "LocalSource", "RemoteSource", "SourceUnavailable", "ActionFailed", "get_source", "close_client",
+]
 
 T = TypeVar("T")
 
@@ -218,6 +220,18 @@ def _close_later(connecting: asyncio.Task[AsyncMessageQueue]) -> None:
 
 
 _closing: set[asyncio.Future[None]] = set()
+
+
+async def close_client() -> None:
+    """Close the running loop's status client, if it has one (tests; a web process simply exits)."""
+    entry = _clients.pop(asyncio.get_running_loop(), None)
+    if entry is None:
+        return
+    connecting = entry[1]
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        await connecting.result().close()
+    else:
+        connecting.cancel()
 
 
 def _client_options() -> dict[str, Any]:

@@ -304,7 +304,7 @@
     const left = 44, right = 8, top = 10, bottom = 20;
     const plotW = width - left - right, plotH = height - top - bottom;
     const peak = Math.max(1, ...series.flatMap((s) => s.values));
-    const scale = niceCeiling(peak);
+    const scale = niceCeiling(peak / 4) * 4; // four gridlines at round numbers
     ctx.font = "11px system-ui, sans-serif";
     ctx.fillStyle = ink;
     ctx.strokeStyle = grid;
