@@ -79,6 +79,7 @@ USE_TZ = True
 # Served by daphne itself through ASGIStaticFilesHandler (see asgi.py); no extra dependency.
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "coremq_project" / "static"]  # the demo page's CSS and script
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
