@@ -258,3 +258,15 @@ async def test_remote_status_can_be_refused_by_the_policy(remote_broker, django_
         assert remote_broker.call(lambda: remote_broker.broker.registry.denials) == 2
     finally:
         await source_module.close_client()
+
+
+def test_status_token_setting_is_checked(settings) -> None:
+    """A STATUS_TOKEN that is not a string, or is empty, is a system check error with an id."""
+    from coremq_broker import conf
+
+    settings.COREMQ = {"STATUS_TOKEN": 12345}
+    assert [error.id for error in conf.setting_errors()] == ["coremq.E003"]
+    settings.COREMQ = {"STATUS_TOKEN": " "}
+    assert [error.id for error in conf.setting_errors()] == ["coremq.E004"]
+    settings.COREMQ = {"STATUS_TOKEN": "fine"}
+    assert conf.setting_errors() == [] and conf.get_status_token() == "fine"
