@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 
 from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 
@@ -52,6 +53,15 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
 
     bridge: Bridge | None = None
     browser: Browser | None = None
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels closes stale database connections (a thread hop) before every
+        # frame; this consumer does not touch the database, so frames go straight
+        # to their handler. (AuthMiddleware's user lookup cleans up after itself.)
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         await self.accept()

@@ -1,0 +1,13 @@
+"""Settings of the servers the browser tests start: the project's, with the broker port they chose.
+
+``run_coremq --port`` moves the broker but not ``settings.COREMQ``, which the
+demo's counter view and separate daphne processes use to reach it; so the
+tests give the port to both through ``COREMQ_E2E_PORT``.
+"""
+
+import os
+
+from coremq_project.settings import *  # noqa: F401,F403
+from coremq_project.settings import COREMQ
+
+COREMQ = {**COREMQ, "PORT": int(os.environ["COREMQ_E2E_PORT"])}
