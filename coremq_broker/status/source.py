@@ -22,10 +22,8 @@ import time
 import weakref
 from typing import Any, Callable, Protocol, TypeVar
 
-from coremq_client import protocol as P
 from coremq_client.async_client import AsyncMessageQueue
-from coremq_client.codec import validate_queue_name
-from coremq_client.errors import CoreMQError, InvalidQueueName, LocalUsageError
+from coremq_client.errors import CoreMQError
 
 from ..broker import Broker
 from ..control import RequestError
@@ -98,18 +96,14 @@ class LocalSource:
             raise ActionFailed(str(exc)) from None
 
     async def publish(self, queue: str, message: Any, *, by: str) -> dict[str, Any]:
+        # Through the protocol, like any client, so that every check and the
+        # durable path apply; a one-off connection, as actions are rare.
+        options = _client_options(host=self.broker.host, port=self.broker.port)
         try:
-            validate_queue_name(queue, self.broker.config.max_queue_name_length)
-            stored = dict(P.wrap(message))
-        except (InvalidQueueName, LocalUsageError) as exc:
+            async with AsyncMessageQueue(**options) as client:
+                return await client.publish(queue, message) or {}
+        except (CoreMQError, OSError) as exc:
             raise ActionFailed(str(exc)) from None
-
-        def deliver() -> dict[str, Any]:
-            target = self.broker.registry.queue(queue)
-            self.broker.deliver(target, stored)  # stamped as sent by the server itself
-            return {"response": P.OK_SENT, "id": target.last_id}
-
-        return await self._on_loop(deliver)
 
     async def _on_loop(self, function: Callable[[], T]) -> T:
         """``function()`` run on the broker's loop, from whichever loop or thread we are on."""
@@ -234,18 +228,19 @@ async def close_client() -> None:
         connecting.cancel()
 
 
-def _client_options() -> dict[str, Any]:
-    """How the web process reaches the broker: ``settings.COREMQ``'s address and codec.
+def _client_options(host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """How the web process reaches the broker: ``settings.COREMQ``'s address (or the one given) and codec.
 
     Issue 5 (authentication) adds the staff credentials this client logs in with here.
     """
-    from ..publishing import _WILDCARD_HOSTS
     from .. import conf
+    from ..publishing import _WILDCARD_HOSTS
 
     config = conf.get_config()
+    host = config.host if host is None else host
     return {
-        "host": _WILDCARD_HOSTS.get(config.host, config.host),
-        "port": config.port,
+        "host": _WILDCARD_HOSTS.get(host, host),
+        "port": config.port if port is None else port,
         "reconnect": True,
         "timeout": TIMEOUT,
         "connect_timeout": TIMEOUT,
