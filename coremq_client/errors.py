@@ -9,8 +9,9 @@ The tree::
     │   ├── FrameBodyError                  the payload has no "<queue> " prefix or bad UTF-8
     │   └── MessageError                    the JSON is invalid or of the wrong type
     ├── InvalidQueueName (ValueError)       empty, whitespace, too long
-    ├── ServerError                         the broker answered "ERROR: ..." (carries .reason)
-    │   └── PermissionDenied (PermissionError)
+    ├── ServerError                         the broker answered "ERROR: ..." (carries .reason, .request)
+    │   ├── PermissionDenied (PermissionError)
+    │   └── AuthenticationFailed            the credentials were refused; not retried by reconnect
     ├── ConnectionClosed (ConnectionError)  the connection is gone (BYE, EOF or a socket error)
     └── Timeout (TimeoutError)              no answer within the time allowed
 
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidQueueName",
     "ServerError",
     "PermissionDenied",
+    "AuthenticationFailed",
     "ConnectionClosed",
     "Timeout",
     "LocalUsageError",
@@ -77,15 +79,29 @@ class InvalidQueueName(CoreMQError, ValueError):
 
 
 class ServerError(CoreMQError):
-    """The broker answered a request with ``ERROR: <reason>``."""
+    """The broker answered a request with ``ERROR: <reason>``.
 
-    def __init__(self, reason: str) -> None:
+    ``request`` is the number of the request it answers on its connection
+    (1-based, see the protocol's ``"request": n``), or None for an error that
+    answers no particular request (``ERROR: slow consumer``).
+    """
+
+    def __init__(self, reason: str, request: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.request = request
 
 
 class PermissionDenied(ServerError, PermissionError):
     """The broker refused an action on a queue."""
+
+
+class AuthenticationFailed(ServerError):
+    """The broker refused the client's credentials (``ERROR: authentication failed``).
+
+    A reconnecting client does not try the same credentials again: it stops
+    until the caller gives new ones.
+    """
 
 
 class ConnectionClosed(CoreMQError, ConnectionError):

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .codec import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, JSONCodec, encode_frame, validate_queue_name
-from .errors import LocalUsageError, MessageError, PermissionDenied, ProtocolError, ServerError
+from .errors import AuthenticationFailed, LocalUsageError, MessageError, PermissionDenied, ProtocolError, ServerError
 
 __all__ = [
     "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "ADMIN", "AUTH", "CONTROL_KEYS",
     "SENDER", "SENT", "SERVER", "ID", "STAMP_KEYS", "STRING", "ARRAY",
     "WELCOME", "BYE", "OPTION_ECHO", "OPTION_REPLY",
-    "Welcome", "Reply", "Delivery", "Bye", "ClientProtocol",
+    "Welcome", "Reply", "Delivery", "Gap", "Bye", "ClientProtocol",
     "wrap", "unwrap", "error_for",
 ]
 
@@ -89,11 +89,13 @@ def unwrap(message: Any) -> Any:
     return message
 
 
-def error_for(reason: str) -> ServerError:
-    """The exception for an ``ERROR: <reason>`` reply."""
+def error_for(reason: str, request: int | None = None) -> ServerError:
+    """The exception for an ``ERROR: <reason>`` reply to request number ``request``."""
     if reason.startswith("permission denied"):
-        return PermissionDenied(reason)
-    return ServerError(reason)
+        return PermissionDenied(reason, request)
+    if reason == "authentication failed":
+        return AuthenticationFailed(reason, request)
+    return ServerError(reason, request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +126,38 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages of ``queue`` that were published but will never be delivered to this client.
+
+    ``first_missing`` .. ``last_missing`` are the ``coremq_id`` numbers lost (both
+    included): they left the queue's history before the client could fetch them
+    after a reconnect, or were dropped for a slow consumer and are no longer in
+    history. With ``reset`` the queue's numbering started again at 1 (its broker
+    restarted and the queue is not durable): an unknown number of messages
+    published after the last one delivered is lost, and the ids given, if any,
+    are those of the new numbering that are lost as well.
+    """
+
+    queue: str
+    first_missing: int | None
+    last_missing: int | None
+    reset: bool = False
+
+    @property
+    def count(self) -> int | None:
+        """How many messages are known to be lost, or None when unknown (a reset)."""
+        if self.reset or self.first_missing is None or self.last_missing is None:
+            return None
+        return self.last_missing - self.first_missing + 1
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
-    """A published message as received by a subscriber."""
+    """A published message as received by a subscriber.
+
+    ``gap`` is set on the first message of a queue delivered after messages of
+    that queue were lost (see :class:`Gap`): it marks the place in the stream.
+    """
 
     queue: str
     message: Any  # what the publisher sent (see unwrap)
@@ -133,6 +165,7 @@ class Delivery:
     sender: str | None = None
     sent: float | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    gap: Gap | None = None
 
     @classmethod
     def from_stored(cls, queue: str, stored: dict) -> "Delivery":
@@ -154,6 +187,11 @@ class ClientProtocol:
     bytes that :meth:`request` and :meth:`publish` return. Each request gets
     the number the broker will put in its reply (``"request": n``), so replies
     are matched exactly, including errors for publishes sent with replies off.
+
+    ``max_frame_size`` bounds the frames accepted from the broker and those
+    sent to it. Once the welcome announces the broker's own limit
+    (``max_frame_size``), frames over the smaller of the two are refused
+    before they are sent (:attr:`send_limit`).
     """
 
     def __init__(self, *, codec: JSONCodec | None = None, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
@@ -162,7 +200,14 @@ class ClientProtocol:
         self.parser = FrameParser(max_frame_size=max_frame_size)
         self.connection_id: str | None = None
         self.welcome: dict | None = None
+        self.broker_max_frame_size: int | None = None
         self.requests_sent = 0
+
+    @property
+    def send_limit(self) -> int:
+        """The largest frame this side may send: its own limit, or the broker's if smaller."""
+        broker = self.broker_max_frame_size
+        return self.max_frame_size if broker is None else min(self.max_frame_size, broker)
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse bytes from the broker into events, in order."""
@@ -204,14 +249,20 @@ class ClientProtocol:
         """An administrator's request: ``admin("disconnect", connection=id)``, ``admin("purge", queue=name)``."""
         return self.request({ADMIN: {"action": action, **fields}})
 
+    def authenticate(self, credentials: dict[str, str]) -> tuple[int, bytes]:
+        """Log in: ``{"token": ...}`` or ``{"username": ..., "password": ...}``."""
+        return self.request({AUTH: credentials})
+
     def _frame(self, queue: str, message: dict) -> tuple[int, bytes]:
         try:
             body = self.codec.dumps(message)
         except (TypeError, ValueError) as exc:
             raise LocalUsageError(f"message cannot be encoded as JSON: {exc}") from exc
         size = len(queue.encode()) + 1 + len(body)
-        if size > self.max_frame_size:
-            raise LocalUsageError(f"frame would be {size} bytes, over the frame limit of {self.max_frame_size}")
+        limit = self.send_limit
+        if size > limit:
+            whose = "the broker's" if limit != self.max_frame_size else "the"
+            raise LocalUsageError(f"frame would be {size} bytes, over {whose} frame limit of {limit}")
         self.requests_sent += 1
         return self.requests_sent, encode_frame(queue, body)
 
@@ -227,6 +278,9 @@ class ClientProtocol:
                 return MessageError("welcome frame is not an object")
             self.connection_id = item.queue
             self.welcome = message
+            announced = message.get("max_frame_size")
+            if isinstance(announced, int) and not isinstance(announced, bool) and announced > 0:
+                self.broker_max_frame_size = announced
             return Welcome(item.queue, message)
         if item.queue == self.connection_id and isinstance(message, dict) and SENDER not in message:
             if message.get("response") == BYE:
