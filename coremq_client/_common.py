@@ -16,27 +16,35 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol, TypeVar
 
 from .codec import validate_queue_name
-from .errors import ConnectionClosed, CoreMQError, MessageError, ProtocolError
-from .protocol import OPTION_REPLY, Bye, ClientProtocol, Delivery, Reply, Welcome, error_for, unwrap
+from .errors import ConnectionClosed, CoreMQError, FrameTooLarge, MessageError, ProtocolError, ServerError
+from .protocol import OPTION_ECHO, OPTION_REPLY, Bye, ClientProtocol, Delivery, Gap, Reply, Welcome, error_for, unwrap
+from .resume import Item, Resumer
 
 __all__ = [
     "ConnectCallback",
     "ErrorCallback",
     "ErrorReporter",
+    "GapCallback",
+    "GapReporter",
     "JSONObject",
     "PendingReplies",
     "Routed",
     "SessionState",
     "backoff_delays",
     "check_backoff",
+    "credentials_from",
     "deadline_after",
+    "handshake_reply",
     "history_messages",
     "notify_connected",
     "remaining",
+    "oversized_resyncs",
+    "resume_reply",
     "route",
     "settle",
     "since_map",
     "split_welcome",
+    "user_of",
 ]
 
 logger = logging.getLogger("coremq_client")
@@ -47,6 +55,8 @@ RECENT_ERRORS = 100
 ErrorCallback = Callable[[CoreMQError], Any]
 #: Called with the welcome object of every new connection (the first and each reconnect).
 ConnectCallback = Callable[[dict], Any]
+#: Called with every :class:`~coremq_client.protocol.Gap`: messages that cannot be delivered.
+GapCallback = Callable[[Gap], Any]
 #: A decoded JSON object: a reply, a welcome, a stored message.
 JSONObject = dict[str, Any]
 
@@ -85,7 +95,7 @@ def backoff_delays(initial: float, maximum: float, *, rand: Callable[[], float] 
 # -- what is re-applied on reconnect ---------------------------------------
 
 class SessionState:
-    """Subscriptions and options that outlive one connection, plus the last ids seen.
+    """Subscriptions and options that outlive one connection.
 
     Every (re)connect replays :meth:`replay`. Callers record a change before
     sending it (so a reconnect racing the request still applies it) and undo
@@ -98,7 +108,6 @@ class SessionState:
         self._lock = threading.Lock()
         self._queues: dict[str, None] = {validate_queue_name(q): None for q in queues}
         self._options: dict[str, Any] = {k: v for k, v in (options or {}).items() if v is not None}
-        self._last_ids: dict[str, int] = {}
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -119,10 +128,10 @@ class SessionState:
             return self._options.get(OPTION_REPLY) is False
 
     @property
-    def last_ids(self) -> dict[str, int]:
-        """A copy of the last ``coremq_id`` delivered per queue."""
+    def echo(self) -> bool:
+        """True when option ``echo`` is on: own publishes are delivered too."""
         with self._lock:
-            return dict(self._last_ids)
+            return self._options.get(OPTION_ECHO) is True
 
     def add_queues(self, queues: Iterable[str]) -> list[str]:
         """Record subscriptions; return the names that were not recorded before."""
@@ -155,12 +164,6 @@ class SessionState:
                 self._options.pop(name, None)
             else:
                 self._options[name] = value
-
-    def note(self, delivery: Delivery) -> None:
-        """Remember the id of a delivered message (groundwork for lossless resume)."""
-        if isinstance(delivery.id, int):
-            with self._lock:
-                self._last_ids[delivery.queue] = delivery.id
 
     def replay(self, protocol: ClientProtocol) -> list[tuple[int, bytes]]:
         """The requests that restore this state on a fresh connection: ``(number, bytes)`` each."""
@@ -221,7 +224,7 @@ class PendingReplies(Generic[F]):
         if reason is None:
             future.set_result(reply.message)
         else:
-            future.set_exception(error_for(reason))
+            future.set_exception(error_for(reason, reply.request))
         return True
 
     def close(self, error: ConnectionClosed) -> None:
@@ -281,7 +284,39 @@ def settle(replies: Iterable[Reply], pending: PendingReplies[Any], report: Calla
     """
     for reply in replies:
         if not pending.resolve(reply) and reply.error is not None:
-            report(error_for(reply.error))
+            report(error_for(reply.error, reply.request))
+
+
+def resume_reply(resumer: Resumer, requests: dict[int, dict[str, int]], reply: Reply, *, echo: bool
+                 ) -> tuple[list[Item], dict[str, int], ServerError | None] | None:
+    """Hand ``reply`` to ``resumer`` if it answers one of its history ``requests`` (by number); else None.
+
+    Returns the items to act on in order, ``{queue: since}`` to ask history
+    for again (maybe empty), and the error to report if the broker refused.
+    """
+    since = requests.pop(reply.request, None) if reply.request is not None else None
+    if since is None:
+        return None
+    if reply.error is not None:
+        return resumer.failed(since, echo=echo), {}, error_for(reply.error, reply.request)
+    items, again = resumer.history(since, reply.message, echo=echo)
+    return items, again, None
+
+
+def oversized_resyncs(resumer: Resumer, requests: dict[int, dict[str, int]], errors: Iterable[CoreMQError], *,
+                      echo: bool) -> list[Item]:
+    """Give up the resume's outstanding history ``requests`` if a frame was too large to read.
+
+    That frame may have been their reply (a long history over the client's
+    ``max_frame_size``); it was skipped, so the reply will never come. What
+    the resumer held is released and what is missing is reported as a gap.
+    """
+    if not requests or not any(isinstance(error, FrameTooLarge) for error in errors):
+        return []
+    items: list[Item] = []
+    for number in sorted(requests):
+        items += resumer.failed(requests.pop(number), echo=echo)
+    return items
 
 
 def split_welcome(events: list[Any]) -> tuple[Welcome | None, list[Any]]:
@@ -314,6 +349,52 @@ def since_map(queues: list[str], since: Mapping[str, int] | int | None) -> dict[
     if isinstance(since, bool) or not isinstance(since, int):
         raise TypeError(f"since must be an int or a mapping of queue to int, not {since!r}")
     return dict.fromkeys(queues, since)
+
+
+def credentials_from(token: str | None, username: str | None, password: str | None) -> dict[str, str] | None:
+    """The ``coremq_auth`` object for these constructor arguments, or None for an anonymous client.
+
+    Raises ValueError unless it is a token alone, or a username with a password.
+    """
+    if token is not None:
+        if username is not None or password is not None:
+            raise ValueError("give a token or a username and password, not both")
+        return {"token": token}
+    if username is None and password is None:
+        return None
+    if username is None or password is None:
+        raise ValueError("a username needs a password, and a password a username")
+    return {"username": username, "password": password}
+
+
+def handshake_reply(events: Iterable[Any], number: int, backlog: list[Any]) -> Reply | None:
+    """Find the reply to request ``number`` among events read before the connection is handed over.
+
+    The other events are appended to ``backlog``, in order, for the reader.
+    Raises ConnectionClosed on a BYE or a broken stream, and the error of an
+    unnumbered ``ERROR:`` (the broker refusing the connection before closing it).
+    """
+    found = None
+    for event in events:
+        if found is None and isinstance(event, Reply) and event.request == number:
+            found = event
+        elif isinstance(event, Reply) and event.request is None and event.error is not None:
+            raise error_for(event.error)
+        elif isinstance(event, Bye):
+            raise ConnectionClosed("the broker closed the connection (BYE) while logging in")
+        elif isinstance(event, ProtocolError) and event.fatal:
+            raise ConnectionClosed(f"protocol error from the broker: {event}")
+        else:
+            backlog.append(event)
+    return found
+
+
+def user_of(reply: Reply) -> str | None:
+    """The user name of an ``OK: Authenticated`` reply; raise its error (AuthenticationFailed...) otherwise."""
+    if reply.error is not None:
+        raise error_for(reply.error, reply.request)
+    user = reply.message.get("user")
+    return user if isinstance(user, str) else None
 
 
 def notify_connected(callback: ConnectCallback | None, welcome: dict) -> Any:
@@ -350,4 +431,33 @@ class ErrorReporter:
             return self.on_error(error)
         except Exception:
             logger.exception("on_error callback failed")
+            return None
+
+
+class GapReporter:
+    """Keeps, logs and hands on :class:`~coremq_client.protocol.Gap` reports (``on_gap``).
+
+    Like :class:`ErrorReporter`: the callback runs in the reader and must not
+    block; what it raises is logged; its result is handed back.
+    """
+
+    def __init__(self, on_gap: GapCallback | None = None, *, keep: int = RECENT_ERRORS) -> None:
+        self.on_gap = on_gap
+        self.recent: deque[Gap] = deque(maxlen=keep)
+
+    def report(self, gap: Gap) -> Any:
+        self.recent.append(gap)
+        if gap.reset:
+            logger.warning("queue %r restarted its numbering (a broker restart without durable history); "
+                           "messages were lost%s", gap.queue,
+                           "" if gap.first_missing is None else f", and ids {gap.first_missing}..{gap.last_missing}")
+        else:
+            logger.warning("queue %r: messages %s..%s were lost (no longer in history)",
+                           gap.queue, gap.first_missing, gap.last_missing)
+        if self.on_gap is None:
+            return None
+        try:
+            return self.on_gap(gap)
+        except Exception:
+            logger.exception("on_gap callback failed")
             return None

@@ -3,7 +3,8 @@
 Mirrors :mod:`coremq_client.sync_client` part for part: one reader task per
 client feeds :class:`~coremq_client.protocol.ClientProtocol`, completes reply
 futures by request number, queues deliveries and reconnects with backoff,
-replaying subscriptions and options. Writes need no lock: numbering a request
+logging in again, replaying subscriptions and options and fetching what it
+missed. Writes need no lock: numbering a request
 and handing its frame to the transport happen in one step of the event loop;
 ``drain()`` then applies asyncio's flow control.
 """
@@ -19,25 +20,33 @@ from ._common import (
     ConnectCallback,
     ErrorCallback,
     ErrorReporter,
+    GapCallback,
+    GapReporter,
     JSONObject,
     PendingReplies,
     Routed,
     SessionState,
     backoff_delays,
     check_backoff,
+    credentials_from,
     deadline_after,
+    handshake_reply,
     history_messages,
     logger,
     notify_connected,
+    oversized_resyncs,
     remaining,
+    resume_reply,
     route,
     settle,
     since_map,
     split_welcome,
+    user_of,
 )
 from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, Decoder, Encoder, JSONCodec, validate_queue_name
-from .errors import ConnectionClosed, CoreMQError, ServerError, Timeout
-from .protocol import ClientProtocol, Delivery, Welcome, wrap
+from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
+from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
+from .resume import Item, Resumer
 
 __all__ = ["AsyncMessageQueue"]
 
@@ -57,6 +66,7 @@ class _Connection:
         self.welcome = welcome
         self.backlog = backlog
         self.pending: PendingReplies[asyncio.Future[JSONObject]] = PendingReplies()
+        self.resyncs: dict[int, dict[str, int]] = {}  # history requests of the resume, by number
 
     @property
     def alive(self) -> bool:
@@ -66,10 +76,10 @@ class _Connection:
 class AsyncMessageQueue:
     """An asyncio CoreMQ client that reconnects by itself; see :class:`~coremq_client.MessageQueue`.
 
-    Same constructor and semantics; every request is a coroutine. ``on_error``
-    and ``on_connect`` may be plain functions or coroutine functions (then
-    they run as tasks).
-    Use from one event loop only.
+    Same constructor and semantics, logging in and resuming without loss
+    included; every request is a coroutine. ``on_error``, ``on_connect`` and
+    ``on_gap`` may be plain functions or coroutine functions (then they run
+    as tasks). Use from one event loop only.
     """
 
     def __init__(
@@ -88,10 +98,16 @@ class AsyncMessageQueue:
         decoder: Decoder = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ssl: ssl_module.SSLContext | None = None,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        resume: bool = True,
         on_error: ErrorCallback | None = None,
         on_connect: ConnectCallback | None = None,
+        on_gap: GapCallback | None = None,
     ) -> None:
         check_backoff(backoff, max_backoff)
+        self._credentials = credentials_from(token, username, password)
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -103,7 +119,9 @@ class AsyncMessageQueue:
         self.max_frame_size = max_frame_size
         self.ssl = ssl
         self._state = SessionState(queues, options)
+        self._resumer = Resumer(enabled=resume)
         self._reporter = ErrorReporter(on_error)
+        self._gap_reporter = GapReporter(on_gap)
         self._on_connect = on_connect
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._deliveries: asyncio.Queue[Any] = asyncio.Queue()
@@ -115,6 +133,9 @@ class AsyncMessageQueue:
         self._ended: ConnectionClosed | None = None
         self._orderly = False
         self._welcome: Welcome | None = None
+        self._user: str | None = None
+        self._auth_failure: AuthenticationFailed | None = None  # set while waiting for new credentials
+        self._credentials_changed = asyncio.Event()
 
     # -- state (the same properties as MessageQueue) ----------------------------
 
@@ -147,12 +168,32 @@ class AsyncMessageQueue:
         return self._state.options
 
     @property
+    def resume(self) -> bool:
+        return self._resumer.enabled
+
+    @property
+    def user(self) -> str | None:
+        return self._user
+
+    @property
     def last_ids(self) -> dict[str, int]:
-        return self._state.last_ids
+        return self._resumer.last_ids
 
     @property
     def errors(self) -> list[CoreMQError]:
         return list(self._reporter.recent)
+
+    @property
+    def gaps(self) -> list[Gap]:
+        return list(self._gap_reporter.recent)
+
+    def set_credentials(self, *, token: str | None = None, username: str | None = None,
+                        password: str | None = None) -> None:
+        """Log in with these from the next connection on; see :meth:`MessageQueue.set_credentials`."""
+        self._credentials = credentials_from(token, username, password)
+        self._auth_failure = None
+        self._credentials_changed.set()
+        self._credentials_changed = asyncio.Event()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -205,11 +246,16 @@ class AsyncMessageQueue:
                 left = remaining(deadline)
                 if left is not None and left <= delay:
                     raise
+            except ServerError as exc:
+                if wait or isinstance(exc, AuthenticationFailed):
+                    raise
+                self._report(exc)  # say, too many connections for this user: try again later
+                delay = next(delays)
             if await self._sleep(delay):
                 raise ConnectionClosed("client is closed")
 
     async def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[asyncio.Future[JSONObject]]]:
-        """One attempt: open the streams, read the welcome, send the replay requests."""
+        """One attempt: open the streams, read the welcome, log in, send the replay and resume requests."""
         limit = remaining(deadline) if deadline is not None else self.connect_timeout
         try:
             async with asyncio.timeout(limit):
@@ -222,13 +268,14 @@ class AsyncMessageQueue:
             protocol = ClientProtocol(codec=self.codec, max_frame_size=self.max_frame_size)
             async with asyncio.timeout(remaining(deadline) if deadline is not None else self.connect_timeout):
                 welcome, backlog = await self._read_welcome(reader, protocol)
+            self._resumer.connected(welcome.connection_id)
+            credentials = self._credentials
+            user = None
+            if credentials:
+                async with asyncio.timeout(remaining(deadline) if deadline is not None else self.timeout):
+                    user = await self._log_in(reader, writer, protocol, credentials, backlog)
             conn = _Connection(reader, writer, protocol, welcome, backlog)
-            futures: list[asyncio.Future[JSONObject]] = []
-            for number, data in self._state.replay(protocol):
-                if wait:
-                    futures.append(asyncio.get_running_loop().create_future())
-                    conn.pending.add(number, futures[-1])
-                writer.write(data)
+            futures = self._replay(conn, wait)
             async with asyncio.timeout(self.timeout):
                 await writer.drain()
         except CoreMQError:
@@ -236,7 +283,7 @@ class AsyncMessageQueue:
             raise
         except TimeoutError as exc:
             writer.close()
-            raise Timeout(f"{self.host}:{self.port} sent no welcome in time") from exc
+            raise Timeout(f"{self.host}:{self.port} did not answer in time while connecting") from exc
         except OSError as exc:
             writer.close()
             raise ConnectionClosed(f"connection to {self.host}:{self.port} failed: {exc}") from exc
@@ -244,7 +291,40 @@ class AsyncMessageQueue:
             writer.close()
             raise
         self._welcome = welcome
+        self._user = user
         return conn, futures
+
+    async def _log_in(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ClientProtocol,
+                      credentials: dict[str, str], backlog: list[Any]) -> str | None:
+        """Send ``coremq_auth`` and wait for its answer; what else arrives meanwhile joins ``backlog``."""
+        number, data = protocol.authenticate(credentials)
+        writer.write(data)
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                raise ConnectionClosed(f"{self.host}:{self.port} closed the connection while logging in")
+            reply = handshake_reply(protocol.receive_data(data), number, backlog)
+            if reply is not None:
+                return user_of(reply)
+
+    def _replay(self, conn: _Connection, wait: bool) -> list[asyncio.Future[JSONObject]]:
+        """Write the subscriptions and options, then the resume's history request."""
+        futures: list[asyncio.Future[JSONObject]] = []
+        for number, data in self._state.replay(conn.protocol):
+            if wait:
+                futures.append(asyncio.get_running_loop().create_future())
+                conn.pending.add(number, futures[-1])
+            conn.writer.write(data)
+        self._resync(conn, self._resumer.plan(self._state.queues))
+        return futures
+
+    @staticmethod
+    def _resync(conn: _Connection, since: dict[str, int]) -> None:
+        """Write a history request of the resume, registered so the reader hands its reply to the resumer."""
+        if since:
+            number, data = conn.protocol.get_history(list(since), since)
+            conn.resyncs[number] = since
+            conn.writer.write(data)
 
     async def _read_welcome(self, reader: asyncio.StreamReader, protocol: ClientProtocol) -> tuple[Welcome, list[Any]]:
         while True:
@@ -260,6 +340,8 @@ class AsyncMessageQueue:
         while True:
             if self._ended is not None:
                 raise ConnectionClosed(str(self._ended))
+            if self._auth_failure is not None:
+                raise AuthenticationFailed(self._auth_failure.reason, self._auth_failure.request)
             conn = self._conn
             if conn is not None and conn.alive:
                 return conn
@@ -282,16 +364,10 @@ class AsyncMessageQueue:
                 if self._stop.is_set() or not self.reconnect:
                     break
                 logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
-                try:
-                    conn, _ = await self._establish_with_retries(None, first_delay=True, wait=False)
-                except (ConnectionClosed, Timeout):
+                next_conn = await self._reconnect()
+                if next_conn is None:
                     break  # only when closing
-                if self._stop.is_set():
-                    conn.writer.close()
-                    break
-                self._conn = conn
-                self._notify()
-                self._connected(conn)
+                conn = next_conn
         except Exception as exc:  # pragma: no cover - a bug; never leave callers hanging
             logger.exception("CoreMQ reader task failed")
             error, orderly = ConnectionClosed(f"reader failed: {exc!r}"), False
@@ -299,6 +375,40 @@ class AsyncMessageQueue:
             if self._conn is not None:
                 self._lose(self._conn, error)
             self._end(error, orderly=orderly or self._stop.is_set())
+
+    async def _reconnect(self) -> _Connection | None:
+        """Connect again (with backoff), waiting for new credentials if these are refused; None once closed."""
+        while True:
+            try:
+                conn, _ = await self._establish_with_retries(None, first_delay=True, wait=False)
+            except AuthenticationFailed as exc:
+                if not await self._await_credentials(exc):
+                    return None
+                continue
+            except (ConnectionClosed, Timeout):
+                return None
+            if self._stop.is_set():
+                conn.writer.close()
+                return None
+            self._conn = conn
+            self._notify()
+            self._connected(conn)
+            return conn
+
+    async def _await_credentials(self, failure: AuthenticationFailed) -> bool:
+        """Report refused credentials and wait for set_credentials(); False if closed meanwhile."""
+        logger.error("%s:%s refused the credentials; waiting for new ones", self.host, self.port)
+        self._report(failure)
+        self._auth_failure = failure
+        self._notify()  # waiting requests raise it
+        changed = asyncio.ensure_future(self._credentials_changed.wait())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([changed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopped.cancel()
+        return not self._stop.is_set()
 
     async def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
         """Read and dispatch until the connection ends: ``(why, orderly)``."""
@@ -316,12 +426,31 @@ class AsyncMessageQueue:
             routed = route(conn.protocol.receive_data(data))
 
     def _act(self, routed: Routed, conn: _Connection) -> None:
+        """Deliver, report and settle one batch; the resume's history replies go to the resumer."""
         for delivery in routed.deliveries:
-            self._state.note(delivery)
-            self._deliveries.put_nowait(delivery)
+            self._dispatch(self._resumer.accept(delivery))
+        replies = []
+        for reply in routed.replies:
+            resumed = resume_reply(self._resumer, conn.resyncs, reply, echo=self._state.echo)
+            if resumed is None:
+                replies.append(reply)
+                continue
+            items, again, refused = resumed
+            if refused is not None:
+                routed.errors.append(refused)
+            self._dispatch(items)
+            self._resync(conn, again)
+        self._dispatch(oversized_resyncs(self._resumer, conn.resyncs, routed.errors, echo=self._state.echo))
         for error in routed.errors:
             self._report(error)
-        settle(routed.replies, conn.pending, self._report)
+        settle(replies, conn.pending, self._report)
+
+    def _dispatch(self, items: list[Item]) -> None:
+        for item in items:
+            if isinstance(item, Gap):
+                self._keep(self._gap_reporter.report(item))
+            else:
+                self._deliveries.put_nowait(item)
 
     def _report(self, error: CoreMQError) -> None:
         self._keep(self._reporter.report(error))
@@ -397,16 +526,23 @@ class AsyncMessageQueue:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         added = self._state.add_queues(names)
+        self._resumer.forget(added)
         try:
-            return await self._request(lambda p: p.subscribe(names))  # type: ignore[return-value]
+            reply = await self._request(lambda p: p.subscribe(names))
         except ServerError:
             self._state.discard_queues(added)
             raise
+        conn = self._conn
+        if added and conn is not None and conn.alive:
+            # Learn where the new subscriptions stand, to resume from there (no wait).
+            self._resync(conn, self._resumer.plan(added))
+        return reply  # type: ignore[return-value]
 
     async def unsubscribe(self, *queues: str) -> JSONObject:
         """Unsubscribe from ``queues``; return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         self._state.discard_queues(names)
+        self._resumer.forget(names)
         return await self._request(lambda p: p.unsubscribe(names))  # type: ignore[return-value]
 
     async def set_options(self, **options: Any) -> JSONObject:
@@ -450,7 +586,10 @@ class AsyncMessageQueue:
     # -- receiving -------------------------------------------------------------
 
     async def receive(self, timeout: float | None = None) -> Delivery | None:
-        """The next delivery, or None after ``timeout`` seconds; ConnectionClosed once ended and drained."""
+        """The next delivery, or None after ``timeout`` seconds; ConnectionClosed once ended and drained.
+
+        In order and once per queue, across reconnects too; ``gap`` marks the first one after lost messages.
+        """
         try:
             async with asyncio.timeout(timeout):
                 item = await self._deliveries.get()

@@ -3,8 +3,9 @@
 One background thread per client owns reading: it feeds bytes to
 :class:`~coremq_client.protocol.ClientProtocol`, completes the future of each
 request by its reply number, puts deliveries on a :class:`queue.Queue` and, when
-the connection drops, reconnects with backoff and replays the subscriptions
-and options. Any number of threads may call the methods at once: frames are
+the connection drops, reconnects with backoff, logs in again, replays the
+subscriptions and options and fetches what it missed (see
+:mod:`coremq_client.resume`). Any number of threads may call the methods at once: frames are
 numbered and written under one lock, which the reader never takes, so a writer
 stuck on a full socket cannot stop replies from being read.
 """
@@ -22,25 +23,34 @@ from ._common import (
     ConnectCallback,
     ErrorCallback,
     ErrorReporter,
+    GapCallback,
+    GapReporter,
     JSONObject,
     PendingReplies,
+    Routed,
     SessionState,
     backoff_delays,
     check_backoff,
+    credentials_from,
     deadline_after,
+    handshake_reply,
     history_messages,
     logger,
     notify_connected,
+    oversized_resyncs,
     remaining,
+    resume_reply,
     route,
     settle,
     since_map,
     split_welcome,
+    user_of,
 )
 from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, JSONCodec, validate_queue_name
 from .codec import Decoder, Encoder
-from .errors import ConnectionClosed, CoreMQError, ServerError, Timeout
-from .protocol import ClientProtocol, Delivery, Welcome, wrap
+from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
+from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
+from .resume import Item, Resumer
 
 __all__ = ["MessageQueue"]
 
@@ -62,6 +72,7 @@ class _Connection:
         self.welcome = welcome
         self.backlog = backlog
         self.pending: PendingReplies[Future[JSONObject]] = PendingReplies()
+        self.resyncs: dict[int, dict[str, int]] = {}  # history requests of the resume, by number
 
     @property
     def alive(self) -> bool:
@@ -90,12 +101,33 @@ class MessageQueue:
     ``on_connect(welcome)`` is called after every connection and reconnection,
     once the subscriptions and options have been sent again (from the reader
     thread after a reconnect; it must not block): the connection id changes
-    with every connection, and a reconnected client may fetch what it missed.
+    with every connection.
 
-    Messages published while the client was disconnected are not delivered
-    (as in 2015), but :attr:`last_ids` with ``get_history(..., since=client.last_ids)``
-    fetches those still in the queues' history. Always :meth:`close` the client
-    (or use ``with``): its reader thread keeps it alive otherwise.
+    **Logging in.** With ``token``, or ``username`` and ``password``, every
+    connection logs in (``coremq_auth``) after the welcome and before the
+    subscriptions are replayed; :attr:`user` is the name the broker confirmed.
+    Refused credentials raise :class:`AuthenticationFailed` from
+    :meth:`connect`. After a reconnect they are not tried again: the client
+    reports the error to ``on_error``, requests raise it, and it waits until
+    :meth:`set_credentials` gives new ones.
+
+    **Resuming without loss** (``resume=True``, the default). After every
+    reconnect, before any new message is delivered, the client fetches from
+    each subscribed queue's history what it missed since the last ``coremq_id``
+    it delivered, and delivers it in order and exactly once (duplicates, by id,
+    are dropped). Messages that can no longer be delivered, because they left
+    the history before the client came back or because a broker restart
+    renumbered a queue that is not durable, are reported as a :class:`Gap`:
+    to ``on_gap(gap)`` (from the reader thread; it must not block), in
+    :attr:`gaps`, in the log, and as ``Delivery.gap`` on the next message of
+    that queue returned by :meth:`receive`. A queue subscribed to but with
+    nothing delivered yet resumes from where it stood when subscribed.
+    The connection's own id queue is not resumed. With ``resume=False``
+    messages published while disconnected are simply not delivered (as in
+    2015); :attr:`last_ids` is kept either way.
+
+    Always :meth:`close` the client (or use ``with``): its reader thread keeps
+    it alive otherwise.
     """
 
     def __init__(
@@ -114,10 +146,16 @@ class MessageQueue:
         decoder: Decoder = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         ssl: ssl_module.SSLContext | None = None,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        resume: bool = True,
         on_error: ErrorCallback | None = None,
         on_connect: ConnectCallback | None = None,
+        on_gap: GapCallback | None = None,
     ) -> None:
         check_backoff(backoff, max_backoff)
+        self._credentials = credentials_from(token, username, password)
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -129,7 +167,9 @@ class MessageQueue:
         self.max_frame_size = max_frame_size
         self.ssl = ssl
         self._state = SessionState(queues, options)
+        self._resumer = Resumer(enabled=resume)
         self._reporter = ErrorReporter(on_error)
+        self._gap_reporter = GapReporter(on_gap)
         self._on_connect = on_connect
         self._deliveries: queue_module.Queue[Any] = queue_module.Queue()
         self._write_lock = threading.Lock()
@@ -141,6 +181,8 @@ class MessageQueue:
         self._ended: ConnectionClosed | None = None  # no connection will ever come again
         self._orderly = False
         self._welcome: Welcome | None = None
+        self._user: str | None = None
+        self._auth_failure: AuthenticationFailed | None = None  # set while waiting for new credentials
 
     # -- state -------------------------------------------------------------
 
@@ -181,14 +223,42 @@ class MessageQueue:
         return self._state.options
 
     @property
+    def resume(self) -> bool:
+        """True when the client fetches what it missed after a reconnect."""
+        return self._resumer.enabled
+
+    @property
+    def user(self) -> str | None:
+        """The user this connection is logged in as (from ``OK: Authenticated``), or None."""
+        return self._user
+
+    @property
     def last_ids(self) -> dict[str, int]:
-        """The last ``coremq_id`` received per queue (a copy)."""
-        return self._state.last_ids
+        """The ``coremq_id`` of the last message delivered per queue (a copy)."""
+        return self._resumer.last_ids
 
     @property
     def errors(self) -> list[CoreMQError]:
         """The most recent errors that no caller waited for, oldest first."""
         return list(self._reporter.recent)
+
+    @property
+    def gaps(self) -> list[Gap]:
+        """The most recent gaps reported (messages that will never be delivered), oldest first."""
+        return list(self._gap_reporter.recent)
+
+    def set_credentials(self, *, token: str | None = None, username: str | None = None,
+                        password: str | None = None) -> None:
+        """Log in with these credentials from the next connection on (none: anonymously).
+
+        A client waiting after refused credentials reconnects with them. The
+        live connection, if any, stays logged in as it is.
+        """
+        credentials = credentials_from(token, username, password)
+        with self._cond:
+            self._credentials = credentials
+            self._auth_failure = None
+            self._cond.notify_all()
 
     # -- connecting ----------------------------------------------------------
 
@@ -199,7 +269,8 @@ class MessageQueue:
         message published after this returns reaches this client. Raises
         :class:`ConnectionClosed` if no connection could be made within
         ``connect_timeout`` (retrying with backoff when ``reconnect`` is on),
-        :class:`Timeout` if the broker accepted but sent no welcome, and
+        :class:`Timeout` if the broker accepted but sent no welcome,
+        :class:`AuthenticationFailed` if it refused the credentials, and
         :class:`ServerError` if it refused a queue or an option.
         """
         deadline = deadline_after(self.connect_timeout)
@@ -240,11 +311,16 @@ class MessageQueue:
                 left = remaining(deadline)
                 if left is not None and left <= delay:
                     raise
+            except ServerError as exc:
+                if wait or isinstance(exc, AuthenticationFailed):
+                    raise
+                self._reporter.report(exc)  # say, too many connections for this user: try again later
+                delay = next(delays)
             if self._stop.wait(delay):
                 raise ConnectionClosed("client is closed")
 
     def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[Future[JSONObject]]]:
-        """One attempt: open the socket, read the welcome, send the replay requests.
+        """One attempt: open the socket, read the welcome, log in, send the replay and resume requests.
 
         With ``wait`` the replay requests get futures (for connect() to wait
         on); without, their errors reach the error reporter.
@@ -260,13 +336,11 @@ class MessageQueue:
                 sock = self.ssl.wrap_socket(sock, server_hostname=self.host)
             protocol = ClientProtocol(codec=self.codec, max_frame_size=self.max_frame_size)
             welcome, backlog = self._read_welcome(sock, protocol, deadline)
+            self._resumer.connected(welcome.connection_id)
+            credentials = self._credentials
+            user = self._log_in(sock, protocol, credentials, backlog, deadline) if credentials else None
             conn = _Connection(sock, protocol, welcome, backlog)
-            futures: list[Future[JSONObject]] = []
-            for number, data in self._state.replay(protocol):
-                if wait:
-                    futures.append(Future())
-                    conn.pending.add(number, futures[-1])
-                sock.sendall(data)
+            futures = self._replay(conn, wait)
             sock.settimeout(self.timeout)
         except CoreMQError:
             sock.close()
@@ -274,13 +348,48 @@ class MessageQueue:
         except OSError as exc:
             sock.close()
             if isinstance(exc, TimeoutError):
-                raise Timeout(f"{self.host}:{self.port} sent no welcome in time") from exc
+                raise Timeout(f"{self.host}:{self.port} did not answer in time while connecting") from exc
             raise ConnectionClosed(f"connection to {self.host}:{self.port} failed: {exc}") from exc
         except BaseException:
             sock.close()
             raise
         self._welcome = welcome
+        self._user = user
         return conn, futures
+
+    def _log_in(self, sock: socket.socket, protocol: ClientProtocol, credentials: dict[str, str],
+                backlog: list[Any], deadline: float | None) -> str | None:
+        """Send ``coremq_auth`` and wait for its answer; what else arrives meanwhile joins ``backlog``."""
+        number, data = protocol.authenticate(credentials)
+        sock.sendall(data)
+        while True:
+            sock.settimeout(remaining(deadline) if deadline is not None else self.timeout)
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                raise ConnectionClosed(f"{self.host}:{self.port} closed the connection while logging in")
+            reply = handshake_reply(protocol.receive_data(data), number, backlog)
+            if reply is not None:
+                return user_of(reply)
+
+    def _replay(self, conn: _Connection, wait: bool) -> list[Future[JSONObject]]:
+        """Send the subscriptions and options, then the resume's history request."""
+        futures: list[Future[JSONObject]] = []
+        for number, data in self._state.replay(conn.protocol):
+            if wait:
+                futures.append(Future())
+                conn.pending.add(number, futures[-1])
+            conn.sock.sendall(data)
+        since = self._resumer.plan(self._state.queues)
+        if since:
+            conn.sock.sendall(self._resync_frame(conn, conn.protocol, since)[1])
+        return futures
+
+    @staticmethod
+    def _resync_frame(conn: _Connection, protocol: ClientProtocol, since: dict[str, int]) -> tuple[int, bytes]:
+        """A history request of the resume, registered so the reader hands its reply to the resumer."""
+        number, data = protocol.get_history(list(since), since)
+        conn.resyncs[number] = since
+        return number, data
 
     def _read_welcome(
         self, sock: socket.socket, protocol: ClientProtocol, deadline: float | None
@@ -300,6 +409,8 @@ class MessageQueue:
             while True:
                 if self._ended is not None:
                     raise ConnectionClosed(str(self._ended))
+                if self._auth_failure is not None:
+                    raise AuthenticationFailed(self._auth_failure.reason, self._auth_failure.request)
                 conn = self._conn
                 if conn is not None and conn.alive:
                     return conn
@@ -321,21 +432,45 @@ class MessageQueue:
                 if self._stop.is_set() or not self.reconnect:
                     break
                 logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
-                try:
-                    conn, _ = self._establish_with_retries(None, first_delay=True, wait=False)
-                except (ConnectionClosed, Timeout):
+                next_conn = self._reconnect()
+                if next_conn is None:
                     break  # only when closing
-                with self._cond:
-                    if self._stop.is_set():
-                        conn.sock.close()
-                        break
-                    self._conn = conn
-                    self._cond.notify_all()
-                self._connected(conn)
+                conn = next_conn
         except BaseException as exc:  # pragma: no cover - a bug; never leave callers hanging
             logger.exception("CoreMQ reader thread failed")
             error, orderly = ConnectionClosed(f"reader failed: {exc!r}"), False
         self._end(error, orderly=orderly or self._stop.is_set())
+
+    def _reconnect(self) -> _Connection | None:
+        """Connect again (with backoff), waiting for new credentials if these are refused; None once closed."""
+        while True:
+            try:
+                conn, _ = self._establish_with_retries(None, first_delay=True, wait=False)
+            except AuthenticationFailed as exc:
+                if not self._await_credentials(exc):
+                    return None
+                continue
+            except (ConnectionClosed, Timeout):
+                return None
+            with self._cond:
+                if self._stop.is_set():
+                    conn.sock.close()
+                    return None
+                self._conn = conn
+                self._cond.notify_all()
+            self._connected(conn)
+            return conn
+
+    def _await_credentials(self, failure: AuthenticationFailed) -> bool:
+        """Report refused credentials and wait for set_credentials(); False if closed meanwhile."""
+        logger.error("%s:%s refused the credentials; waiting for new ones", self.host, self.port)
+        self._reporter.report(failure)
+        with self._cond:
+            self._auth_failure = failure
+            self._cond.notify_all()  # waiting requests raise it
+            while self._auth_failure is failure and not self._stop.is_set():
+                self._cond.wait()
+        return not self._stop.is_set()
 
     def _connected(self, conn: _Connection) -> None:
         """Hand the welcome of a new connection to ``on_connect``."""
@@ -345,12 +480,7 @@ class MessageQueue:
         """Read and dispatch until the connection ends: ``(why, orderly)``."""
         routed = route(conn.backlog)
         while True:
-            for delivery in routed.deliveries:
-                self._state.note(delivery)
-                self._deliveries.put(delivery)
-            for error in routed.errors:
-                self._reporter.report(error)
-            settle(routed.replies, conn.pending, self._reporter.report)
+            self._act(routed, conn)
             if routed.ended is not None:
                 return routed.ended, routed.orderly
             try:
@@ -362,6 +492,45 @@ class MessageQueue:
             if not data:
                 return ConnectionClosed("connection closed"), self._stop.is_set()
             routed = route(conn.protocol.receive_data(data))
+
+    def _act(self, routed: Routed, conn: _Connection) -> None:
+        """Deliver, report and settle one batch; the resume's history replies go to the resumer."""
+        for delivery in routed.deliveries:
+            self._dispatch(self._resumer.accept(delivery))
+        replies = []
+        for reply in routed.replies:
+            resumed = resume_reply(self._resumer, conn.resyncs, reply, echo=self._state.echo)
+            if resumed is None:
+                replies.append(reply)
+                continue
+            items, again, refused = resumed
+            if refused is not None:
+                routed.errors.append(refused)
+            self._dispatch(items)
+            if again:
+                self._resync_later(conn, again)
+        self._dispatch(oversized_resyncs(self._resumer, conn.resyncs, routed.errors, echo=self._state.echo))
+        for error in routed.errors:
+            self._reporter.report(error)
+        settle(replies, conn.pending, self._reporter.report)
+
+    def _dispatch(self, items: list[Item]) -> None:
+        for item in items:
+            if isinstance(item, Gap):
+                self._gap_reporter.report(item)
+            else:
+                self._deliveries.put(item)
+
+    def _resync_later(self, conn: _Connection, since: dict[str, int]) -> None:
+        """Ask for history again from another thread: the reader never waits for the write lock."""
+        def send() -> None:
+            try:
+                # No deadline: the lock comes free at the latest when the connection is lost.
+                self._send(conn, lambda p: self._resync_frame(conn, p, since), None, None)
+            except CoreMQError:
+                pass  # the next connection asks again
+
+        threading.Thread(target=send, name="coremq-resync", daemon=True).start()
 
     def _lose(self, conn: _Connection, error: ConnectionClosed) -> None:
         conn.pending.close(error)
@@ -452,16 +621,32 @@ class MessageQueue:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         added = self._state.add_queues(names)
+        self._resumer.forget(added)
         try:
-            return self._request(lambda p: p.subscribe(names))  # type: ignore[return-value]
+            reply = self._request(lambda p: p.subscribe(names))
         except ServerError:
             self._state.discard_queues(added)
             raise
+        if added and self.resume:
+            self._probe(added)
+        return reply  # type: ignore[return-value]
+
+    def _probe(self, queues: list[str]) -> None:
+        """Learn where new subscriptions stand, to resume from there after a reconnect (no wait)."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            self._send(conn, lambda p: self._resync_frame(conn, p, self._resumer.plan(queues)), None,
+                       deadline_after(self.timeout))
+        except CoreMQError:
+            pass  # a reconnect probes every subscribed queue anyway
 
     def unsubscribe(self, *queues: str) -> JSONObject:
         """Unsubscribe from ``queues``; return the broker's reply."""
         names = [validate_queue_name(q) for q in queues]
         self._state.discard_queues(names)
+        self._resumer.forget(names)
         return self._request(lambda p: p.unsubscribe(names))  # type: ignore[return-value]
 
     def set_options(self, **options: Any) -> JSONObject:
@@ -526,8 +711,10 @@ class MessageQueue:
     def receive(self, timeout: float | None = None) -> Delivery | None:
         """The next delivered message, or None after ``timeout`` seconds (None: wait forever).
 
-        Raises :class:`ConnectionClosed` once the client has ended and every
-        message received before has been returned.
+        Per queue, messages come in ``coremq_id`` order and once each, across
+        reconnects too (with ``resume``); the first one after lost messages
+        has ``gap`` set. Raises :class:`ConnectionClosed` once the client has
+        ended and every message received before has been returned.
         """
         try:
             item = self._deliveries.get(timeout=timeout)
@@ -565,6 +752,7 @@ class MessageQueue:
         """
         with self._cond:
             self._stop.set()
+            self._cond.notify_all()  # a reader waiting for credentials
             conn, reader = self._conn, self._reader
         if conn is not None:
             try:

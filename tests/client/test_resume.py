@@ -177,3 +177,15 @@ def test_disabled_passes_everything_and_keeps_last_ids():
     assert resumer.plan(["q"]) == {}
     delivered(resumer, "q", 3, 1)
     assert resumer.last_ids == {"q": 1}
+
+
+def test_refused_history_still_reports_what_the_held_messages_show():
+    """When history cannot be had, held messages after a hole release with a gap; none held: the next live one tells."""
+    resumer = Resumer()
+    delivered(resumer, "q", 1)
+    since = resumer.plan(["q"])
+    resumer.accept(live("q", 4))
+    assert ids(resumer.failed(since)) == [(2, 3, False), 4]
+    since = resumer.plan(["q"])
+    assert resumer.failed(since) == []
+    assert ids(resumer.accept(live("q", 7))) == [(5, 6, False), 7]
