@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIONS", "POLICIES", "Principal", "ANONYMOUS", "Rule", "AccessPolicy", "RulePolicy",
-    "TokenBucket", "FailureTracker",
+    "FailureTracker",
 ]
 
 #: What a rule can grant on a queue; "status" and "admin" are for staff.
@@ -127,26 +127,6 @@ class RulePolicy(AccessPolicy):
             return True
         return (self.active_users is not None and principal.user_id is not None
                 and principal.user_id not in self.active_users)
-
-
-class TokenBucket:
-    """``rate`` events per second on average, bursts of up to ``rate`` (a per-connection publish limit)."""
-
-    __slots__ = ("rate", "tokens", "stamp")
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class FailureTracker:

@@ -21,7 +21,7 @@ from coremq_client import protocol as P
 from coremq_client.codec import Frame, encode_frame, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
-from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal, TokenBucket
+from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal
 from .config import BrokerConfig
 from .control import ControlRequests, RequestError
 from .durable import HistoryStore
@@ -29,6 +29,9 @@ from .version import PROTOCOL_VERSION, VERSION
 from .registry import Connection, Queue, QueueSettings, Registry
 
 __all__ = ["Broker", "AccessPolicy", "VERSION"]
+
+# The reply to a publish, formatted rather than encoded: it is sent once per publish.
+_OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % P.OK_SENT.encode()
 
 
 logger = logging.getLogger("coremq.broker")
@@ -75,15 +78,16 @@ class Broker(ControlRequests):
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty: list[Connection] = []
+        self._dirty_queues: list[Queue] = []
+        self._flush_scheduled = False
+        self._counted_in = 0
+        self._open_access = type(self.access) is AccessPolicy
+        self.address = f"{self.host}:{self.port}"
         self._closed: asyncio.Event | None = None
         self._closing = False
         self._store: HistoryStore | None = None
 
     # -- lifecycle -------------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
         """Bind the TCP listener; afterwards :attr:`port` is the bound port."""
@@ -98,6 +102,7 @@ class Broker(ControlRequests):
             lambda: TcpConnection(self), self.config.host, self.config.port, ssl=self.ssl, reuse_address=True
         )
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
+        self.address = f"{self.host}:{self.port}"
         logger.info("CoreMQ broker %r listening on %s%s", self.config.server_name, self.address,
                     " (TLS)" if self.ssl else "")
 
@@ -176,8 +181,7 @@ class Broker(ControlRequests):
                 "response": f"ERROR: too many connections: limit is {self.config.max_connections}"}))
             connection.close()
             return
-        if self.config.max_publish_rate:
-            connection.publish_bucket = TokenBucket(self.config.max_publish_rate)
+        connection.publish_limit = self.config.max_publish_rate
         self.registry.add(connection)
         logger.info("connection %s from %s (%s)", connection.id, connection.peer, connection.transport_name)
         self._send(connection, {
@@ -195,15 +199,65 @@ class Broker(ControlRequests):
 
     def schedule_flush(self, connection: Connection) -> None:
         """Have ``connection.flush()`` called once at the end of this loop iteration."""
-        if not self._dirty:
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_dirty)
         self._dirty.append(connection)
+        if not self._flush_scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush_dirty)
 
     def _flush_dirty(self) -> None:
+        """Once per loop iteration: fan each queue's new messages out as one blob, then write.
+
+        A subscriber gets the concatenated frames of everything published to a
+        queue in this iteration in one append, so fan-out costs one append per
+        subscriber per iteration, not per message.
+        """
+        queues, self._dirty_queues = self._dirty_queues, []
+        now = time.time()
+        delivered = 0
+        for queue in queues:
+            delivered += self._fan_out_pending(queue, now)
+        registry = self.registry
+        registry.messages_out += delivered
+        registry.rate_out.add(now, delivered)
+        registry.rate_in.add(now, registry.messages_in - self._counted_in)
+        self._counted_in = registry.messages_in
         dirty, self._dirty = self._dirty, []
         for connection in dirty:
             connection.flush()
+        self._flush_scheduled = False
+        if self._dirty or self._dirty_queues:  # a flush published more (an in-process bridge)
+            self._schedule()
+
+    def _fan_out_pending(self, queue: Queue, now: float) -> int:
+        frames, queue.pending = queue.pending, []
+        count = len(frames)
+        queue.rate.add(now, count)
+        blob = frames[0] if count == 1 else b"".join(frames)
+        senders = queue.pending_senders
+        delivered = 0
+        if senders:
+            # Publishers subscribed to their own queue (without echo) skip their own frames.
+            queue.pending_senders = []
+            skip: dict[Connection, set[int]] = {}
+            for index, sender in senders:
+                skip.setdefault(sender, set()).add(index)
+        for subscriber in queue.subscribers:
+            if senders and subscriber in skip:
+                own = skip[subscriber]
+                mine = [frame for index, frame in enumerate(frames) if index not in own]
+                if mine:
+                    subscriber.deliver_batch(mine, b"".join(mine))
+                    subscriber.messages_out += len(mine)
+                    delivered += len(mine)
+            else:
+                subscriber.deliver_batch(frames, blob)
+                subscriber.messages_out += count
+                delivered += count
+        return delivered
 
     # -- frames ----------------------------------------------------------
 
@@ -261,10 +315,8 @@ class Broker(ControlRequests):
     # -- publish ---------------------------------------------------------
 
     def _publish(self, connection: Connection, name: str, message: Any, size: int) -> None:
-        bucket = connection.publish_bucket
-        if bucket is not None and not bucket.take():
-            raise RequestError(f"publish rate limit exceeded: {self.config.max_publish_rate} per second")
-        validate_queue_name(name, self.config.max_queue_name_length)
+        if connection.publish_limit and not connection.may_publish():
+            raise RequestError(f"publish rate limit exceeded: {connection.publish_limit} per second")
         if isinstance(message, dict):
             stored = message
         elif isinstance(message, str):
@@ -275,20 +327,24 @@ class Broker(ControlRequests):
             raise MessageError(f"a message must be a JSON object, array or string, not {_json_type(message)}")
         queue = self.registry.queues.get(name)
         if queue is None:
-            queue = self.registry.queue(name) if self.registry.owner_of(name) else None
-        if queue is None or queue.owner is None:
+            validate_queue_name(name, self.config.max_queue_name_length)
+            if self.registry.owner_of(name) is None:
+                self._check(connection, "publish", name)
+            queue = self.registry.queue(name)
+        elif queue.owner is None and not self._open_access:
             # Private queues take point-to-point messages from anyone; others ask the policy.
             self._check(connection, "publish", name)
-            if queue is None:
-                queue = self.registry.queue(name)
-        limit = queue.settings.max_message_size
-        if limit is not None and size > limit:
-            raise RequestError(f"message too large: {size} bytes, limit for queue {name!r} is {limit}")
-        if (queue.settings.durable or self.config.durable_all) and queue.owner is None:
+        settings = queue.settings
+        if settings.max_message_size is not None and size > settings.max_message_size:
+            raise RequestError(f"message too large: {size} bytes, limit for queue {name!r} "
+                               f"is {settings.max_message_size}")
+        if (settings.durable or self.config.durable_all) and queue.owner is None:
             self._publish_durable(connection, queue, stored)
             return
-        frame = self.deliver(queue, stored, sender=connection)
-        self._acknowledge(connection, queue, queue.last_id, frame, connection.requests)
+        body = self._stamp(queue, stored, connection)
+        self._fan_out(queue, queue.last_id, stored, encode_frame(name, body), connection)
+        if connection.replies:
+            connection.send(encode_frame(connection.id, _OK_SENT % (queue.last_id, connection.requests)))
 
     def set_access(self, access: AccessPolicy) -> None:
         """Apply a new access policy to new requests and to live connections at once.
@@ -297,6 +353,7 @@ class Broker(ControlRequests):
         policy no longer allows end, each with an ``ERROR: permission denied``.
         """
         self.access = access
+        self._open_access = type(access) is AccessPolicy
         for connection in list(self.registry.connections.values()):
             if connection.principal is not ANONYMOUS and access.is_revoked(connection.principal):
                 logger.warning("connection %s: credentials of %r revoked", connection.id,
@@ -309,14 +366,6 @@ class Broker(ControlRequests):
                     self.registry.denials += 1
                     self.send_error(connection, f"permission denied: subscribe on queue {name!r} (subscription ended)")
 
-    def _acknowledge(self, connection: Connection, queue: Queue, message_id: int, frame: bytes, request: int) -> None:
-        if connection.replies:
-            self._reply(connection, {"response": P.OK_SENT, "id": message_id}, request)
-        if connection.echo and connection in queue.subscribers:
-            # After the reply, so that a client waiting for it reads it first.
-            connection.send(frame)
-            connection.messages_out += 1
-
     def _publish_durable(self, connection: Connection, queue: Queue, stored: dict) -> None:
         """Write to disk first; keep, deliver and acknowledge once committed."""
         store = self._history_store()
@@ -325,10 +374,9 @@ class Broker(ControlRequests):
         request = connection.requests
 
         def committed() -> None:
-            frame = encode_frame(queue.name, body)
-            self._fan_out(queue, message_id, stored, frame, connection)
-            if not connection.closing:
-                self._acknowledge(connection, queue, message_id, frame, request)
+            self._fan_out(queue, message_id, stored, encode_frame(queue.name, body), connection)
+            if connection.replies and not connection.closing:
+                self._reply(connection, {"response": P.OK_SENT, "id": message_id}, request)
 
         store.write(queue.name, message_id, body, committed)
 
@@ -356,21 +404,22 @@ class Broker(ControlRequests):
         return self.codec.dumps(stored)
 
     def _fan_out(self, queue: Queue, message_id: int, stored: dict, frame: bytes, sender: Connection | None) -> None:
-        now = stored[P.SENT]
+        """Keep the message in history and queue its frame for this iteration's fan-out."""
         queue.history.append((message_id, stored))
         queue.published += 1
-        queue.last_publish = now
-        queue.rate.add(now)
-        delivered = 0
-        for subscriber in queue.subscribers:
-            if subscriber is not sender:
-                subscriber.send(frame)
-                subscriber.messages_out += 1
-                delivered += 1
-        registry = self.registry
-        registry.messages_out += delivered
-        registry.rate_in.add(now)
-        registry.rate_out.add(now, delivered)
+        queue.last_publish = stored[P.SENT]
+        if queue.subscribers:
+            pending = queue.pending
+            if not pending:
+                self._dirty_queues.append(queue)
+                if not self._flush_scheduled:
+                    self._schedule()
+            if sender is not None and not sender.echo and sender in queue.subscribers:
+                queue.pending_senders.append((len(pending), sender))
+            pending.append(frame)
+        else:
+            queue.rate.add(queue.last_publish)  # with subscribers, counted per batch at the fan-out
+
 
 def _json_type(value: Any) -> str:
     if value is None:

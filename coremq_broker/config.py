@@ -42,12 +42,15 @@ class BrokerConfig:
     write_high: int = 64 * 2**10
     write_low: int = 16 * 2**10
     #: Limits: connections in all and per authenticated user, publishes per
-    #: second per connection (0: none), failed authentications per address
+    #: second per connection (0, the default, sets none: one connection cannot
+    #: outrun the broker here, and a limit would cap honest throughput; set one
+    #: where clients are not trusted, see docs/security.md), failed
+    #: authentications per address
     #: (each failure doubles the wait before the next answer; past the limit
     #: within five minutes the address is refused).
     max_connections: int = 20_000
     max_connections_per_user: int = 100
-    max_publish_rate: int = 100_000
+    max_publish_rate: int = 0
     max_auth_failures: int = 10
     #: TLS on the TCP listener: certificate and key files (PEM).
     tls_cert: str = ""

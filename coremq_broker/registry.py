@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .access import ANONYMOUS, Principal
-
-if TYPE_CHECKING:
-    from .access import TokenBucket
 
 __all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter"]
 
@@ -95,7 +92,9 @@ class Connection:
         self.id = connection_id
         self.peer = peer
         self.principal: Principal = ANONYMOUS
-        self.publish_bucket: "TokenBucket | None" = None
+        self.publish_limit = 0  # publishes per second; 0: no limit
+        self._publish_second = 0
+        self._publish_count = 0
         self.connected_since = time.time()
         self.subscriptions: set[str] = set()
         self.options: dict[str, Any] = {}
@@ -111,6 +110,24 @@ class Connection:
 
     def send(self, frame: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def deliver_batch(self, frames: list[bytes], blob: bytes) -> None:
+        """Deliver a queue's frames of one loop iteration; ``blob`` is them joined.
+
+        Transports that write bytes take the blob in one append; others get
+        each frame through :meth:`send`.
+        """
+        for frame in frames:
+            self.send(frame)
+
+    def may_publish(self) -> bool:
+        """Count a publish against ``publish_limit`` per second; False when over it."""
+        second = int(time.monotonic())
+        if second != self._publish_second:
+            self._publish_second = second
+            self._publish_count = 0
+        self._publish_count += 1
+        return self._publish_count <= self.publish_limit
 
     def hold(self) -> None:
         """Stop taking requests from the peer until :meth:`release` (nestable)."""
@@ -160,7 +177,7 @@ class Queue:
     """
 
     __slots__ = ("name", "owner", "subscribers", "history", "last_id", "published", "last_publish",
-                 "settings", "rate")
+                 "settings", "rate", "pending", "pending_senders")
 
     def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
         self.name = name
@@ -172,6 +189,10 @@ class Queue:
         self.published = 0
         self.last_publish: float | None = None
         self.rate = RateCounter()
+        # Frames published in this loop iteration, fanned out together at its end,
+        # and which of them came from a subscriber that must not get its own.
+        self.pending: list[bytes] = []
+        self.pending_senders: list[tuple[int, Connection]] = []
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """Take new settings; a shorter history keeps the newest messages."""

@@ -126,6 +126,9 @@ class TcpConnection(asyncio.Protocol, Connection):
         if self._out_bytes > self._max_out:
             self._overflow(frame)
 
+    def deliver_batch(self, frames: list[bytes], blob: bytes) -> None:
+        self.send(blob)
+
     def flush(self) -> None:
         """Write what :meth:`send` collected, unless the socket is over its high-water mark."""
         out = self._out
@@ -204,12 +207,13 @@ class TcpConnection(asyncio.Protocol, Connection):
                 kept.append(frame)
                 continue
             self._out_bytes -= len(frame)
-            self.dropped += 1
+            frames = _split_frames(frame)  # one queue's frames of one loop iteration
+            self.dropped += len(frames)
             span = gaps.get(queue)
             if span is None:
-                gaps[queue] = [frame, frame]
+                gaps[queue] = [frames[0], frames[-1]]
             else:
-                span[1] = frame
+                span[1] = frames[-1]
         out.extendleft(reversed(kept))
 
     def _gap_notice(self) -> bytes:
@@ -232,3 +236,15 @@ class TcpConnection(asyncio.Protocol, Connection):
 def _frame_queue(frame: bytes) -> str:
     """The queue name of a frame this broker encoded."""
     return frame.split(b" ", 2)[1].decode()
+
+
+def _split_frames(blob: bytes) -> list[bytes]:
+    """The frames, headers included, of a run of frames this broker encoded."""
+    frames = []
+    position = 0
+    while position < len(blob):
+        space = blob.index(b" ", position)
+        end = space + 1 + int(blob[position + 1 : space])
+        frames.append(blob[position:end])
+        position = end
+    return frames

@@ -55,3 +55,20 @@ def test_describe_reports_memory_and_descriptors():
     description = Registry(lambda name: QueueSettings(1)).describe()
     assert description["rss_bytes"] > 1_000_000
     assert description["open_fds"] >= 3
+
+
+def test_queue_rate_counts_publishes_with_and_without_subscribers(broker):
+    """A queue's rate counts every publish, whether or not anyone subscribes."""
+    from wire import RawClient
+
+    listener = RawClient(broker.host, broker.port)
+    listener.control({"coremq_subscribe": ["heard"]})
+    client = RawClient(broker.host, broker.port)
+    for name in ("heard", "unheard"):
+        for n in range(5):
+            client.send(name, {"n": n})
+            client.read()
+    later = __import__("time").time() + 1.5
+    series = broker.call(lambda: {name: sum(broker.broker.registry.queues[name].rate.series(later))
+                                  for name in ("heard", "unheard")})
+    assert series == {"heard": 5, "unheard": 5}
