@@ -21,6 +21,7 @@ from .version import VERSION
 
 if TYPE_CHECKING:
     from .access import AccessPolicy, FailureTracker, Principal
+    from .durable import HistoryStore
     from .config import BrokerConfig
     from .registry import Registry
 
@@ -41,6 +42,7 @@ class ControlRequests:
     access: "AccessPolicy"
     authenticator: "Callable[[dict], Awaitable[Principal | None]] | None"
     auth_failures: "FailureTracker"
+    _store: "HistoryStore | None"
     address: str
 
     def _reply(self, connection: Connection, reply: dict, request: int | None = None) -> None:  # pragma: no cover
@@ -226,6 +228,8 @@ class ControlRequests:
             purged = len(queue.history) if queue is not None else 0
             if queue is not None:
                 queue.history.clear()
+                if self._store is not None:
+                    self._store.purge(queue.name)  # its durable history too
             return {"response": "OK: Purged", "purged": purged}
         raise RequestError(f"unknown admin action {action!r}")
 

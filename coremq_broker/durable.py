@@ -24,7 +24,8 @@ __all__ = ["HistoryStore", "StoredHistory"]
 
 logger = logging.getLogger("coremq.durable")
 
-#: One write: queue name, message id, the stored JSON, and the loop callback.
+#: One write: queue name, message id, the stored JSON, and the loop callback;
+#: a message id of 0 with no body purges the queue.
 Write = tuple[str, int, bytes, Callable[[], None]]
 #: What a store holds at start: queue name -> [(id, stored JSON), ...] oldest first.
 StoredHistory = dict[str, list[tuple[int, bytes]]]
@@ -79,6 +80,10 @@ class HistoryStore:
         """Queue a write; ``done`` runs on the loop once it is committed."""
         self._writes.put((name, message_id, body, done))
 
+    def purge(self, name: str) -> None:
+        """Forget a queue's durable history (after the writes queued before this)."""
+        self._writes.put((name, 0, b"", _nothing))
+
     def close(self) -> None:
         """Commit what is queued and stop the writer (blocking)."""
         if self._thread is not None:
@@ -110,12 +115,15 @@ class HistoryStore:
     def _commit(self, db: sqlite3.Connection, batch: list[Write], newest: dict[str, int],
                 unpruned: dict[str, int]) -> None:
         db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO history (queue, id, body) VALUES (?, ?, ?)",
-                       [(name, message_id, body) for name, message_id, body, _ in batch])
-        for name, message_id, _, _ in batch:
-            newest[name] = message_id
-            unpruned[name] = unpruned.get(name, 0) + 1
-        for name in {name for name, _, _, _ in batch}:
+        for name, message_id, body, _ in batch:
+            if message_id:
+                db.execute("INSERT OR REPLACE INTO history (queue, id, body) VALUES (?, ?, ?)",
+                           (name, message_id, body))
+                newest[name] = message_id
+                unpruned[name] = unpruned.get(name, 0) + 1
+            else:
+                db.execute("DELETE FROM history WHERE queue = ?", (name,))
+        for name in {name for name, message_id, _, _ in batch if message_id}:
             keep = self.keep(name)
             if unpruned[name] >= max(keep, 100):  # trim now and then, not on every write
                 db.execute("DELETE FROM history WHERE queue = ? AND id <= ?", (name, newest[name] - keep))
@@ -124,6 +132,10 @@ class HistoryStore:
         assert self._loop is not None
         callbacks = [done for _, _, _, done in batch]
         self._loop.call_soon_threadsafe(_run_all, callbacks)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _run_all(callbacks: list[Callable[[], None]]) -> None:

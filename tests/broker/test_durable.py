@@ -91,3 +91,27 @@ def test_durable_per_queue_and_delivery_after_commit(tmp_path):
 
     saved = HistoryStore(path).load()
     assert list(saved) == ["d.orders"] and len(saved["d.orders"]) == 20
+
+
+def test_purge_clears_durable_history(tmp_path):
+    """Purging a durable queue empties its history on disk as well: a restart does not bring it back."""
+    path = str(tmp_path / "history.sqlite3")
+    config = BrokerConfig(port=0, durable_all=True, durable_path=path)
+    running = BrokerThread(config)
+    client = RawClient(running.host, running.port)
+    for n in range(3):
+        client.send("gone", {"n": n})
+        client.read()
+    assert client.control({"coremq_admin": {"action": "purge", "queue": "gone"}})["purged"] == 3
+    client.send("gone", {"n": 3})
+    client.read()
+    client.close()
+    running.stop()
+    again = BrokerThread(config)
+    try:
+        client = RawClient(again.host, again.port)
+        reply = client.control({"coremq_gethistory": ["gone"]})
+        assert [m["n"] for m in reply["history"]["gone"]] == [3]
+        client.close()
+    finally:
+        again.stop()
