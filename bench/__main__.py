@@ -58,7 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", choices=("py-spy", "cprofile"),
                    help="profile the CoreMQ broker during fan-out (cprofile implies --broker serve)")
     p.add_argument("--quiet-wait", type=float, help="seconds to wait for a quiet machine before each run "
-                                                    "(default 30, quick 2)")
+                                                    "(default 10, quick 2; 0: never wait)")
+    p.add_argument("--quiet-budget", type=float, default=150.0,
+                   help="seconds that waiting for quiet and repeating disturbed runs may add in all (default 150)")
     p.add_argument("--name", help="results file name (default: the benchmark, with -quick in quick mode)")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--no-chart", action="store_true")
@@ -79,7 +81,8 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
                               max_messages=args.max_messages)
     conns = ConnsSettings(count=_pick(args.conns, 10_000, 500, q), settle=0.5 if q else 1.0)
     return SuiteSettings(runs=_pick(args.runs, 3, 1, q), subscribers=subs, fanout=fanout, latency=latency,
-                         conns=conns, quiet_wait=_pick(args.quiet_wait, 30.0, 2.0, q), retries=0 if q else 2)
+                         conns=conns, quiet_wait=_pick(args.quiet_wait, 10.0, 2.0, q), retries=0 if q else 1,
+                         quiet_budget=args.quiet_budget)
 
 
 def _git_commit() -> str:
@@ -173,6 +176,8 @@ async def _run(args: argparse.Namespace) -> int:
     results["failures"] = suite.failures
     meta["seconds"] = round(time.monotonic() - start, 1)
     meta["waited_for_quiet"] = round(suite.waited, 1)
+    meta["repeated_noisy_seconds"] = round(suite.repeated, 1)
+    meta["noisy_runs_kept"] = suite.noisy_runs
     json_path = args.results_dir / f"{args.name}.json"
     json_path.write_text(json.dumps(results, indent=1, default=str))
     print(render_table(results))

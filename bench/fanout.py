@@ -42,7 +42,7 @@ class FanoutSettings:
     #: Publishes in flight (unanswered, or not yet delivered on average).
     window: int = 1000
     #: Deliveries in flight across all subscribers; the window shrinks to fit for large S.
-    delivery_budget: int = 100_000
+    delivery_budget: int = 200_000
     #: Publishes per write at most.
     batch: int = 100
     #: Seconds without progress before a run is declared stuck.
@@ -81,7 +81,8 @@ class _Run:
     """The state of one fan-out run, driven by the links' callbacks."""
 
     def __init__(self, target: Target, settings: FanoutSettings, stream: SeqStream,
-                 publisher: Link, subscribers: list[Link], verifiers: list[Verifier], ack: Verifier | None) -> None:
+                 publisher: Link, subscribers: list[Link], verifiers: list[Verifier], inbound: Verifier | None,
+                 acks: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.settings = settings
@@ -89,7 +90,8 @@ class _Run:
         self.publisher = publisher
         self.subscribers = subscribers
         self.verifiers = verifiers
-        self.ack = ack
+        self.inbound = inbound  # checks what the publisher receives
+        self.ack = inbound if acks else None  # ... and counts answered publishes, if the target answers
         self.count = len(subscribers)
         self.window = settings.window_for(self.count)
         self.threshold = max(1, min(settings.batch, self.window // 4))
@@ -126,12 +128,12 @@ class _Run:
         return sink
 
     def publisher_sink(self, data: bytes) -> None:
-        ack = self.ack
-        if ack is None:
+        inbound = self.inbound
+        if inbound is None:
             self.fail(f"unexpected data to the publisher: {data[:200]!r}")
             return
-        if ack.feed(data) == 0 and ack.error is not None:
-            self.fail(f"publisher: {ack.error}")
+        if inbound.feed(data) == 0 and inbound.error is not None:
+            self.fail(f"publisher: {inbound.error}")
         elif self.stopped:
             self._check_done()
         else:
@@ -242,7 +244,7 @@ async def fanout_run(target: Target, subscribers: int, settings: FanoutSettings)
         delivery_stream = wire.delivery_stream(topic)
         verifiers = [wire.delivery_verifier(topic, delivery_stream) for _ in subs]
         run = _Run(target, settings, SeqStream(wire.publish_frame(topic)), publisher, subs, verifiers,
-                   wire.ack_verifier(subscribers))
+                   wire.publisher_verifier(subscribers), wire.acks)
         for link, verifier in zip(subs, verifiers):
             link.on_lost = run.lost
             link.set_sink(run.subscriber_sink(verifier))

@@ -66,14 +66,15 @@ class _Probe:
     """One publisher and one subscriber, timing every message."""
 
     def __init__(self, mode: str, settings: LatencySettings, stream: SeqStream, publisher: Link,
-                 verifier: Verifier, ack: Verifier | None, meter: CpuMeter) -> None:
+                 verifier: Verifier, inbound: Verifier | None, acks: bool, meter: CpuMeter) -> None:
         self.loop = asyncio.get_running_loop()
         self.mode = mode
         self.settings = settings
         self.stream = stream
         self.publisher = publisher
         self.verifier = verifier
-        self.ack = ack
+        self.inbound = inbound  # checks what the publisher receives
+        self.ack = inbound if acks else None  # ... and counts answers, if the target answers publishes
         self.meter = meter
         self.sent = 0
         self.sent_at: list[int] = []  # perf_counter_ns of each publish's write
@@ -103,10 +104,10 @@ class _Probe:
             self.fail(f"subscriber: {self.verifier.error}")
 
     def on_ack(self, data: bytes) -> None:
-        if self.ack is None:
+        if self.inbound is None:
             self.fail(f"unexpected data to the publisher: {data[:200]!r}")
-        elif self.ack.feed(data) == 0 and self.ack.error is not None:
-            self.fail(f"publisher: {self.ack.error}")
+        elif self.inbound.feed(data) == 0 and self.inbound.error is not None:
+            self.fail(f"publisher: {self.inbound.error}")
         else:
             self.advance()
 
@@ -189,7 +190,7 @@ async def latency_run(target: Target, mode: str, settings: LatencySettings) -> L
         links.append(publisher)
         verifier = wire.delivery_verifier(topic, wire.delivery_stream(topic))
         probe = _Probe(mode, settings, SeqStream(wire.publish_frame(topic)), publisher, verifier,
-                       wire.ack_verifier(1), CpuMeter(target))
+                       wire.publisher_verifier(1), wire.acks, CpuMeter(target))
         subscriber.on_lost = publisher.on_lost = probe.lost
         subscriber.set_sink(probe.on_delivery)
         publisher.set_sink(probe.on_ack)

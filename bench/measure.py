@@ -23,21 +23,28 @@ __all__ = ["CpuShare", "CpuMeter", "percentile", "median"]
 
 @dataclass(frozen=True)
 class CpuShare:
-    """Cores used over a window: ``server`` (the target), ``generator`` (this process), ``other``."""
+    """Cores used over a window: ``server`` (the target), ``generator`` (this process), ``other``.
+
+    ``generator_sys`` is the part of ``generator`` spent in the kernel (mostly
+    copying the received bytes out of the sockets).
+    """
 
     seconds: float
     server: float
     generator: float
     other: float
+    generator_sys: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {"seconds": round(self.seconds, 4), "server": round(self.server, 3),
-                "generator": round(self.generator, 3), "other": round(self.other, 3)}
+                "generator": round(self.generator, 3), "generator_sys": round(self.generator_sys, 3),
+                "other": round(self.other, 3)}
 
 
-def _own_cpu() -> float:
+def _own_cpu() -> tuple[float, float]:
+    """``(user + system, system)`` seconds of this process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
 
 def _machine_busy() -> float:
@@ -50,10 +57,10 @@ class CpuMeter:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._start: tuple[float, float, float, float] | None = None
+        self._start: tuple[float, ...] | None = None
 
-    def _sample(self) -> tuple[float, float, float, float]:
-        return time.perf_counter(), self.target.cpu_seconds(), _own_cpu(), _machine_busy()
+    def _sample(self) -> tuple[float, ...]:
+        return (time.perf_counter(), self.target.cpu_seconds(), *_own_cpu(), _machine_busy())
 
     def start(self) -> None:
         self._start = self._sample()
@@ -61,9 +68,9 @@ class CpuMeter:
     def stop(self) -> CpuShare:
         assert self._start is not None
         end = self._sample()
-        wall, server, own, busy = (b - a for a, b in zip(self._start, end))
+        wall, server, own, own_sys, busy = (b - a for a, b in zip(self._start, end))
         wall = max(wall, 1e-9)
-        return CpuShare(wall, server / wall, own / wall, max(0.0, busy - server - own) / wall)
+        return CpuShare(wall, server / wall, own / wall, max(0.0, busy - server - own) / wall, own_sys / wall)
 
 
 def percentile(ordered: list[float], q: float) -> float:

@@ -9,20 +9,19 @@ every target: it writes pre-encoded frames and compares received bytes.
 Redis, MQTT and NATS deliver a payload in a frame whose bytes are known in
 advance, so their subscribers are checked byte for byte against a
 :class:`~bench.streams.SeqStream`. CoreMQ stamps each delivery with the
-sender, a time and a number, so its subscribers are checked by
-:class:`CoreMQDeliveryVerifier`, which finds the sequence numbers with one
-regular-expression scan per chunk.
+sender, a time and a number, so its deliveries are checked by
+:mod:`bench.coremq_verify`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Callable, Protocol
 
 from coremq_client.codec import encode_frame
 
+from .coremq_verify import CoreMQDeliveryVerifier, CoreMQSubscriberVerifier, SharedDeliveries
 from .handshake import ExpectExact, ExpectUntil, Handshake, HandshakeError, Steps
 from .streams import PAYLOAD_SIZE, RepeatStream, SeqStream, StreamMismatch, StreamVerifier
 
@@ -70,15 +69,19 @@ class Wire:
     def publish_frame(self, topic: str) -> Callable[[bytes], bytes]:
         raise NotImplementedError
 
-    def delivery_stream(self, topic: str) -> SeqStream | None:
-        """The exact bytes a subscriber receives, if they are known in advance."""
+    def delivery_stream(self, topic: str) -> SeqStream | SharedDeliveries | None:
+        """What all subscribers' verifiers share: the exact bytes they must receive, if known."""
         return None
 
-    def delivery_verifier(self, topic: str, stream: SeqStream | None) -> Verifier:
+    def delivery_verifier(self, topic: str, stream: SeqStream | SharedDeliveries | None) -> Verifier:
         assert stream is not None
         return StreamVerifier(stream)
 
-    def ack_verifier(self, subscribers: int) -> Verifier | None:
+    def publisher_verifier(self, subscribers: int) -> Verifier | None:
+        """Checks what the publisher receives (None: nothing may arrive).
+
+        When :attr:`acks` is true its count is the number of publishes answered.
+        """
         return None
 
 
@@ -135,116 +138,15 @@ class CoreMQWire(Wire):
     def publish_frame(self, topic: str) -> Callable[[bytes], bytes]:
         return lambda body: encode_frame(topic, body)
 
-    def delivery_verifier(self, topic: str, stream: SeqStream | None) -> Verifier:
-        return CoreMQDeliveryVerifier(topic)
+    def delivery_stream(self, topic: str) -> SharedDeliveries:
+        return SharedDeliveries(topic)
 
-    def ack_verifier(self, subscribers: int) -> Verifier | None:
+    def delivery_verifier(self, topic: str, stream: SeqStream | SharedDeliveries | None) -> Verifier:
+        assert isinstance(stream, SharedDeliveries)
+        return CoreMQSubscriberVerifier(stream)
+
+    def publisher_verifier(self, subscribers: int) -> Verifier | None:
         return CoreMQAckCounter()
-
-
-class CoreMQDeliveryVerifier:
-    """Checks a CoreMQ subscriber's deliveries: every frame a delivery, seq 0, 1, 2, ... in order.
-
-    Only complete frames are checked (up to the last ``}``; a frame's JSON
-    object is flat, so its ``}`` ends it); the rest waits for the next chunk.
-    Every ``{`` in them must open a benchmark message, ``{"seq":"`` and ten
-    digits, so a frame of any other kind (an error, a BYE) fails the check;
-    the sequence numbers must run on from the previous chunk without a gap;
-    and the last ``coremq_id`` must equal the count (ids start at 1 on a fresh
-    queue). Large chunks are checked with numpy, a few C passes over the bytes
-    (the generator must stay cheaper than the broker it measures); small ones
-    with one regular-expression scan.
-    """
-
-    _SEQ = re.compile(rb'\{"seq":"(\d{10})"')
-    _ID = b'"coremq_id":'
-    _NUMPY_FROM = 4096  # bytes; below this numpy's per-call overhead costs more than it saves
-
-    def __init__(self, queue: str) -> None:
-        self.queue = queue
-        self.count = 0
-        self.error: StreamMismatch | None = None
-        self._tail = b""
-
-    def feed(self, data: bytes) -> int:
-        if self.error is not None:
-            return 0
-        before = self.count
-        start = 0
-        if self._tail:  # finish the frame that the last chunk cut, without copying all of data
-            close = data.find(b"}")
-            if close < 0:
-                self._tail += data
-                return 0
-            head, self._tail = self._tail + data[:close + 1], b""
-            if not self._check(head, 0, len(head)):
-                return 0
-            start = close + 1
-        cut = data.rfind(b"}") + 1
-        if cut <= start:
-            self._tail = data[start:]
-        else:
-            self._tail = data[cut:]
-            if not self._check(data, start, cut):
-                return 0
-        return self.count - before
-
-    def _check(self, data: bytes, start: int, end: int) -> bool:
-        first = self.count
-        if np is not None and end - start >= self._NUMPY_FROM:
-            numbers = _numpy_seqs(data, start, end)
-            if numbers is None:
-                return self._fail(f"a frame that is not a delivery of a benchmark message in {data[start:start + 300]!r}")
-            n = len(numbers)
-            if not np.array_equal(numbers, np.arange(first, first + n)):
-                k = int(np.flatnonzero(numbers != np.arange(first, first + n))[0])
-                return self._fail(f"expected message seq {first + k}, got seq {int(numbers[k])} (lost or reordered)")
-        else:
-            seqs = self._SEQ.findall(data, start, end)
-            n = len(seqs)
-            if data.count(b"{", start, end) != n:
-                return self._fail(f"a frame that is not a delivery of a benchmark message in {data[start:end][:300]!r}")
-            numbers = list(map(int, seqs))
-            if numbers != list(range(first, first + n)):
-                k = next(i for i, (got, want) in enumerate(zip(numbers, range(first, first + n))) if got != want)
-                return self._fail(f"expected message seq {first + k}, got seq {numbers[k]} (lost or reordered)")
-        at = data.rfind(self._ID, start, end) + len(self._ID)
-        last_id = data[at:data.find(b"}", at)].split(b",")[0]
-        if int(last_id) != first + n:
-            return self._fail(f"coremq_id {int(last_id)} on message seq {first + n - 1}, expected {first + n}")
-        self.count = first + n
-        return True
-
-    def _fail(self, reason: str) -> bool:
-        self.error = StreamMismatch(f"queue {self.queue!r}: {reason}")
-        return False
-
-
-try:  # numpy comes with matplotlib; without it the regular-expression path does all the work
-    import numpy as np
-except ImportError:  # pragma: no cover
-    np = None
-
-if np is not None:
-    _OPEN = ord("{")
-    _SEQ_MARK = np.frombuffer(b'"seq":"', np.uint8)
-    _SEQ_SPAN = np.arange(1, 1 + len(_SEQ_MARK) + 10)  # after each "{": the mark, then ten digits
-    _POWERS = 10 ** np.arange(9, -1, -1, dtype=np.int64)
-
-
-def _numpy_seqs(data: bytes, start: int, end: int) -> "np.ndarray | None":
-    """The sequence numbers of the messages in ``data[start:end]``; None if an object is not one."""
-    arr = np.frombuffer(data, np.uint8, count=end)[start:]
-    opens = np.flatnonzero(arr == _OPEN)
-    if len(opens) and opens[-1] + _SEQ_SPAN[-1] >= len(arr):
-        return None
-    window = arr[opens[:, None] + _SEQ_SPAN]
-    if not (window[:, :len(_SEQ_MARK)] == _SEQ_MARK).all():
-        return None
-    digits = window[:, len(_SEQ_MARK):].astype(np.int64) - 48
-    if ((digits < 0) | (digits > 9)).any():
-        return None
-    return digits @ _POWERS
 
 
 class CoreMQAckCounter:
@@ -302,7 +204,7 @@ class RedisWire(Wire):
         channel = topic.encode()
         return SeqStream(lambda body: _resp(b"message", channel, body))
 
-    def ack_verifier(self, subscribers: int) -> Verifier | None:
+    def publisher_verifier(self, subscribers: int) -> Verifier | None:
         # Every publish must report that all subscribers got it.
         return StreamVerifier(RepeatStream(b":%d\r\n" % subscribers))
 
@@ -394,6 +296,9 @@ class NATSWire(Wire):
         assert stream is not None
         # The server PINGs a new client after about two seconds; the PONG is not needed for minutes.
         return StreamVerifier(stream, interjections=(b"PING\r\n",))
+
+    def publisher_verifier(self, subscribers: int) -> Verifier | None:
+        return StreamVerifier(RepeatStream(b"PING\r\n"))  # the server's PING, nothing else
 
 
 WIRES: dict[str, type[Wire]] = {w.name: w for w in (CoreMQWire, RedisWire, MQTTWire, NATSWire)}

@@ -43,8 +43,8 @@ def summarise_fanout(runs: list[dict]) -> dict[str, Any]:
         if good and not failed:
             cell["rate"] = median([r["rate"] for r in good])
             cell["rates"] = [round(r["rate"]) for r in good]
-            for part in ("server", "generator", "other"):
-                cell[part] = median([r["cpu"][part] for r in good if r["cpu"]])
+            for part in ("server", "generator", "generator_sys", "other"):
+                cell[part] = median([r["cpu"].get(part, math.nan) for r in good if r["cpu"]])
             cell["noisy_runs"] = sum(1 for r in good if r.get("noisy"))
         table.setdefault(target, {})[str(subs)] = cell
     ratios: dict[str, dict[str, float | None]] = {}
@@ -140,6 +140,10 @@ def render_table(results: dict[str, Any]) -> str:
     lines = [f"CoreMQ benchmarks, {meta['started']} on {meta['cpus']} CPUs ({meta['machine']})",
              "  " + "; ".join(f"{LABELS[t]} {meta['targets'][t]['version']}" for t in targets),
              f"  CoreMQ served by: {meta['coremq_mode']}; load generator: {meta['generator']}"]
+    if meta.get("noisy_runs_kept") or meta.get("waited_for_quiet"):
+        lines.append(f"  shared machine: waited {meta.get('waited_for_quiet', 0):g}s for quiet, repeated disturbed runs "
+                     f"for {meta.get('repeated_noisy_seconds', 0):g}s; {meta.get('noisy_runs_kept', 0)} run(s) kept "
+                     "although other processes used over 0.35 cores (\"noisy\" in the JSON)")
     fanout = results.get("fanout")
     if fanout:
         s = fanout["settings"]
@@ -154,15 +158,15 @@ def render_table(results: dict[str, Any]) -> str:
                                           for t in targets)
             row += "  | " + "".join(f"{_num(summary['ratios'].get(p, {}).get(str(subs))):>9}" for p in peers)
             lines.append(row)
-        lines += ["", "  CPU during fan-out, in cores (server / load generator / everything else):"]
-        lines.append(f"{'S':>6} " + "".join(f"{LABELS[t]:>18}" for t in targets))
+        lines += ["", "  CPU during fan-out, in cores: server / load generator (of it in the kernel) / everything else"]
+        lines.append(f"{'S':>6} " + "".join(f"{LABELS[t]:>28}" for t in targets))
         for subs in s["subscribers"]:
             cells = []
             for t in targets:
                 c = summary["median"].get(t, {}).get(str(subs), {})
-                cells.append(f"{_num(c.get('server'))}/{_num(c.get('generator'))}/{_num(c.get('other'))}"
-                             if "server" in c else "-")
-            lines.append(f"{subs:>6} " + "".join(f"{c:>18}" for c in cells))
+                cells.append(f"{_num(c.get('server'))} / {_num(c.get('generator'))} ({_num(c.get('generator_sys'))}) / "
+                             f"{_num(c.get('other'))}" if "server" in c else "-")
+            lines.append(f"{subs:>6} " + "".join(f"{c:>28}" for c in cells))
     latency = results.get("latency")
     if latency:
         s = latency["settings"]

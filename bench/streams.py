@@ -150,8 +150,28 @@ class StreamVerifier:
         self.error: StreamMismatch | None = None
         self._describe = describe or repr
         self._partial = b""  # the start of an interjection cut by the end of a chunk
+        self._frame_size = stream.frame_size
+        # The block being received and the position in it, for the fast path.
+        self._block, self._position = stream.bytes_at(0)
+        self._block_size = stream.block_size
 
     def feed(self, data: bytes) -> int:
+        """Check ``data`` against the stream; return the frames it completed."""
+        # Fast path: all of data inside the current block, no pending partial interjection.
+        position = self._position
+        end = position + len(data)
+        if end < self._block_size and not self._partial and self._block.startswith(data, position):
+            self._position = end
+            offset = self.offset = self.offset + len(data)
+            done = offset // self._frame_size
+            new = done - self.count
+            self.count = done
+            return new
+        n = self._feed(data)
+        self._block, self._position = self.stream.bytes_at(self.offset)
+        return n
+
+    def _feed(self, data: bytes) -> int:
         if self.error is not None:
             return 0
         if self._partial:

@@ -6,7 +6,10 @@ come from one session. Before each run the machine must be quiet (less than
 ``quiet`` cores busy outside this harness, measured over half a second; the
 harness waits up to ``quiet_wait`` seconds for that); a run during which
 other processes used more than ``noise`` cores is repeated up to ``retries``
-times and, if still disturbed, kept but flagged ``noisy``.
+times and, if still disturbed, kept but flagged ``noisy``. Waiting and
+repeating together may add at most ``quiet_budget`` seconds to the session,
+so that a busy machine makes the numbers noisier (and says so), never the
+session endless.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ class SuiteSettings:
     latency: LatencySettings = field(default_factory=LatencySettings)
     conns: ConnsSettings = field(default_factory=ConnsSettings)
     quiet: float = 0.3
-    quiet_wait: float = 30.0
+    quiet_wait: float = 10.0
     noise: float = 0.35
-    retries: int = 2
+    retries: int = 1
+    quiet_budget: float = 150.0
 
 
 def _busy() -> float:
@@ -54,6 +58,8 @@ class Suite:
         self.log = log
         self.failures: list[str] = []
         self.waited = 0.0
+        self.repeated = 0.0
+        self.noisy_runs = 0
 
     async def wait_for_quiet(self) -> float:
         """Wait until other processes use less than ``quiet`` cores; return the load seen last.
@@ -67,23 +73,32 @@ class Suite:
             t0, b0 = time.perf_counter(), _busy()
             await asyncio.sleep(0.5)
             load = (_busy() - b0) / (time.perf_counter() - t0)
-            if load < self.settings.quiet or time.monotonic() >= deadline:
+            if load < self.settings.quiet or time.monotonic() >= deadline or self.spent >= self.settings.quiet_budget:
                 return load
             self.waited += 0.5
+
+    @property
+    def spent(self) -> float:
+        """Seconds of the quiet budget used: waiting, and repeating disturbed runs."""
+        return self.waited + self.repeated
 
     async def _measure(self, what: str, run: Callable[[], Awaitable[Any]]) -> dict:
         """One run on a quiet machine, repeated while others disturbed it."""
         for attempt in range(self.settings.retries + 1):
             load = await self.wait_for_quiet()
+            started = time.monotonic()
             result = await run()
             data = result.as_dict()
             other = (data.get("cpu") or {}).get("other", 0.0)
             data["noisy"] = other > self.settings.noise
             data["attempt"] = attempt + 1
             data["load_before"] = round(load, 3)
-            if data.get("error") or not data["noisy"] or attempt == self.settings.retries:
+            if (data.get("error") or not data["noisy"] or attempt == self.settings.retries
+                    or self.spent >= self.settings.quiet_budget):
                 break
+            self.repeated += time.monotonic() - started
             self.log(f"    ({what}: other processes used {other:.2f} cores; repeating)")
+        self.noisy_runs += bool(data["noisy"])
         if data.get("error"):
             self.failures.append(f"{what}: {data['error']}")
             self.log(f"    FAILED {what}: {data['error']}")

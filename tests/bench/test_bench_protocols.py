@@ -7,9 +7,10 @@ import time
 import orjson
 import pytest
 
-from bench import protocols
+from bench import coremq_verify
 from bench.handshake import ExpectExact, ExpectUntil
-from bench.protocols import CoreMQAckCounter, CoreMQDeliveryVerifier, CoreMQWire, NATSWire, RedisWire
+from bench.coremq_verify import CoreMQDeliveryVerifier, CoreMQSubscriberVerifier, SharedDeliveries
+from bench.protocols import CoreMQAckCounter, CoreMQWire, NATSWire, RedisWire
 from bench.streams import payload
 from coremq_client.codec import encode_frame
 
@@ -36,8 +37,8 @@ def feed_all(verifier: CoreMQDeliveryVerifier, data: bytes, size: int) -> int:
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each test through both checking paths (numpy for large chunks, regex for small)."""
     if request.param == "regex":
-        monkeypatch.setattr(protocols, "np", None)
-    elif protocols.np is None:
+        monkeypatch.setattr(coremq_verify, "np", None)
+    elif coremq_verify.np is None:
         pytest.skip("numpy is not installed")
     return request.param
 
@@ -143,8 +144,9 @@ def test_coremq_subscriber_setup(bytewise: bool) -> None:
     else:
         sent += handshake.feed(welcome)
     assert sent == encode_frame("conn-1", b'{"coremq_subscribe": ["%s"]}' % QUEUE.encode())
-    handshake.feed(ok + delivery(0)[:10])
-    assert handshake.done and handshake.leftover == delivery(0)[:10]
+    first = delivery(0)
+    handshake.feed(ok + first[:10])
+    assert handshake.done and handshake.leftover == first[:10]
 
 
 def test_coremq_refused_subscribe_is_an_error() -> None:
@@ -153,3 +155,51 @@ def test_coremq_refused_subscribe_is_an_error() -> None:
     handshake.feed(encode_frame("c", b'{"response":"OK: Welcome"}')
                    + encode_frame("c", b'{"response":"ERROR: permission denied","request":1}'))
     assert handshake.error is not None
+
+
+def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, i = [], 0
+    for size in sizes:
+        out.append(data[i:i + size])
+        i += size
+    return out + [data[i:]]
+
+
+@pytest.mark.parametrize("keep", [1 << 30, 2000])
+def test_shared_deliveries_checked_once_and_compared_by_all(path: str, keep: int) -> None:
+    """Subscribers reading the same stream in different pieces all count it; memory stays bounded."""
+    data = b"".join(stream(400))
+    shared = SharedDeliveries(QUEUE, keep=keep)
+    subscribers = [CoreMQSubscriberVerifier(shared) for _ in range(3)]
+    pieces = [chunked(data, [5000] * 30), chunked(data, [777] * 200), chunked(data, [1, 2, 3, 20000] * 5)]
+    # Interleave: whoever is ahead extends the shared stream, the others compare.
+    for round_ in range(max(map(len, pieces))):
+        for verifier, chunks in zip(subscribers, pieces):
+            if round_ < len(chunks):
+                verifier.feed(chunks[round_])
+    for verifier in subscribers:
+        assert verifier.error is None and verifier.private is None and verifier.count == 400
+    assert (shared.base > 0) == (keep < len(data))  # trimmed behind the slowest when over `keep`
+
+
+@pytest.mark.parametrize("size", [300, 1 << 20])
+def test_shared_deliveries_a_subscriber_that_missed_one_fails(path: str, size: int) -> None:
+    """A subscriber whose stream lacks a message is checked on its own, and the loss is named."""
+    frames = stream(200)
+    shared = SharedDeliveries(QUEUE)
+    good, bad = CoreMQSubscriberVerifier(shared), CoreMQSubscriberVerifier(shared)
+    feed_all(good, b"".join(frames), size)
+    feed_all(bad, b"".join(frames[:77] + frames[78:]), size)
+    assert good.error is None and good.count == 200
+    assert bad.private is not None and bad.error is not None
+    assert "expected message seq 77" in str(bad.error)
+
+
+def test_shared_deliveries_subscriber_with_its_own_valid_bytes_passes(path: str) -> None:
+    """A broker that stamps each subscriber's copy differently is not failed for it."""
+    shared = SharedDeliveries(QUEUE)
+    first, second = CoreMQSubscriberVerifier(shared), CoreMQSubscriberVerifier(shared)
+    first.feed(b"".join(stream(100)))
+    time.sleep(0.01)  # a different coremq_sent
+    assert second.feed(b"".join(stream(100))) == 100
+    assert second.private is not None and second.error is None
