@@ -14,6 +14,7 @@ from __future__ import annotations
 from .async_client import AsyncMessageQueue
 from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, JSONCodec
 from .errors import (
+    AuthenticationFailed,
     ConnectionClosed,
     CoreMQError,
     FrameBodyError,
@@ -27,11 +28,12 @@ from .errors import (
     ServerError,
     Timeout,
 )
-from .protocol import Delivery
+from .protocol import Delivery, Gap
 from .sync_client import MessageQueue
 
 __all__ = [
     "AsyncMessageQueue",
+    "AuthenticationFailed",
     "ConnectionClosed",
     "CoreMQError",
     "DEFAULT_MAX_FRAME_SIZE",
@@ -40,6 +42,7 @@ __all__ = [
     "FrameBodyError",
     "FrameHeaderError",
     "FrameTooLarge",
+    "Gap",
     "InvalidQueueName",
     "JSONCodec",
     "LocalUsageError",

@@ -1,24 +1,23 @@
 """Resuming without loss: both clients across cut connections and broker restarts, over real sockets.
 
-Each scenario is written once against a small blocking interface; the asyncio
-client is driven through it from its own event loop in another thread. The
-broker runs in a thread too (``conftest.BrokerThread``).
+Each scenario runs on both clients through ``tests/clients.py``; the broker
+runs in a thread (``conftest.BrokerThread``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from clients import PATIENCE, client_factory  # noqa: F401  (a fixture)
 from conftest import BrokerThread
 from coremq_broker.broker import Broker
 from coremq_broker.config import BrokerConfig
-from coremq_client import AsyncMessageQueue, Delivery, FrameTooLarge, MessageQueue
+from coremq_client import Delivery, FrameTooLarge
 from coremq_client.protocol import Gap
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,76 +29,6 @@ CUTS = (1_000, 2_500, 4_000, 6_500, 8_000)
 #: more itself before it accepts any connection: the subscriber must fetch them.
 RESTART_AT = 5_000
 MISSED_AT_RESTART = 500
-#: Bounds so that a broken client fails instead of hanging; nothing is timed.
-PATIENCE = 60.0
-FAST = {"backoff": 0.01, "max_backoff": 0.05}
-
-
-class SyncClient:
-    """A MessageQueue with a way to cut its connection from its own side."""
-
-    def __init__(self, broker: BrokerThread, **options: Any) -> None:
-        self.client = MessageQueue(broker.host, broker.port, **FAST, **options)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def cut(self) -> None:
-        self.client._conn.sock.shutdown(socket.SHUT_RDWR)
-
-
-class AsyncClient:
-    """An AsyncMessageQueue on an event loop in another thread, used with blocking calls."""
-
-    def __init__(self, broker: BrokerThread, **options: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="async-client", daemon=True)
-        self.thread.start()
-
-        async def make() -> AsyncMessageQueue:
-            return AsyncMessageQueue(broker.host, broker.port, **FAST, **options)
-
-        self.client = self._run(make())
-
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(PATIENCE)
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.client, name)
-        if asyncio.iscoroutinefunction(attribute):
-            return lambda *args, **kwargs: self._run(attribute(*args, **kwargs))
-        return attribute
-
-    def cut(self) -> None:
-        self.loop.call_soon_threadsafe(self.client._conn.writer.transport.abort)
-
-    def close(self) -> None:
-        self._run(self.client.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(PATIENCE)
-        self.loop.close()
-
-
-Make = Callable[..., Any]
-
-
-@pytest.fixture(params=["sync", "async"])
-def client_factory(request) -> Iterator[Callable[[BrokerThread], Make]]:
-    """``client_factory(broker)(**options)`` makes a connected client of either kind; all are closed afterwards."""
-    made: list[Any] = []
-
-    def for_broker(broker: BrokerThread) -> Make:
-        def make(**options: Any) -> Any:
-            kind = SyncClient if request.param == "sync" else AsyncClient
-            client = kind(broker, **options)
-            made.append(client)
-            client.connect()
-            return client
-        return make
-
-    yield for_broker
-    for client in made:
-        client.close()
 
 
 @pytest.fixture
