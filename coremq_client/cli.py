@@ -3,17 +3,25 @@
 Every command prints JSON on stdout, one value per line; notices go to
 stderr. Exit status: 0 on success (and when ``sub`` is stopped with Ctrl-C),
 1 when the broker refused or could not be reached, 2 on bad usage.
+
+``--token``, or ``--username`` with ``--password`` (or the environment
+variable ``COREMQ_PASSWORD``, which keeps it out of the process list), log
+in; ``--tls`` connects over TLS, verifying the broker's certificate against
+the system's authorities or ``--cafile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import sys
 from typing import Any, Sequence, TextIO
 
 from .codec import DEFAULT_PORT
 from .errors import CoreMQError
+from .protocol import Gap
 from .sync_client import MessageQueue
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="broker host (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default: %(default)s)")
+    login = parser.add_argument_group("logging in")
+    login.add_argument("--token", help="an API token")
+    login.add_argument("--username", help="a user name; the password comes from --password or $COREMQ_PASSWORD")
+    login.add_argument("--password", help="the user's password (prefer $COREMQ_PASSWORD: arguments are visible to others)")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help="connect over TLS and verify the broker's certificate")
+    tls.add_argument("--cafile", metavar="PEM", help="trust the certificates in this file (implies --tls)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sub = commands.add_parser("sub", help="print messages from queues as JSON lines until Ctrl-C")
@@ -54,6 +69,36 @@ def _print(value: Any, out: TextIO) -> None:
     out.flush()
 
 
+def _credentials(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """The login arguments for the client; exits with status 2 when they do not fit together."""
+    password = args.password if args.password is not None else os.environ.get("COREMQ_PASSWORD")
+    if args.token is not None:
+        if args.username is not None:
+            parser.error("give --token or --username, not both")
+        return {"token": args.token}
+    if args.username is not None:
+        if password is None:
+            parser.error("--username needs --password or the environment variable COREMQ_PASSWORD")
+        return {"username": args.username, "password": password}
+    if args.password is not None:
+        parser.error("--password needs --username")
+    return {}
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.tls or args.cafile):
+        return None
+    return ssl.create_default_context(cafile=args.cafile)
+
+
+def _report_gap(gap: Gap) -> None:
+    if gap.reset:
+        print(f"# queue {gap.queue} restarted its numbering: messages were lost", file=sys.stderr, flush=True)
+    else:
+        print(f"# queue {gap.queue}: messages {gap.first_missing}..{gap.last_missing} were lost",
+              file=sys.stderr, flush=True)
+
+
 def _subscribe(client: MessageQueue, count: int | None, out: TextIO) -> None:
     print(f"# subscribed to {', '.join(client.queues)} as {client.connection_id}", file=sys.stderr, flush=True)
     received = 0
@@ -66,10 +111,18 @@ def _subscribe(client: MessageQueue, count: int | None, out: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run one command; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    credentials = _credentials(parser, args)
     out = out or sys.stdout
     queues = args.queues if args.command == "sub" else ()
-    client = MessageQueue(args.host, args.port, queues=queues, timeout=args.timeout, connect_timeout=args.timeout)
+    try:
+        tls = _tls_context(args)
+    except OSError as exc:
+        print(f"error: cannot read --cafile: {exc}", file=sys.stderr)
+        return 2
+    client = MessageQueue(args.host, args.port, queues=queues, timeout=args.timeout, connect_timeout=args.timeout,
+                          ssl=tls, on_gap=_report_gap, **credentials)
     try:
         with client:
             if args.command == "sub":

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BrokerThread
+from coremq_broker.access import Principal, RulePolicy
+from coremq_broker.config import BrokerConfig
 from coremq_client import MessageQueue
 
 pytestmark = pytest.mark.timeout(60)
@@ -19,12 +22,13 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 ENV.pop("DJANGO_SETTINGS_MODULE", None)
+ENV.pop("COREMQ_PASSWORD", None)
 
 
-def cli(broker, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(broker, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coremq_client", "--host", broker.host, "--port", str(broker.port), *args],
-        capture_output=True, text=True, timeout=30, env=ENV, cwd=ROOT,
+        capture_output=True, text=True, timeout=30, env={**ENV, **(env or {})}, cwd=ROOT,
     )
 
 
@@ -116,3 +120,66 @@ def test_importing_the_client_never_imports_django():
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+# -- logging in and TLS --------------------------------------------------------
+
+async def authenticate(credentials: dict) -> Principal | None:
+    if credentials.get("token") == "tok-alice":
+        return Principal("alice", 1, is_staff=True)
+    if credentials.get("username") == "bob" and credentials.get("password") == "builder":
+        return Principal("bob", 2, is_staff=True)
+    return None
+
+
+@pytest.fixture
+def secured():
+    """A broker where only logged-in users (here, staff) may do anything."""
+    running = BrokerThread(BrokerConfig(port=0, shutdown_timeout=2.0),
+                           access=RulePolicy((), default="authenticated"), authenticator=authenticate)
+    yield running
+    running.stop()
+
+
+def test_token_and_password_log_in(secured):
+    """--token, and --username with the password from $COREMQ_PASSWORD or --password, log in before the command."""
+    assert cli(secured, "pub", "q", "{}").returncode == 1  # anonymous: refused
+    assert json.loads(cli(secured, "--token", "tok-alice", "pub", "q", "{}").stdout)["id"] == 1
+    result = cli(secured, "--username", "bob", "pub", "q", "{}", env={"COREMQ_PASSWORD": "builder"})
+    assert json.loads(result.stdout)["id"] == 2, result.stderr
+    result = cli(secured, "--username", "bob", "--password", "builder", "status")
+    assert json.loads(result.stdout)["response"] == "OK: Status", result.stderr
+
+
+def test_refused_credentials_exit_1(secured):
+    """Wrong credentials give exit status 1 and "error: authentication failed"."""
+    result = cli(secured, "--username", "bob", "--password", "nope", "status")
+    assert result.returncode == 1 and result.stderr.strip() == "error: authentication failed"
+
+
+@pytest.mark.parametrize("args", [
+    ("--username", "bob"),
+    ("--password", "builder"),
+    ("--token", "t", "--username", "bob", "--password", "builder"),
+])
+def test_incomplete_credentials_are_a_usage_error(broker, args):
+    """A username without a password, a password without a username, or a token with a username exit 2."""
+    result = cli(broker, *args, "status")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_tls_with_cafile(broker_config, tmp_path):
+    """--cafile (or --tls with it) connects over TLS trusting that certificate; plain TCP to it fails."""
+    from selfsigned import tls_contexts
+
+    server_tls, _ = tls_contexts(tmp_path)
+    running = BrokerThread(broker_config, ssl=server_tls)
+    try:
+        cafile = str(tmp_path / "cert.pem")
+        result = cli(running, "--tls", "--cafile", cafile, "pub", "secure", '"hush"')
+        assert json.loads(result.stdout)["id"] == 1, result.stderr
+        result = cli(running, "--cafile", cafile, "history", "secure")
+        assert json.loads(result.stdout) == {"secure": ["hush"]}
+        assert cli(running, "--tls", "--timeout", "1", "status").returncode == 1  # not a trusted authority
+    finally:
+        running.stop()
