@@ -252,3 +252,19 @@ async def test_tls_roundtrip(broker_config, tmp_path):
             assert await sub.get_message(timeout=5) == ("secure", "hush")
     finally:
         await asyncio.to_thread(tls_broker.stop)
+
+
+@pytest.mark.asyncio
+async def test_frame_limit_announced_by_the_broker_is_kept_before_sending():
+    """A publish over the broker's announced max_frame_size is refused locally and the connection goes on."""
+    from coremq_client import LocalUsageError
+
+    small = await asyncio.to_thread(BrokerThread, BrokerConfig(port=0, shutdown_timeout=2.0, max_frame_size=1000))
+    try:
+        async with AsyncMessageQueue(small.host, small.port) as client:
+            with pytest.raises(LocalUsageError, match="the broker's frame limit of 1000"):
+                await client.publish("q", "x" * 2000)
+            assert (await client.publish("q", "x" * 500))["id"] == 1
+            assert client.errors == []
+    finally:
+        await asyncio.to_thread(small.stop)

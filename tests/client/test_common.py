@@ -13,14 +13,25 @@ from coremq_client._common import (
     SessionState,
     backoff_delays,
     check_backoff,
+    credentials_from,
+    handshake_reply,
     history_messages,
     route,
     settle,
     since_map,
+    user_of,
 )
 from coremq_client.codec import encode_frame
-from coremq_client.errors import ConnectionClosed, FrameHeaderError, FrameTooLarge, PermissionDenied, ServerError
-from coremq_client.protocol import Bye, ClientProtocol, Delivery, Reply
+from coremq_client.errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    FrameHeaderError,
+    FrameTooLarge,
+    LocalUsageError,
+    PermissionDenied,
+    ServerError,
+)
+from coremq_client.protocol import Bye, ClientProtocol, Delivery, Reply, error_for
 
 
 def test_backoff_doubles_with_jitter_and_is_bounded():
@@ -89,8 +100,53 @@ def test_settle_completes_futures_and_reports_unclaimed_errors():
         Reply(4, {"response": "OK: nobody waits"}),
     ], pending, lambda error: order.append(f"reported {error}"))
     assert mine.result() == {"response": "OK"}
-    assert isinstance(denied.exception(), PermissionDenied)
+    assert isinstance(denied.exception(), PermissionDenied) and denied.exception().request == 3
     assert order == ["reported lost one", "reply 2"]
+
+
+def test_errors_carry_their_request_number_and_type():
+    """error_for maps reasons to exception types and keeps the number of the request answered."""
+    assert type(error_for("authentication failed", 4)) is AuthenticationFailed
+    assert error_for("authentication failed", 4).request == 4
+    assert isinstance(error_for("permission denied: status"), PermissionDenied)
+    unclaimed: list[ServerError] = []
+    settle([Reply(7, {"response": "ERROR: publish rate limit exceeded"})], PendingReplies(), unclaimed.append)
+    assert unclaimed[0].request == 7 and unclaimed[0].reason == "publish rate limit exceeded"
+
+
+def test_credentials_and_the_login_reply():
+    """Credentials are a token or a username with a password; the login reply gives the user or raises."""
+    assert credentials_from(None, None, None) is None
+    assert credentials_from("t", None, None) == {"token": "t"}
+    assert credentials_from(None, "u", "p") == {"username": "u", "password": "p"}
+    assert user_of(Reply(1, {"response": "OK: Authenticated", "user": "bob", "staff": False})) == "bob"
+    with pytest.raises(AuthenticationFailed):
+        user_of(Reply(1, {"response": "ERROR: authentication failed"}))
+
+
+def test_handshake_reply_keeps_other_events_and_stops_at_bye():
+    """The login reply is picked out by number; deliveries before it are kept; a BYE or a refusal raises."""
+    backlog: list = []
+    found = handshake_reply([Delivery("me", "hi"), Reply(1, {"response": "OK"})], 1, backlog)
+    assert found == Reply(1, {"response": "OK"}) and backlog == [Delivery("me", "hi")]
+    with pytest.raises(ConnectionClosed):
+        handshake_reply([Bye()], 1, [])
+    with pytest.raises(ServerError, match="too many failed"):
+        handshake_reply([Reply(None, {"response": "ERROR: too many failed authentications"})], 1, [])
+
+
+def test_frames_sent_are_bounded_by_the_limit_the_broker_announced():
+    """After a welcome announcing max_frame_size, larger frames are refused before sending, naming that limit."""
+    protocol = ClientProtocol(max_frame_size=4096)
+    welcome = b'{"response":"OK: Welcome from CoreMQ!","max_frame_size":100}'
+    protocol.receive_data(encode_frame("00000000-0000-0000-0000-000000000000", welcome))
+    assert protocol.send_limit == 100
+    protocol.publish("q", "x" * 60)
+    with pytest.raises(LocalUsageError, match="the broker's frame limit of 100"):
+        protocol.publish("q", "x" * 100)
+    roomy = ClientProtocol(max_frame_size=64)
+    roomy.receive_data(encode_frame("id", b'{"response":"OK","max_frame_size":1000}'))
+    assert roomy.send_limit == 64  # the smaller of the two
 
 
 def test_pending_close_fails_waiters_and_refuses_new_ones():

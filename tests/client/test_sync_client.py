@@ -472,3 +472,16 @@ def test_custom_encoder_and_decoder(connect):
     message = sub.get_message(timeout=5)[1]
     assert body(message) == {"when": "2015-06-01T12:30:00Z", "price": "9.99", "id": str(ident)}
     assert isinstance(message["coremq_sent"], decimal.Decimal)
+
+
+def test_frame_limit_announced_by_the_broker_is_kept_before_sending():
+    """A publish over the broker's announced max_frame_size is refused locally and the connection goes on."""
+    small = BrokerThread(BrokerConfig(port=0, shutdown_timeout=2.0, max_frame_size=1000))
+    try:
+        with MessageQueue(small.host, small.port) as client:
+            with pytest.raises(LocalUsageError, match="the broker's frame limit of 1000"):
+                client.publish("q", "x" * 2000)
+            assert client.publish("q", "x" * 500)["id"] == 1
+            assert client.errors == []
+    finally:
+        small.stop()
