@@ -66,6 +66,8 @@ class Broker(ControlRequests):
     ) -> None:
         self.config = config or BrokerConfig()
         self.codec = self.config.codec
+        self._loads = self.codec.raw_loads
+        self._dumps = self.codec.dumps
         self.access = access or AccessPolicy()
         self.authenticator = authenticator
         self.auth_failures = FailureTracker(limit=self.config.max_auth_failures)
@@ -274,7 +276,10 @@ class Broker(ControlRequests):
         connection.messages_in += 1
         self.registry.messages_in += 1
         try:
-            message = self.codec.loads(frame.body)
+            try:
+                message = self._loads(frame.body)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise MessageError(f"invalid JSON: {exc}") from None
             if frame.queue == connection.id and isinstance(message, dict) and self._is_control(message):
                 self._control(connection, message)
             else:
@@ -341,10 +346,32 @@ class Broker(ControlRequests):
         if (settings.durable or self.config.durable_all) and queue.owner is None:
             self._publish_durable(connection, queue, stored)
             return
-        body = self._stamp(queue, stored, connection)
-        self._fan_out(queue, queue.last_id, stored, encode_frame(name, body), connection)
+        # The common case, inlined: number, stamp, encode once, queue for the fan-out, reply.
+        queue.last_id = message_id = queue.last_id + 1
+        claimed = stored.get(P.SENDER)
+        if not (claimed.__class__ is str and claimed.startswith(connection.id + "/")):
+            stored[P.SENDER] = connection.id
+        stored[P.SENT] = now = time.time()
+        stored[P.SERVER] = self.address
+        stored[P.ID] = message_id
+        queue.history.append((message_id, stored))
+        queue.published += 1
+        queue.last_publish = now
+        subscribers = queue.subscribers
+        if subscribers:
+            pending = queue.pending
+            if not pending:
+                self._dirty_queues.append(queue)
+                if not self._flush_scheduled:
+                    self._schedule()
+            if not connection.echo and connection in subscribers:
+                queue.pending_senders.append((len(pending), connection))
+            pending.append(encode_frame(name, self._dumps(stored)))
+        else:
+            queue.rate.add(now)  # with subscribers, counted per batch at the fan-out
         if connection.replies:
-            connection.send(encode_frame(connection.id, _OK_SENT % (queue.last_id, connection.requests)))
+            body = _OK_SENT % (message_id, connection.requests)
+            connection.send(b"+%d %s %s" % (connection.id_length + len(body), connection.id_bytes, body))
 
     def set_access(self, access: AccessPolicy) -> None:
         """Apply a new access policy to new requests and to live connections at once.

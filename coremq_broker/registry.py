@@ -90,6 +90,8 @@ class Connection:
 
     def __init__(self, connection_id: str, peer: str = "") -> None:
         self.id = connection_id
+        self.id_bytes = connection_id.encode()
+        self.id_length = len(self.id_bytes) + 1  # the id and the space of a frame's payload
         self.peer = peer
         self.principal: Principal = ANONYMOUS
         self.publish_limit = 0  # publishes per second; 0: no limit

@@ -212,12 +212,13 @@ class JSONCodec:
         self.encoder = encoder
         self.decoder = decoder
         self.dumps: Callable[[Any], bytes] = _make_dumps(encoder)
-        self._loads: Callable[[bytes], Any] = _make_loads(decoder)
+        #: The decoder itself: raises ValueError, TypeError or RecursionError on bad input.
+        self.raw_loads: Callable[[bytes], Any] = _make_loads(decoder)
 
     def loads(self, data: bytes) -> Any:
         """Decode JSON bytes; raise :class:`MessageError` if they are not JSON."""
         try:
-            return self._loads(data)
+            return self.raw_loads(data)
         except (ValueError, TypeError, RecursionError) as exc:
             raise MessageError(f"invalid JSON: {exc}") from None
 

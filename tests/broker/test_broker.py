@@ -232,26 +232,34 @@ def test_status(connect):
     assert status["server"] == "CoreMQ" and status["role"] == "master" and status["connections"] == 2
 
 
-def test_delivered_frame_is_encoded_once_per_publish(broker, connect):
-    """A publish to many subscribers encodes the delivered frame once, not once per subscriber."""
+def test_delivered_frame_is_encoded_once_per_publish():
+    """A publish to many subscribers encodes the delivered message once, not once per subscriber."""
+    import orjson
+
+    from conftest import BrokerThread
+    from coremq_client.codec import JSONCodec
+
     calls = []
-    codec = broker.broker.codec
-    real = codec.dumps
 
     def counting(value):
         calls.append(value)
-        return real(value)
+        return orjson.dumps(value)
 
-    subs = [subscribed(connect, "wide") for _ in range(20)]
-    pub = connect()
-    broker.call(lambda: setattr(codec, "dumps", counting))
+    running = BrokerThread(BrokerConfig(port=0, codec=JSONCodec(encoder=counting)))
     try:
+        subs = []
+        for _ in range(20):
+            sub = RawClient(running.host, running.port)
+            sub.control({"coremq_subscribe": ["wide"]})
+            subs.append(sub)
+        pub = RawClient(running.host, running.port)
+        calls.clear()
         pub.send("wide", {"n": 1})
         assert pub.read()[1]["response"] == "OK: Message sent"
         assert all(sub.read()[1]["n"] == 1 for sub in subs)
+        assert [call.get("n") for call in calls] == [1]  # the publisher's reply is formatted, not encoded
     finally:
-        broker.call(lambda: setattr(codec, "dumps", real))
-    assert len(calls) == 1  # the delivered message; the publisher's reply is formatted, not encoded
+        running.stop()
 
 
 def test_oversized_frame_is_refused_and_the_connection_goes_on(connect):
