@@ -127,20 +127,21 @@ class Resumer:
         gap: it then comes after the gap to report.
         """
         queue, number = delivery.queue, delivery.id
-        if not isinstance(number, int) or isinstance(number, bool):
+        if type(number) is not int:
             return [delivery]
         with self._lock:
-            if not self.enabled:
-                self._marks[queue] = _Mark(number, delivery.sent)
-                return [delivery]
-            held = self._held.get(queue)
-            if held is not None:
-                held.append(delivery)
+            if self._held and queue in self._held:
+                self._held[queue].append(delivery)
                 return []
             mark = self._marks.get(queue)
-            if mark is not None and mark.delivered and number <= mark.id:
+            if mark is None:
+                self._marks[queue] = _Mark(number, delivery.sent)
+            elif self.enabled and mark.delivered and number <= mark.id:
                 return []
-            self._marks[queue] = _Mark(number, delivery.sent)
+            else:  # updated in place: this runs for every message
+                mark.id, mark.sent, mark.delivered = number, delivery.sent, True
+            if not (self._gaps or self._watch):
+                return [delivery]
             gap = self._gaps.pop(queue, None)
             expected = self._watch.pop(queue, None)
             if expected is not None and number > expected:
