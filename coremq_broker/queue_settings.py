@@ -3,18 +3,10 @@
 The broker asks a *resolver* (``name -> QueueSettings``) for each new queue and
 never imports Django. Here the :class:`~coremq_broker.models.QueueSetting`
 rows become a :class:`QueueSettingsResolver`, an immutable snapshot, and a
-:class:`QueueSettingsWatcher` keeps a running broker in step with the table:
-
-- the rows are read in the watcher's own thread, never on the event loop;
-- every ``interval`` seconds (0.5) it reads them again, which is one small
-  ``SELECT`` (a handful of rows), and compares them with the last read; a save
-  in this process (the admin under ``run_coremq``) wakes it at once, after the
-  transaction commits. Polling also catches saves made by other processes (a
-  separate daphne, ``manage.py shell``), so a change reaches the broker within
-  a second either way;
-- a changed table becomes a new resolver, passed to the loop with
-  ``call_soon_threadsafe(registry.reload_settings, resolver)``, which
-  re-resolves every live queue.
+:class:`QueueSettingsWatcher` (a :class:`~coremq_broker.snapshots.SnapshotWatcher`:
+one small ``SELECT`` in a thread every half second, or at once after a save in
+this process) hands each changed one to the loop's ``registry.reload_settings``,
+which re-resolves every live queue.
 
 Precedence, field by field: the row whose pattern is the queue's exact name;
 then the matching globs (``fnmatch``, case-sensitive), the one with the most
@@ -27,15 +19,14 @@ one field at a time.
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
 from dataclasses import dataclass
 from fnmatch import translate
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .config import BrokerConfig
 from .registry import QueueSettings
+from .snapshots import SnapshotWatcher
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -43,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = [
     "QueueRule", "QueueSettingsResolver", "QueueSettingsWatcher", "default_queue_settings", "load_rules", "is_glob",
 ]
-
-logger = logging.getLogger("coremq.queue_settings")
 
 #: A pattern holding any of these is a glob (``fnmatch``: ``*``, ``?``, ``[seq]``).
 GLOB_CHARACTERS = frozenset("*?[")
@@ -124,101 +113,29 @@ def load_rules() -> tuple[QueueRule, ...]:
                  for row in QueueSetting.objects.order_by("pattern"))
 
 
-class QueueSettingsWatcher:
+class QueueSettingsWatcher(SnapshotWatcher[QueueSettingsResolver, "Broker"]):
     """Keeps a running broker's per-queue settings in step with the QueueSetting table.
 
-    Create it where blocking is fine (``run_coremq``'s ``handle``): it reads
-    the rows once, so that :attr:`resolver` can be given to the Broker. Then
-    :meth:`attach` (``server.run``'s ``on_start`` hook) starts the thread and
-    returns :meth:`stop`. A table that cannot be read (not migrated yet) means
-    the defaults, with one warning, and is tried again at every poll.
+    A :class:`~coremq_broker.snapshots.SnapshotWatcher` whose snapshot is the
+    :attr:`resolver` built from ``load()``'s rows; each new one goes to
+    ``registry.reload_settings``, which re-resolves every live queue. A table
+    that cannot be read (not migrated yet) means the defaults.
     """
 
     def __init__(self, config: BrokerConfig, *, interval: float = 0.5,
                  load: Callable[[], tuple[QueueRule, ...]] = load_rules) -> None:
-        self.defaults = default_queue_settings(config)
-        self.interval = interval
-        self._load = load
-        self._rules: tuple[QueueRule, ...] | None = None
-        self._last_error: str | None = None
-        self.resolver = QueueSettingsResolver(self.defaults)
-        self._broker: Broker | None = None
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.check()
-
-    def check(self) -> bool:
-        """Read the rows; if they changed, build a new resolver and hand it to the broker. Blocking.
-
-        Returns True when the settings changed.
-        """
-        try:
-            rules = self._load()
-        except Exception as exc:  # DatabaseError, but also a broken row: keep the broker running
-            if str(exc) != self._last_error:
-                logger.warning("per-queue settings cannot be read (%s); queues keep their settings", exc)
-                self._last_error = str(exc)
-            return False
-        self._last_error = None
-        if rules == self._rules:
-            return False
-        self._rules = rules
-        self.resolver = QueueSettingsResolver(self.defaults, rules)
-        logger.info("per-queue settings loaded: %d row(s)", len(rules))
-        broker = self._broker
-        if broker is not None and broker.loop is not None and not broker.loop.is_closed():
-            try:
-                broker.loop.call_soon_threadsafe(broker.registry.reload_settings, self.resolver)
-            except RuntimeError:  # the loop closed in between: nothing left to update
-                pass
-        return True
-
-    def poke(self) -> None:
-        """Read the table now rather than at the next poll (a row was saved in this process)."""
-        self._wake.set()
-
-    def attach(self, broker: "Broker") -> Callable[[], None]:
-        """Follow the table for ``broker`` from a thread; return :meth:`stop`. Does not block."""
-        from django.db.models.signals import post_delete, post_save
-
         from .models import QueueSetting
 
-        self._broker = broker
-        if broker.loop is not None and broker.registry.queue_settings is not self.resolver:
-            broker.loop.call_soon_threadsafe(broker.registry.reload_settings, self.resolver)
-        for signal in (post_save, post_delete):
-            signal.connect(self._saved, sender=QueueSetting, weak=False, dispatch_uid=id(self))
-        self._thread = threading.Thread(target=self._run, name="coremq-queue-settings", daemon=True)
-        self._thread.start()
-        return self.stop
+        self.defaults = defaults = default_queue_settings(config)
+        super().__init__(lambda: QueueSettingsResolver(defaults, load()), _reload_settings,
+                         initial=QueueSettingsResolver(defaults), what="per-queue settings",
+                         describe=lambda resolver: f"{len(resolver.rules)} row(s)", interval=interval,
+                         senders=[QueueSetting])
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop following the table; idempotent."""
-        from django.db.models.signals import post_delete, post_save
+    @property
+    def resolver(self) -> QueueSettingsResolver:
+        return self.snapshot
 
-        from .models import QueueSetting
 
-        self._stopping.set()
-        self._wake.set()
-        for signal in (post_save, post_delete):
-            signal.disconnect(sender=QueueSetting, dispatch_uid=id(self))
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _saved(self, **kwargs: Any) -> None:
-        from django.db import transaction
-
-        transaction.on_commit(self.poke, using=kwargs.get("using"))
-
-    def _run(self) -> None:
-        from django.db import connections
-
-        try:
-            while not self._stopping.is_set():
-                self._wake.wait(self.interval)
-                self._wake.clear()
-                if not self._stopping.is_set():
-                    self.check()
-        finally:
-            connections.close_all()  # this thread's connections only
+def _reload_settings(broker: "Broker", resolver: QueueSettingsResolver) -> None:
+    broker.registry.reload_settings(resolver)

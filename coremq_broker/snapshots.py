@@ -1,0 +1,156 @@
+"""Database tables followed by a thread and handed to a running broker as immutable snapshots.
+
+The broker never reads the database. What it needs from there (per-queue
+settings, the access policy) is loaded by a :class:`SnapshotWatcher`:
+
+- ``load()`` reads the rows and returns an immutable snapshot that compares by
+  value. It runs in the watcher's own thread (and once, blocking, when the
+  watcher is made), never on the event loop;
+- every ``interval`` seconds (0.5) it is called again; a snapshot equal to the
+  last one is ignored, so a quiet table costs one small read per interval. A
+  save or delete of one of the ``senders`` models in this process (the admin
+  under ``run_coremq``) wakes the thread at once, after the transaction
+  commits. Polling also catches changes made by other processes (a separate
+  daphne, ``manage.py shell``) and changes that come with time alone (a token
+  that expires), so a change reaches the broker within a second either way;
+- a new snapshot is passed to the loop with
+  ``call_soon_threadsafe(apply, target, snapshot)``; the target is the broker,
+  or anything else that lives on a loop (a remote WebSocket bridge's copy of
+  the access policy).
+
+A load that fails (a table not migrated yet, a database that is down) keeps
+the last snapshot, with one warning per distinct error, and is tried again at
+the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar
+
+__all__ = ["SnapshotWatcher", "Target"]
+
+logger = logging.getLogger("coremq.snapshots")
+
+T = TypeVar("T")
+
+_UNSET: Any = object()
+
+
+class Target(Protocol):
+    """What a snapshot is applied to: it lives on ``loop`` (a :class:`~coremq_broker.broker.Broker` does)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
+
+
+TargetT = TypeVar("TargetT", bound=Target)
+
+
+class SnapshotWatcher(Generic[T, TargetT]):
+    """Keeps a running broker in step with a snapshot loaded from the database.
+
+    Create it where blocking is fine (``run_coremq``'s ``handle``): it loads
+    once, so that :attr:`snapshot` can be given to the Broker (``initial`` if
+    that load fails). Then :meth:`attach` (``server.run``'s ``on_start``
+    hook) starts the thread and returns :meth:`stop`. ``what`` names the
+    snapshot in log lines, ``describe(snapshot)`` sums one up.
+    """
+
+    def __init__(self, load: Callable[[], T], apply: Callable[[TargetT, T], None], *, initial: T,
+                 what: str, describe: Callable[[T], str] = repr, interval: float = 0.5,
+                 senders: Iterable[type] = ()) -> None:
+        self.interval = interval
+        self.what = what
+        self.describe = describe
+        self.snapshot: T = initial
+        self._load = load
+        self._apply = apply
+        self._senders = tuple(senders)
+        self._loaded: T = _UNSET
+        self._last_error: str | None = None
+        self._broker: TargetT | None = None  # what attach() was given
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.check()
+
+    def check(self) -> bool:
+        """Load; if the snapshot changed, keep it and hand it to the broker. Blocking.
+
+        Returns True when the snapshot changed.
+        """
+        try:
+            snapshot = self._load()
+        except Exception as exc:  # DatabaseError, but also a broken row: keep the broker running
+            if str(exc) != self._last_error:
+                logger.warning("%s cannot be read (%s); the broker keeps the last it had", self.what, exc)
+                self._last_error = str(exc)
+            return False
+        self._last_error = None
+        if self._loaded is not _UNSET and snapshot == self._loaded:
+            return False
+        self._loaded = self.snapshot = snapshot
+        logger.info("%s loaded: %s", self.what, self.describe(snapshot))
+        self._hand_over(snapshot)
+        return True
+
+    def _hand_over(self, snapshot: T) -> None:
+        broker = self._broker
+        if broker is not None and broker.loop is not None and not broker.loop.is_closed():
+            try:
+                broker.loop.call_soon_threadsafe(self._apply, broker, snapshot)
+            except RuntimeError:  # the loop closed in between: nothing left to update
+                pass
+
+    def poke(self) -> None:
+        """Load now rather than at the next poll (a row was saved in this process)."""
+        self._wake.set()
+
+    def attach(self, broker: TargetT) -> Callable[[], None]:
+        """Follow the tables for ``broker`` (a target) from a thread; return :meth:`stop`. Does not block.
+
+        Call it on the target's loop, once the loop runs (``Broker.start`` has set ``broker.loop``).
+        """
+        self._broker = broker
+        self._hand_over(self.snapshot)
+        for signal, sender in self._signals():
+            signal.connect(self._saved, sender=sender, weak=False, dispatch_uid=id(self))
+        self._thread = threading.Thread(target=self._run, name=f"coremq-{self.what.replace(' ', '-')}",
+                                        daemon=True)
+        self._thread.start()
+        return self.stop
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop following the tables; idempotent."""
+        self._stopping.set()
+        self._wake.set()
+        for signal, sender in self._signals():
+            signal.disconnect(sender=sender, dispatch_uid=id(self))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _signals(self) -> list[tuple[Any, type]]:
+        from django.db.models.signals import m2m_changed, post_delete, post_save
+
+        # m2m_changed only ever fires for the "through" models among the senders.
+        return [(signal, sender) for sender in self._senders for signal in (post_save, post_delete, m2m_changed)]
+
+    def _saved(self, **kwargs: Any) -> None:
+        from django.db import transaction
+
+        transaction.on_commit(self.poke, using=kwargs.get("using"))
+
+    def _run(self) -> None:
+        from django.db import connections
+
+        try:
+            while not self._stopping.is_set():
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                if not self._stopping.is_set():
+                    self.check()
+        finally:
+            connections.close_all()  # this thread's connections only
