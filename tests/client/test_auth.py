@@ -8,8 +8,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from clients import PATIENCE, client_factory  # noqa: F401  (a fixture)
-from conftest import BrokerThread
+from clients import PATIENCE, BrokerThread, client_factory  # noqa: F401  (a fixture)
 from coremq_broker.access import Principal, Rule, RulePolicy
 from coremq_broker.config import BrokerConfig
 from coremq_client import AuthenticationFailed, MessageQueue, PermissionDenied, ServerError
