@@ -315,7 +315,8 @@ class AsyncMessageQueue:
                 futures.append(asyncio.get_running_loop().create_future())
                 conn.pending.add(number, futures[-1])
             conn.writer.write(data)
-        self._resync(conn, self._resumer.plan(self._state.queues))
+        if self.reconnect:  # without reconnects there is nothing to resume
+            self._resync(conn, self._resumer.plan(self._state.queues))
         return futures
 
     @staticmethod
@@ -533,7 +534,7 @@ class AsyncMessageQueue:
             self._state.discard_queues(added)
             raise
         conn = self._conn
-        if added and conn is not None and conn.alive:
+        if added and self.reconnect and conn is not None and conn.alive:
             # Learn where the new subscriptions stand, to resume from there (no wait).
             self._resync(conn, self._resumer.plan(added))
         return reply  # type: ignore[return-value]

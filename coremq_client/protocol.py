@@ -131,8 +131,8 @@ class Gap:
 
     ``first_missing`` .. ``last_missing`` are the ``coremq_id`` numbers lost (both
     included): they left the queue's history before the client could fetch them
-    after a reconnect, or were dropped for a slow consumer and are no longer in
-    history. With ``reset`` the queue's numbering started again at 1 (its broker
+    after a reconnect (or the history reply could not be read). With ``reset``
+    the queue's numbering started again at 1 (its broker
     restarted and the queue is not durable): an unknown number of messages
     published after the last one delivered is lost, and the ids given, if any,
     are those of the new numbering that are lost as well.

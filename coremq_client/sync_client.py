@@ -372,14 +372,14 @@ class MessageQueue:
                 return user_of(reply)
 
     def _replay(self, conn: _Connection, wait: bool) -> list[Future[JSONObject]]:
-        """Send the subscriptions and options, then the resume's history request."""
+        """Send the subscriptions and options, then the resume's history request (if it may reconnect)."""
         futures: list[Future[JSONObject]] = []
         for number, data in self._state.replay(conn.protocol):
             if wait:
                 futures.append(Future())
                 conn.pending.add(number, futures[-1])
             conn.sock.sendall(data)
-        since = self._resumer.plan(self._state.queues)
+        since = self._resumer.plan(self._state.queues) if self.reconnect else {}
         if since:
             conn.sock.sendall(self._resync_frame(conn, conn.protocol, since)[1])
         return futures
@@ -627,7 +627,7 @@ class MessageQueue:
         except ServerError:
             self._state.discard_queues(added)
             raise
-        if added and self.resume:
+        if added and self.resume and self.reconnect:
             self._probe(added)
         return reply  # type: ignore[return-value]
 
