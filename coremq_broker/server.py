@@ -66,10 +66,14 @@ def run(config: BrokerConfig, *, web: WebServer | None = None, announce: Announc
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop loop when uvloop is installed, else asyncio's default loop."""
+    """A uvloop loop when uvloop is installed (and COREMQ_PURE_PYTHON unset), else asyncio's default loop."""
+    from coremq_client.codec import PURE_PYTHON
+
     try:
+        if PURE_PYTHON:
+            raise ImportError("COREMQ_PURE_PYTHON is set")
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is in requirements.txt
+    except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 

@@ -12,6 +12,7 @@ and send what :func:`encode_frame` returns.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Callable, Union
 
@@ -24,9 +25,15 @@ from .errors import (
     ProtocolError,
 )
 
+#: Set COREMQ_PURE_PYTHON=1 to use neither orjson nor uvloop even when
+#: installed: CI runs the suite that way too, so the fallbacks stay tested.
+PURE_PYTHON = os.environ.get("COREMQ_PURE_PYTHON", "") not in ("", "0")
+
 try:  # orjson is several times faster; the stdlib is the fallback.
+    if PURE_PYTHON:
+        raise ImportError("COREMQ_PURE_PYTHON is set")
     import orjson
-except ImportError:  # pragma: no cover - exercised by CI without orjson
+except ImportError:
     orjson = None
 
 __all__ = [
