@@ -84,8 +84,15 @@ class Resumer:
             return {queue: mark.id for queue, mark in self._marks.items() if mark.delivered}
 
     def connected(self, connection_id: str) -> None:
-        """Remember a connection id of this client (its publishes carry it as sender)."""
+        """Remember a connection id of this client (its publishes carry it as sender).
+
+        The private queues of its earlier connections (``<id>`` and ``<id>/...``)
+        are gone, and so is what was noted about them.
+        """
         with self._lock:
+            earlier = set(self._own)
+            for queue in [q for q in self._marks if q.partition("/")[0] in earlier]:
+                del self._marks[queue]
             self._own.append(connection_id)
 
     def forget(self, queues: Iterable[str]) -> None:

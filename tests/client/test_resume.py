@@ -189,3 +189,14 @@ def test_refused_history_still_reports_what_the_held_messages_show():
     since = resumer.plan(["q"])
     assert resumer.failed(since) == []
     assert ids(resumer.accept(live("q", 7))) == [(5, 6, False), 7]
+
+
+def test_private_queues_of_earlier_connections_are_forgotten():
+    """Marks of a previous connection's id queue and sub-addresses go when the next connection starts."""
+    resumer = Resumer()
+    resumer.connected("c1")
+    delivered(resumer, "c1", 1)
+    delivered(resumer, "c1/browser", 1)
+    delivered(resumer, "q", 4)
+    resumer.connected("c2")
+    assert resumer.last_ids == {"q": 4}
