@@ -12,6 +12,7 @@ class CoreMQBrokerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from .checks import check_settings
+        from .checks import check_access, check_settings
 
         checks.register(check_settings, "coremq")
+        checks.register(check_access, "coremq", checks.Tags.security)

@@ -11,17 +11,20 @@ Ids (the conditions live in :mod:`coremq_broker.conf`):
 - ``coremq.E007`` ``WRITE_LOW`` above ``WRITE_HIGH``
 - ``coremq.E008`` a text setting that is not one of its choices (``SLOW_CONSUMER_POLICY``, ...)
 - ``coremq.E009`` ``TLS_CERT``/``TLS_KEY`` not a file, or a key without a certificate
+- ``coremq.E010`` ``CLIENT_TOKEN`` together with ``CLIENT_USERNAME``/``CLIENT_PASSWORD``, or only one of those two
+- ``coremq.W001`` ``DEFAULT_POLICY`` is ``"open"`` while ``DEBUG`` is off: anyone who reaches the broker may do anything
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import CheckMessage, Error
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf
 
-__all__ = ["check_settings"]
+__all__ = ["check_settings", "check_access"]
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -30,3 +33,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         Error(error.message, hint=error.hint, obj=f"settings.{conf.SETTING}", id=error.id)
         for error in conf.setting_errors()
     ]
+
+
+def check_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when the open default policy runs outside development."""
+    if conf.setting_errors() or settings.DEBUG or conf.get_web_setting("DEFAULT_POLICY") != "open":
+        return []
+    return [Warning(
+        f"settings.{conf.SETTING}['DEFAULT_POLICY'] is 'open' while DEBUG is False: anyone who can reach "
+        "the broker may publish, subscribe and read history on every queue that no permission rule covers.",
+        hint="Set COREMQ['DEFAULT_POLICY'] to 'authenticated' or 'deny' and grant access with permission "
+             "rules in the admin; see docs/security.md.",
+        obj=f"settings.{conf.SETTING}",
+        id="coremq.W001",
+    )]

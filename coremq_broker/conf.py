@@ -13,6 +13,13 @@ broker's defaults here. Besides those:
   ``/ws/coremq/``, in bytes (64 KiB); a larger one is answered with an error frame.
 - ``STATUS_TOKEN``: a secret that opens ``/coremq/status.json`` and ``/metrics``
   to ``Authorization: Bearer <token>`` (scrapers); unset, only staff sessions.
+- ``DEFAULT_POLICY``: what clients may do on queues that no permission rule
+  matches: ``"open"`` (anyone, anything: the development default),
+  ``"authenticated"`` (any logged-in user) or ``"deny"`` (nobody); see
+  ``docs/security.md``.
+- ``CLIENT_TOKEN``, or ``CLIENT_USERNAME`` and ``CLIENT_PASSWORD``: how this
+  process's own clients (``publish()``, the status page, the WebSocket bridge)
+  log in to the broker when the policy is not open.
 
 The settings are read lazily and the result is cached until Django sends
 ``setting_changed`` for ``COREMQ``, so ``override_settings`` works in tests.
@@ -36,6 +43,7 @@ from django.utils.module_loading import import_string
 
 from coremq_client.codec import JSONCodec
 
+from .access import POLICIES
 from .config import DEFAULT_HOST, BrokerConfig
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "get_web_address",
     "get_web_setting",
     "get_status_token",
+    "get_client_credentials",
     "setting_errors",
 ]
 
@@ -58,10 +67,14 @@ SETTING = "COREMQ"
 #: Settings that set a BrokerConfig field of the same name in lower case.
 BROKER_SETTINGS: dict[str, Field] = {f.name.upper(): f for f in fields(BrokerConfig) if f.name != "codec"}
 CODEC_SETTINGS = ("ENCODER", "DECODER")
-#: The web server is not the broker's business, so its defaults live here.
+#: The web server is not the broker's business, so its defaults live here; nor
+#: is Django's side of access (the default policy, this process's credentials).
 WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000, "STATUS_TOKEN": None}
 #: The WebSocket bridge's limit on one browser frame (coremq_broker/websocket).
 WEB_DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"] = 64 * 2**10
+WEB_DEFAULTS.update(DEFAULT_POLICY="open", CLIENT_TOKEN=None, CLIENT_USERNAME=None, CLIENT_PASSWORD=None)
+#: Secrets and names that are a string when set.
+_OPTIONAL_TEXT = ("STATUS_TOKEN", "CLIENT_TOKEN", "CLIENT_USERNAME", "CLIENT_PASSWORD")
 KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
 _PORTS = frozenset({"PORT", "WEB_PORT"})
 #: Limits whose zero switches them off (see BrokerConfig) instead of being a mistake.
@@ -72,6 +85,7 @@ _ZERO_MEANS_NO_LIMIT = frozenset({"MAX_PUBLISH_RATE"})
 CHOICES: dict[str, tuple[str, ...]] = {
     "SLOW_CONSUMER_POLICY": ("disconnect", "drop"),
     "DURABLE_SYNCHRONOUS": ("OFF", "NORMAL", "FULL", "EXTRA"),
+    "DEFAULT_POLICY": POLICIES,
 }
 
 _cache: dict[str, Any] = {}
@@ -114,6 +128,15 @@ def get_status_token() -> str | None:
     if errors:
         raise errors[0]
     return values.get("STATUS_TOKEN")
+
+
+def get_client_credentials() -> dict[str, str]:
+    """This process's credentials for its own clients: ``{"token": ...}``, ``{"username", "password"}`` or ``{}``.
+
+    They are keyword arguments of ``MessageQueue``/``AsyncMessageQueue``.
+    """
+    values = {name: get_web_setting(f"CLIENT_{name.upper()}") for name in ("token", "username", "password")}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def get_web_setting(name: str) -> Any:
@@ -175,11 +198,12 @@ def _resolve(name: Any, value: Any) -> Any:
         return _codec_part(name, value)
     default = WEB_DEFAULTS[name] if name in WEB_DEFAULTS else BROKER_SETTINGS[name].default
     value = _typed(name, value, default)
-    if name == "STATUS_TOKEN" and value is not None and not isinstance(value, str):
+    if name in _OPTIONAL_TEXT and value is not None and not isinstance(value, str):
         raise SettingError(
             "coremq.E003",
-            f"settings.{SETTING}['STATUS_TOKEN'] must be a string or None, not {type(value).__name__}.",
-            "Use a long random string, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe())'`.",
+            f"settings.{SETTING}[{name!r}] must be a string or None, not {type(value).__name__}.",
+            "Use a long random string, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe())'`."
+            if name == "STATUS_TOKEN" else "Read it from the environment, e.g. os.environ.get(...).",
         )
     _check_range(name, value, default)
     if name in CHOICES and value not in CHOICES[name]:
@@ -282,6 +306,19 @@ def _cross_check(values: dict[str, Any]) -> list[SettingError]:
             "coremq.E009",
             f"settings.{SETTING}['TLS_KEY'] is set but TLS_CERT is not.",
             "Set TLS_CERT to the certificate's PEM file too, or remove TLS_KEY.",
+        ))
+    token, username, password = (values.get(f"CLIENT_{name}") for name in ("TOKEN", "USERNAME", "PASSWORD"))
+    if token is not None and (username is not None or password is not None):
+        errors.append(SettingError(
+            "coremq.E010",
+            f"settings.{SETTING} sets CLIENT_TOKEN and CLIENT_USERNAME/CLIENT_PASSWORD.",
+            "This process's clients log in one way: keep the token (preferred) or the username and password.",
+        ))
+    elif (username is None) != (password is None):
+        errors.append(SettingError(
+            "coremq.E010",
+            f"settings.{SETTING} sets only one of CLIENT_USERNAME and CLIENT_PASSWORD.",
+            "Set both, or use CLIENT_TOKEN with an API token made in the admin.",
         ))
     for name, path in (("TLS_CERT", cert), ("TLS_KEY", key)):
         if isinstance(path, str) and path and not os.path.isfile(path):

@@ -2,7 +2,8 @@
 
 Development defaults; override through the environment in production
 (``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG=0``, ``DJANGO_ALLOWED_HOSTS``,
-``COREMQ_DATABASE``).
+``COREMQ_DATABASE``, ``COREMQ_DEFAULT_POLICY``, ``COREMQ_CLIENT_TOKEN``,
+``COREMQ_TLS_CERT``, ``COREMQ_TLS_KEY``).
 """
 
 import os
@@ -89,9 +90,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # coremq_broker/conf.py reads WEB_HOST (127.0.0.1), WEB_PORT (8000) and ENCODER /
 # DECODER (a class, a callable or a dotted path, for instance
 # "django.core.serializers.json.DjangoJSONEncoder"; orjson when unset). The
-# system checks (coremq.E001...) validate all of it.
+# system checks (coremq.E001...) validate all of it. Access (docs/security.md):
+# DEFAULT_POLICY is "open" for development; in production use "authenticated" or
+# "deny" with permission rules in the admin, TLS, and a token for this web
+# process's own clients (CLIENT_TOKEN, made in the admin for a staff user).
 COREMQ = {
     "SERVER_NAME": "CoreMQ",
+    "DEFAULT_POLICY": os.environ.get("COREMQ_DEFAULT_POLICY", "open"),
+    **{key: os.environ[f"COREMQ_{key}"] for key in ("CLIENT_TOKEN", "TLS_CERT", "TLS_KEY")
+       if os.environ.get(f"COREMQ_{key}")},
 }
 
 LOGGING = {

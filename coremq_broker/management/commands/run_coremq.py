@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -21,8 +21,13 @@ class Command(BaseCommand):
         parser.add_argument("--web-host", help="web address (default: COREMQ['WEB_HOST'])")
         parser.add_argument("--web-port", type=int, help="web port, 0 for any (default: COREMQ['WEB_PORT'])")
         parser.add_argument("--no-web", action="store_true", help="run the broker only, without daphne")
+        parser.add_argument("--tls-cert", help="serve TCP clients over TLS with this PEM certificate "
+                                               "(default: COREMQ['TLS_CERT'])")
+        parser.add_argument("--tls-key", help="the certificate's PEM key, if not in its file (default: COREMQ['TLS_KEY'])")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from coremq_broker.auth.authenticator import authenticate
+        from coremq_broker.auth.policy import access_watcher
         from coremq_broker.queue_settings import QueueSettingsWatcher
         from coremq_broker.server import WebServer, run
 
@@ -31,6 +36,12 @@ class Command(BaseCommand):
                 raise CommandError(f"--{name.replace('_', '-')} must be from 0 to 65535")
         config = conf.get_config()
         config = config.with_options(host=options["host"] or config.host, port=_given(options["port"], config.port))
+        if options["tls_cert"]:  # the flags replace the settings' pair
+            config = config.with_options(tls_cert=options["tls_cert"], tls_key=options["tls_key"] or "")
+        elif options["tls_key"]:
+            if not config.tls_cert:
+                raise CommandError("--tls-key needs a certificate: --tls-cert or COREMQ['TLS_CERT']")
+            config = config.with_options(tls_key=options["tls_key"])
         web = None
         if not options["no_web"]:
             from channels.routing import get_default_application
@@ -42,12 +53,15 @@ class Command(BaseCommand):
                 port=_given(options["web_port"], web_port),
                 verbosity=options["verbosity"],
             )
-        # Per-queue settings from the admin: read here, off any event loop, and
-        # followed by a thread once the broker runs (coremq_broker.queue_settings).
-        watcher = QueueSettingsWatcher(config)
+        # Per-queue settings and the access policy from the admin: read here, off
+        # any event loop, and followed by threads once the broker runs
+        # (coremq_broker.snapshots). Logins are checked against Django's users.
+        queue_settings, access = QueueSettingsWatcher(config), access_watcher()
+        self.tls = bool(config.tls_cert)
         try:
-            run(config, web=web, announce=self.announce,
-                broker_options={"queue_settings": watcher.resolver}, on_start=watcher.attach)
+            run(config, web=web, announce=self.announce, on_start=_attach_all(queue_settings, access),
+                broker_options={"queue_settings": queue_settings.resolver, "access": access.snapshot,
+                                "authenticator": authenticate})
         except OSError as exc:
             raise CommandError(f"cannot serve: {exc}") from exc
 
@@ -57,9 +71,23 @@ class Command(BaseCommand):
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             self.stdout.write(f"CoreMQ web app on {url}")
         else:
-            self.stdout.write(f"CoreMQ broker listening on {host}:{port} (TCP)")
+            self.stdout.write(f"CoreMQ broker listening on {host}:{port} ({'TLS' if self.tls else 'TCP'})")
         self.stdout.flush()
 
 
 def _given(value: int | None, default: int) -> int:
     return default if value is None else value
+
+
+def _attach_all(*watchers: Any) -> Callable[[Any], Callable[[], None]]:
+    """``server.run``'s ``on_start``: attach every watcher to the broker; the result stops them all."""
+    def on_start(broker: Any) -> Callable[[], None]:
+        stops = [watcher.attach(broker) for watcher in watchers]
+
+        def stop_all() -> None:
+            for stop in stops:
+                stop()
+
+        return stop_all
+
+    return on_start
