@@ -10,7 +10,9 @@ its own instead of sharing its parent's socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import ssl
 import threading
 import weakref
 from functools import partial
@@ -26,7 +28,7 @@ from coremq_client.sync_client import MessageQueue
 
 from . import conf
 
-__all__ = ["publish", "apublish", "close_clients"]
+__all__ = ["publish", "apublish", "close_clients", "client_options"]
 
 # An address that means "every interface" to a server means "this host" to a client.
 _WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -131,14 +133,37 @@ def _close_async(connecting: asyncio.Task[AsyncMessageQueue]) -> None:
 
 
 def _client_options() -> dict[str, Any]:
+    return {**client_options(), "reconnect": True}
+
+
+def client_options(host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """How this process's own clients reach the broker: keyword arguments of ``(Async)MessageQueue``.
+
+    The address is ``settings.COREMQ``'s (or the one given), the codec its
+    ``ENCODER``/``DECODER``, the credentials ``CLIENT_TOKEN`` or
+    ``CLIENT_USERNAME``/``CLIENT_PASSWORD``. When ``TLS_CERT`` is set the
+    broker speaks only TLS, so the clients do too, trusting that certificate
+    besides the system's authorities (it must name the host they connect to).
+    """
     config = conf.get_config()
-    return {
-        "host": _WILDCARD_HOSTS.get(config.host, config.host),
-        "port": config.port,
-        "reconnect": True,
+    host = config.host if host is None else host
+    options: dict[str, Any] = {
+        "host": _WILDCARD_HOSTS.get(host, host),
+        "port": config.port if port is None else port,
         "encoder": config.codec.encoder,
         "decoder": config.codec.decoder,
+        **conf.get_client_credentials(),
     }
+    if config.tls_cert:
+        options["ssl"] = _tls_client_context(config.tls_cert)
+    return options
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_client_context(certificate: str) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.load_verify_locations(certificate)
+    return context
 
 
 def _in_event_loop() -> bool:

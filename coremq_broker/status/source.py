@@ -126,11 +126,11 @@ class LocalSource:
 class RemoteSource:
     """A broker in another process, asked over the protocol.
 
-    Until authentication exists (issue 5) the client connects anonymously and
-    the broker's default policy answers everyone. Once it does, this client is
-    the one that logs in as a staff account: :func:`_client_options` is where
-    its credentials go, and a broker whose policy refuses ``status``/``admin``
-    to non-staff connections answers only it.
+    The client logs in with ``COREMQ['CLIENT_TOKEN']`` (or
+    ``CLIENT_USERNAME``/``CLIENT_PASSWORD``; see :func:`_client_options`): a
+    broker whose policy is not open answers ``status``/``admin`` requests to
+    staff accounts only, so those should be a staff user's. Anonymous, it is
+    answered only under the open policy.
     """
 
     kind = "remote"
@@ -229,24 +229,14 @@ async def close_client() -> None:
 
 
 def _client_options(host: str | None = None, port: int | None = None) -> dict[str, Any]:
-    """How the web process reaches the broker: ``settings.COREMQ``'s address (or the one given) and codec.
+    """How the web process reaches the broker (``publishing.client_options``: address, codec, TLS, credentials).
 
-    Issue 5 (authentication) adds the staff credentials this client logs in with here.
+    The credentials (``COREMQ['CLIENT_TOKEN']``...) should be a staff
+    account's when the policy is not open: status and admin requests are for staff.
     """
-    from .. import conf
-    from ..publishing import _WILDCARD_HOSTS
+    from ..publishing import client_options
 
-    config = conf.get_config()
-    host = config.host if host is None else host
-    return {
-        "host": _WILDCARD_HOSTS.get(host, host),
-        "port": config.port if port is None else port,
-        "reconnect": True,
-        "timeout": TIMEOUT,
-        "connect_timeout": TIMEOUT,
-        "encoder": config.codec.encoder,
-        "decoder": config.codec.decoder,
-    }
+    return {**client_options(host, port), "reconnect": True, "timeout": TIMEOUT, "connect_timeout": TIMEOUT}
 
 
 def get_source() -> StatusSource:
