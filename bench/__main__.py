@@ -79,7 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
                             max_messages=args.max_messages)
     latency = LatencySettings(duration=_pick(args.duration, 2.0, 0.3, q), rate=_pick(args.rate, 10_000, 2000, q),
                               max_messages=args.max_messages)
-    conns = ConnsSettings(count=_pick(args.conns, 10_000, 500, q), settle=0.5 if q else 1.0)
+    conns = ConnsSettings(count=_pick(args.conns, 10_000, 500, q), settle=0.5 if q else 3.0)
     return SuiteSettings(runs=_pick(args.runs, 3, 1, q), subscribers=subs, fanout=fanout, latency=latency,
                          conns=conns, quiet_wait=_pick(args.quiet_wait, 10.0, 2.0, q), retries=0 if q else 1,
                          quiet_budget=args.quiet_budget)

@@ -10,6 +10,8 @@ held is the cost of one. Connections the server refuses (Redis stops at its
 Allocators keep memory they have freed, so a server that has already held
 many connections (an earlier run, a fan-out with 1,000 subscribers) grows less
 the next time: ``all`` measures this first, and CoreMQ gets a fresh process.
+Where a peer reports its own heap (Redis, Mosquitto: :mod:`bench.heap`) its
+growth is recorded too, which does not depend on that.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .heap import server_heap
 from .net import Link, close_links
 from .targets import HOST, Target
 
@@ -30,7 +33,8 @@ __all__ = ["ConnsSettings", "ConnsResult", "conns_run", "raise_fd_limit"]
 class ConnsSettings:
     count: int = 10_000
     concurrency: int = 200
-    settle: float = 1.0
+    #: Seconds the connections sit idle before RSS is read (Redis shrinks idle clients' buffers in its cron).
+    settle: float = 3.0
     timeout: float = 20.0
 
 
@@ -43,6 +47,8 @@ class ConnsResult:
     rss_before: int = 0
     rss_held: int = 0
     rss_after_close: int = 0
+    heap_before: int | None = None  # what the server says it allocated (see bench.heap), if it says
+    heap_held: int | None = None
     seconds: float = 0.0  # time to open them all
     first_refusal: str = ""
     error: str | None = None
@@ -51,11 +57,23 @@ class ConnsResult:
     def bytes_per_connection(self) -> float:
         return (self.rss_held - self.rss_before) / self.held if self.held else float("nan")
 
+    @property
+    def heap_per_connection(self) -> float | None:
+        if self.heap_before is None or self.heap_held is None or not self.held:
+            return None
+        return (self.heap_held - self.heap_before) / self.held
+
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "requested": self.requested, "held": self.held, "refused": self.refused,
                 "rss_before": self.rss_before, "rss_held": self.rss_held, "rss_after_close": self.rss_after_close,
-                "bytes_per_connection": round(self.bytes_per_connection, 1), "open_seconds": round(self.seconds, 3),
+                "bytes_per_connection": round(self.bytes_per_connection, 1), "heap_before": self.heap_before,
+                "heap_held": self.heap_held, "heap_per_connection": _round(self.heap_per_connection),
+                "open_seconds": round(self.seconds, 3),
                 "first_refusal": self.first_refusal, "error": self.error}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -95,6 +113,7 @@ async def conns_run(target: Target, settings: ConnsSettings) -> ConnsResult:
 
     try:
         await asyncio.sleep(0.5)
+        result.heap_before = await server_heap(target)
         result.rss_before = target.rss()
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(settings.count)))
@@ -102,13 +121,14 @@ async def conns_run(target: Target, settings: ConnsSettings) -> ConnsResult:
         await asyncio.sleep(settings.settle)
         result.held = sum(1 for link in links if _held(link))
         result.rss_held = target.rss()
+        result.heap_held = await server_heap(target, fresh=True)
         if result.held < settings.count and not result.first_refusal:
             result.first_refusal = "closed by the server while idle"
     except OSError as exc:  # psutil errors are OSErrors too
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         close_links(links, reset=True)
-        await asyncio.sleep(settings.settle)
+        await asyncio.sleep(min(settings.settle, 1.0))
         try:
             result.rss_after_close = target.rss()
         except OSError:
