@@ -59,6 +59,7 @@ def top_frames(raw: Path, limit: int = 20) -> str:
     """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    lines: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -66,8 +67,10 @@ def top_frames(raw: Path, limit: int = 20) -> str:
             continue
         n = int(count)
         total += n
-        frames = [_short(f) for f in stack.split(";")]
+        raw_frames = stack.split(";")
+        frames = [_short(f) for f in raw_frames]
         own[frames[-1]] += n
+        lines[_short(raw_frames[-1], line=True)] += n
         for frame in set(frames):
             inclusive[frame] += n
     if not total:
@@ -76,18 +79,23 @@ def top_frames(raw: Path, limit: int = 20) -> str:
            f"{'self%':>7} {'incl%':>7}  function"]
     for frame, n in own.most_common(limit):
         out.append(f"{100 * n / total:>7.1f} {100 * inclusive[frame] / total:>7.1f}  {frame}")
+    out += ["", "hottest lines (self):", f"{'self%':>7}  line"]
+    for line, n in lines.most_common(limit // 2):
+        out.append(f"{100 * n / total:>7.1f}  {line}")
     out += ["", "heaviest by inclusive time:", f"{'incl%':>7}  function"]
     for frame, n in inclusive.most_common(limit):
         out.append(f"{100 * n / total:>7.1f}  {frame}")
     return "\n".join(out)
 
 
-def _short(frame: str) -> str:
-    """``func (path/to/module.py:12)`` -> ``func (module.py)``: lines vary, functions do not."""
+def _short(frame: str, *, line: bool = False) -> str:
+    """``func (path/to/pkg/module.py:12)`` -> ``func (pkg/module.py)``, or ``...module.py:12`` with ``line``."""
     name, _, where = frame.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
+    path, _, number = where.rstrip(")").rpartition(":")
     parts = Path(path).parts
-    return f"{name} ({'/'.join(parts[-2:])})" if parts else name
+    if not parts:
+        return name
+    return f"{name} ({'/'.join(parts[-2:])}{':' + number if line else ''})"
 
 
 def cprofile_top(stats_file: Path, limit: int = 25) -> str:
