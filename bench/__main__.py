@@ -59,8 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="profile the CoreMQ broker during fan-out (cprofile implies --broker serve)")
     p.add_argument("--quiet-wait", type=float, help="seconds to wait for a quiet machine before each run "
                                                     "(default 10, quick 2; 0: never wait)")
-    p.add_argument("--quiet-budget", type=float, default=150.0,
-                   help="seconds that waiting for quiet and repeating disturbed runs may add in all (default 150)")
+    p.add_argument("--quiet-budget", type=float,
+                   help="seconds that waiting for quiet and repeating disturbed runs may add in all "
+                        "(default 150, quick 10)")
     p.add_argument("--name", help="results file name (default: the benchmark, with -quick in quick mode)")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--no-chart", action="store_true")
@@ -79,10 +80,10 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
                             max_messages=args.max_messages)
     latency = LatencySettings(duration=_pick(args.duration, 2.0, 0.3, q), rate=_pick(args.rate, 10_000, 2000, q),
                               max_messages=args.max_messages)
-    conns = ConnsSettings(count=_pick(args.conns, 10_000, 500, q), settle=0.5 if q else 3.0)
+    conns = ConnsSettings(count=_pick(args.conns, 10_000, 500, q), settle=0.5 if q else 3.0, server_heap=not q)
     return SuiteSettings(runs=_pick(args.runs, 3, 1, q), subscribers=subs, fanout=fanout, latency=latency,
                          conns=conns, quiet_wait=_pick(args.quiet_wait, 10.0, 2.0, q), retries=0 if q else 1,
-                         quiet_budget=args.quiet_budget)
+                         quiet_budget=_pick(args.quiet_budget, 150.0, 10.0, q))
 
 
 def _git_commit() -> str:
