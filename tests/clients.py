@@ -8,37 +8,14 @@ thread. Either kind can cut its connection from its own side (``cut()``).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 import threading
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from brokers import BrokerThread
 from coremq_client import AsyncMessageQueue, MessageQueue
-
-
-def _root_conftest() -> ModuleType:
-    """``tests/conftest.py``, loaded by path.
-
-    Every directory's conftest.py is imported under the name ``conftest``, so
-    ``from conftest import ...`` in a directory without one (tests/reliability)
-    finds whichever was collected last (tests/django's in a full run).
-    """
-    name = "coremq_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-BrokerThread = _root_conftest().BrokerThread
 
 #: Bounds so that a broken client fails instead of hanging; nothing is timed.
 PATIENCE = 60.0

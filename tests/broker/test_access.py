@@ -12,7 +12,7 @@ import pytest
 
 from coremq_broker.access import ANONYMOUS, FailureTracker, Principal, Rule, RulePolicy
 from coremq_broker.config import BrokerConfig
-from conftest import BrokerThread
+from brokers import BrokerThread
 from wire import RawClient
 
 USERS = {

@@ -11,6 +11,7 @@ import pytest
 
 from coremq_broker.config import BrokerConfig
 from coremq_client.codec import JSONCodec, encode_frame
+from brokers import BrokerThread
 from wire import RawClient
 
 
@@ -236,7 +237,6 @@ def test_delivered_frame_is_encoded_once_per_publish():
     """A publish to many subscribers encodes the delivered message once, not once per subscriber."""
     import orjson
 
-    from conftest import BrokerThread
     from coremq_client.codec import JSONCodec
 
     calls = []

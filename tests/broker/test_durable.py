@@ -10,7 +10,7 @@ import pytest
 from coremq_broker import start
 from coremq_broker.config import BrokerConfig
 from coremq_broker.registry import QueueSettings
-from conftest import BrokerThread
+from brokers import BrokerThread
 from wire import RawClient
 
 

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 import pytest_asyncio
 
-from conftest import BrokerThread
+from brokers import BrokerThread
 from coremq_broker.config import BrokerConfig
 from coremq_client import AsyncMessageQueue, ConnectionClosed, CoreMQError, PermissionDenied, ServerError, Timeout
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BrokerThread
+from brokers import BrokerThread
 from coremq_broker.access import Principal, RulePolicy
 from coremq_broker.config import BrokerConfig
 from coremq_client import MessageQueue

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import BrokerThread
+from brokers import BrokerThread
 from coremq_broker.config import BrokerConfig
 from coremq_client import (
     ConnectionClosed,
