@@ -68,7 +68,7 @@ class ControlRequests:
         elif key == P.OPTIONS:
             self._options(connection, value)
         elif key == P.GETHISTORY:
-            self._history(connection, value)
+            self._history(connection, value, message.get("limit"))
         elif key == P.STATUS:
             self._status(connection, value)
         elif key == P.AUTH:
@@ -124,7 +124,13 @@ class ControlRequests:
         connection.replies = bool(connection.options.get(P.OPTION_REPLY, True))
         self._reply(connection, {"response": P.OK_OPTIONS, "options": connection.options})
 
-    def _history(self, connection: Connection, value: Any) -> None:
+    def _history(self, connection: Connection, value: Any, limit: Any = None) -> None:
+        """History of each queue, oldest first, since an id if asked, at most ``limit`` per queue.
+
+        ``sequence`` gives each queue's first id in history and the last id
+        stored (a durable message counts once it is on disk); ``more`` names the
+        queues whose answer ``limit`` cut short.
+        """
         if isinstance(value, dict):
             since = value
             names = self._queue_list(list(value), P.GETHISTORY)
@@ -134,8 +140,11 @@ class ControlRequests:
         else:
             names = self._queue_list(value, P.GETHISTORY)
             since = {}
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise RequestError(f"history limit must be a positive integer, got {limit!r}")
         history: dict[str, list[dict]] = {}
         sequence: dict[str, dict[str, int | None]] = {}
+        more: dict[str, bool] = {}
         for name in names:
             self._check_private(connection, "history", name)
             self._check(connection, "history", name)
@@ -143,10 +152,17 @@ class ControlRequests:
             if queue is None:
                 history[name] = []
                 sequence[name] = {"first": None, "last": 0}
-            else:
-                history[name] = queue.history_since(since.get(name))
-                sequence[name] = {"first": queue.first_id, "last": queue.last_id}
-        self._reply(connection, {"history": history, "sequence": sequence})
+                continue
+            messages = queue.history_since(since.get(name))
+            if limit is not None and len(messages) > limit:
+                messages = messages[:limit]
+                more[name] = True
+            history[name] = messages
+            sequence[name] = {"first": queue.first_id, "last": queue.last_stored_id}
+        reply: dict[str, Any] = {"history": history, "sequence": sequence}
+        if more:
+            reply["more"] = more
+        self._reply(connection, reply)
 
     def _auth(self, connection: Connection, value: Any) -> None:
         """Authenticate off the loop; the connection's requests wait for the answer."""

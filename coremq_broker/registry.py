@@ -212,6 +212,11 @@ class Queue:
     def first_id(self) -> int | None:
         return self.history[0][0] if self.history else None
 
+    @property
+    def last_stored_id(self) -> int:
+        """The id of the newest message kept: ``last_id`` less durable writes still in flight."""
+        return self.history[-1][0] if self.history else self.last_id
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -453,3 +453,19 @@ def test_running_broker_is_reachable_in_process(broker):
     broker.close()
     assert Broker.running() is None
     broker.restart()
+
+
+def test_history_limit_pages_with_more(connect):
+    """A history request with a limit returns at most that many per queue, oldest first, and says there is more."""
+    pub = connect()
+    for n in range(3):
+        pub.send("paged", {"n": n})
+        pub.read()
+    pub.send(pub.id, {"coremq_gethistory": {"paged": None}, "limit": 2})
+    reply = pub.read()[1]
+    assert [m["n"] for m in reply["history"]["paged"]] == [0, 1] and reply["more"] == {"paged": True}
+    pub.send(pub.id, {"coremq_gethistory": {"paged": 2}, "limit": 2})
+    reply = pub.read()[1]
+    assert [m["n"] for m in reply["history"]["paged"]] == [2] and "more" not in reply
+    pub.send(pub.id, {"coremq_gethistory": ["paged"], "limit": 0})
+    assert pub.read()[1]["response"] == "ERROR: history limit must be a positive integer, got 0"
