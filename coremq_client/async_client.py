@@ -46,6 +46,7 @@ from ._common import (
 from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, Decoder, Encoder, JSONCodec, validate_queue_name
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
 from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
+from ._state import ClientState
 from .resume import Item, Resumer
 
 __all__ = ["AsyncMessageQueue"]
@@ -73,7 +74,7 @@ class _Connection:
         return self.pending.closed is None and not self.writer.is_closing()
 
 
-class AsyncMessageQueue:
+class AsyncMessageQueue(ClientState):
     """An asyncio CoreMQ client that reconnects by itself; see :class:`~coremq_client.MessageQueue`.
 
     Same constructor and semantics, logging in and resuming without loss
@@ -137,55 +138,7 @@ class AsyncMessageQueue:
         self._auth_failure: AuthenticationFailed | None = None  # set while waiting for new credentials
         self._credentials_changed = asyncio.Event()
 
-    # -- state (the same properties as MessageQueue) ----------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and self._conn.alive
-
-    @property
-    def closed(self) -> bool:
-        return self._ended is not None
-
-    @property
-    def connection_id(self) -> str | None:
-        return self._welcome.connection_id if self._welcome else None
-
-    @property
-    def welcome(self) -> JSONObject | None:
-        return self._welcome.message if self._welcome else None
-
-    @property
-    def welcome_message(self) -> str | None:
-        return self._welcome.message.get("response") if self._welcome else None
-
-    @property
-    def queues(self) -> tuple[str, ...]:
-        return self._state.queues
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return self._state.options
-
-    @property
-    def resume(self) -> bool:
-        return self._resumer.enabled
-
-    @property
-    def user(self) -> str | None:
-        return self._user
-
-    @property
-    def last_ids(self) -> dict[str, int]:
-        return self._resumer.last_ids
-
-    @property
-    def errors(self) -> list[CoreMQError]:
-        return list(self._reporter.recent)
-
-    @property
-    def gaps(self) -> list[Gap]:
-        return list(self._gap_reporter.recent)
+    # -- state: the read-only properties are ClientState's ----------------------
 
     def set_credentials(self, *, token: str | None = None, username: str | None = None,
                         password: str | None = None) -> None:

@@ -50,6 +50,7 @@ from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, JSONCodec, validate_que
 from .codec import Decoder, Encoder
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
 from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
+from ._state import ClientState
 from .resume import Item, Resumer
 
 __all__ = ["MessageQueue"]
@@ -86,7 +87,7 @@ class _Connection:
             pass
 
 
-class MessageQueue:
+class MessageQueue(ClientState):
     """A blocking, thread-safe CoreMQ client that reconnects by itself.
 
     ``queues`` and ``options`` (and whatever :meth:`subscribe` and
@@ -184,68 +185,7 @@ class MessageQueue:
         self._user: str | None = None
         self._auth_failure: AuthenticationFailed | None = None  # set while waiting for new credentials
 
-    # -- state -------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is open."""
-        conn = self._conn
-        return conn is not None and conn.alive
-
-    @property
-    def closed(self) -> bool:
-        """True once the client has ended for good (close(), or a loss without reconnect)."""
-        return self._ended is not None
-
-    @property
-    def connection_id(self) -> str | None:
-        """The id of the current (or last) connection, from its welcome."""
-        return self._welcome.connection_id if self._welcome else None
-
-    @property
-    def welcome(self) -> JSONObject | None:
-        """The whole welcome object of the current (or last) connection."""
-        return self._welcome.message if self._welcome else None
-
-    @property
-    def welcome_message(self) -> str | None:
-        """The welcome's ``response`` text, e.g. ``"OK: Welcome from CoreMQ!"``."""
-        return self._welcome.message.get("response") if self._welcome else None
-
-    @property
-    def queues(self) -> tuple[str, ...]:
-        """The queues this client subscribes to on every connect."""
-        return self._state.queues
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The options this client sets on every connect."""
-        return self._state.options
-
-    @property
-    def resume(self) -> bool:
-        """True when the client fetches what it missed after a reconnect."""
-        return self._resumer.enabled
-
-    @property
-    def user(self) -> str | None:
-        """The user this connection is logged in as (from ``OK: Authenticated``), or None."""
-        return self._user
-
-    @property
-    def last_ids(self) -> dict[str, int]:
-        """The ``coremq_id`` of the last message delivered per queue (a copy)."""
-        return self._resumer.last_ids
-
-    @property
-    def errors(self) -> list[CoreMQError]:
-        """The most recent errors that no caller waited for, oldest first."""
-        return list(self._reporter.recent)
-
-    @property
-    def gaps(self) -> list[Gap]:
-        """The most recent gaps reported (messages that will never be delivered), oldest first."""
-        return list(self._gap_reporter.recent)
+    # -- state: the read-only properties are ClientState's ----------------------
 
     def set_credentials(self, *, token: str | None = None, username: str | None = None,
                         password: str | None = None) -> None:
