@@ -28,15 +28,15 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping
+from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping, Protocol
 
 from coremq_client import protocol as P
 from coremq_client.codec import JSONCodec
 from coremq_client.errors import CoreMQError
 
-from .protocol import error_frame, message_entry, message_frame
+from .protocol import error_frame, message_entry, message_frame, text_frame
 
-__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "CLOSE_SERVICE_RESTART"]
+__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_SERVICE_RESTART"]
 
 logger = logging.getLogger("coremq.websocket")
 
@@ -53,20 +53,57 @@ class BridgeError(CoreMQError):
     """A browser's request was refused by the bridge; the text goes into the error frame."""
 
 
+class FrameWriter(Protocol):
+    """Writes whole pre-encoded WebSocket frames to a browser's socket (see :mod:`.daphne`)."""
+
+    def write(self, frame: bytes) -> bool:
+        """Queue ``frame``; False when the browser has fallen too far behind (a slow consumer)."""
+
+    def abort(self) -> None: ...
+
+
 class Browser:
-    """One WebSocket as the bridge sees it: its number, its ASGI ``send`` and its subscriptions."""
+    """One WebSocket as the bridge sees it: its number, how to reach it, and its subscriptions.
 
-    __slots__ = ("number", "send", "user", "queues", "open")
+    ``send`` is the ASGI server's own send; ``writer``, when the server allows
+    it, takes frames encoded once for all browsers.
+    """
 
-    def __init__(self, number: int, send: ASGISend, user: Any = None) -> None:
+    __slots__ = ("number", "send", "writer", "user", "queues", "open")
+
+    def __init__(self, number: int, send: ASGISend, user: Any = None, writer: FrameWriter | None = None) -> None:
         self.number = number
         self.send = send
+        self.writer = writer
         self.user = user
         self.queues: set[str] = set()
         self.open = True
 
     def __repr__(self) -> str:
         return f"<Browser {self.number} queues={sorted(self.queues)}>"
+
+
+class Outgoing:
+    """One frame for one or many browsers: JSON bytes, made into an ASGI message or a WebSocket frame once."""
+
+    __slots__ = ("data", "close", "_asgi", "_frame")
+
+    def __init__(self, data: bytes, close: int | None = None) -> None:
+        self.data = data
+        self.close = close
+        self._asgi: dict | None = None
+        self._frame: bytes | None = None
+
+    def asgi(self) -> dict:
+        if self._asgi is None:
+            self._asgi = ({"type": "websocket.close", "code": self.close} if self.close is not None
+                          else {"type": "websocket.send", "text": self.data.decode()})
+        return self._asgi
+
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = text_frame(self.data)
+        return self._frame
 
 
 class BrokerLink(abc.ABC):
@@ -121,12 +158,13 @@ class Bridge:
         self.closed = False
         self.browsers: dict[int, Browser] = {}
         self.delivered_count = 0
+        self.slow_consumers = 0
         self._numbers = itertools.count(1)
         self._private_prefix = "\0"  # matches no queue until connected
         self._local: dict[str, dict[Browser, None]] = {}  # queue -> browsers, insertion-ordered
         self._fanout: dict[str, tuple[Browser, ...]] = {}  # the same as tuples, rebuilt on change
         self._upstream: dict[str, asyncio.Future[None]] = {}  # queue -> its upstream subscription
-        self._outbox: deque[tuple[dict, Iterable[Browser]]] = deque()
+        self._outbox: deque[tuple[Outgoing, Iterable[Browser]]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -144,7 +182,7 @@ class Bridge:
             self.lost("the web server is shutting down")
         await self.link.close()
         if self._pump_task is not None:
-            self._enqueue({}, ())  # wakes the pump, which stops once the outbox is empty
+            self._enqueue(Outgoing(b""), ())  # wakes the pump, which stops once the outbox is empty
             try:
                 await asyncio.wait_for(asyncio.shield(self._pump_task), 5)
             except TimeoutError:
@@ -168,8 +206,7 @@ class Bridge:
             if not browsers:
                 return
         self.delivered_count += len(browsers)
-        text = self.codec.dumps(message_frame(queue, stored)).decode()
-        self._enqueue({"type": "websocket.send", "text": text}, browsers)
+        self._enqueue(Outgoing(self.codec.dumps(message_frame(queue, stored))), browsers)
 
     def lost(self, reason: str) -> None:
         """The link can never deliver again: tell every browser and close it (they reconnect to a new bridge)."""
@@ -177,18 +214,18 @@ class Bridge:
             return
         self.closed = True
         logger.info("WebSocket bridge %s closed: %s", self.connection_id, reason)
-        close = {"type": "websocket.close", "code": CLOSE_SERVICE_RESTART}
+        close = Outgoing(b"", close=CLOSE_SERVICE_RESTART)
         for browser in list(self.browsers.values()):
             self.send(browser, error_frame(f"connection to the broker lost: {reason}"))
             self._enqueue(close, (browser,))
 
     # -- browsers --------------------------------------------------------------
 
-    def attach(self, send: ASGISend, user: Any = None) -> Browser:
+    def attach(self, send: ASGISend, user: Any = None, writer: FrameWriter | None = None) -> Browser:
         """Register a WebSocket; it gets its welcome once the link is connected."""
         if self.closed:
             raise BridgeError("the bridge is closed")
-        browser = Browser(next(self._numbers), send, user)
+        browser = Browser(next(self._numbers), send, user, writer)
         self.browsers[browser.number] = browser
         if self.connection_id is not None:
             self.send(browser, self._welcome(browser))
@@ -209,7 +246,7 @@ class Bridge:
 
     def send(self, browser: Browser, frame: Mapping[str, Any]) -> None:
         """Queue one JSON frame for ``browser``, behind what is already queued for it."""
-        self._enqueue({"type": "websocket.send", "text": self.codec.dumps(frame).decode()}, (browser,))
+        self._enqueue(Outgoing(self.codec.dumps(frame)), (browser,))
 
     def _welcome(self, browser: Browser) -> dict[str, Any]:
         return {"type": "welcome", "connection_id": self.browser_id(browser), "epoch": self.epoch, **self.info}
@@ -335,8 +372,8 @@ class Bridge:
         browsers = self._fanout[queue] = tuple(local)
         return browsers
 
-    def _enqueue(self, message: dict, browsers: Iterable[Browser]) -> None:
-        self._outbox.append((message, browsers))
+    def _enqueue(self, outgoing: Outgoing, browsers: Iterable[Browser]) -> None:
+        self._outbox.append((outgoing, browsers))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -352,14 +389,27 @@ class Bridge:
                 self._waiter = loop.create_future()
                 await self._waiter
                 continue
-            message, browsers = outbox.popleft()
+            outgoing, browsers = outbox.popleft()
             for browser in browsers:
-                if browser.open:
-                    try:
-                        await browser.send(message)
-                    except Exception:
-                        logger.exception("WebSocket bridge: sending to browser %d failed", browser.number)
-                        browser.open = False
+                if not browser.open:
+                    continue
+                writer = browser.writer
+                if writer is not None and outgoing.close is None:
+                    if not writer.write(outgoing.frame()):
+                        self._slow(browser, writer)
+                    continue
+                try:
+                    await browser.send(outgoing.asgi())
+                except Exception:
+                    logger.exception("WebSocket bridge: sending to browser %d failed", browser.number)
+                    browser.open = False
+
+    def _slow(self, browser: Browser, writer: FrameWriter) -> None:
+        """A browser that does not read: cut it off (it reconnects and catches up from history)."""
+        logger.warning("WebSocket bridge: browser %s is a slow consumer; disconnecting", self.browser_id(browser))
+        self.slow_consumers += 1
+        browser.open = False
+        writer.abort()
 
     def describe(self) -> dict[str, Any]:
         """What the status page shows about this process's bridge."""
@@ -369,5 +419,6 @@ class Bridge:
             "browsers": len(self.browsers),
             "queues": len(self._local),
             "delivered": self.delivered_count,
+            "slow_consumers": self.slow_consumers,
             "queued": len(self._outbox),
         }

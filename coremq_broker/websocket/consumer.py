@@ -20,6 +20,7 @@ from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 
 from .. import conf
 from .bridge import Bridge, BridgeError, Browser
+from .daphne import direct_writer
 from .links import get_bridge
 from .protocol import (
     BadRequest,
@@ -33,7 +34,10 @@ from .protocol import (
     parse_request,
 )
 
-__all__ = ["CoreMQConsumer"]
+__all__ = ["CoreMQConsumer", "RAW_SEND"]
+
+#: Where :class:`~coremq_broker.websocket.routing.RawSendMiddleware` keeps the server's ``send``.
+RAW_SEND = "coremq.send"
 
 logger = logging.getLogger("coremq.websocket")
 
@@ -68,9 +72,12 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         config = conf.get_config()
         self.max_size: int = conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE")
         self.max_queue_name_length = config.max_queue_name_length
+        # The server's own send (see routing.RawSendMiddleware), and under daphne a direct writer.
+        send = self.scope.get(RAW_SEND, self.base_send)
         try:
             self.bridge = await get_bridge()
-            self.browser = self.bridge.attach(self.base_send, user=self.scope.get("user"))
+            self.browser = self.bridge.attach(send, user=self.scope.get("user"),
+                                              writer=direct_writer(send, config.max_write_buffer))
         except (CoreMQError, OSError) as exc:
             logger.warning("WebSocket from %s refused: no link to the broker (%s)", self.scope.get("client"), exc)
             await self.send(text_data=_dumps(error_frame(f"the broker is unavailable: {exc}")))

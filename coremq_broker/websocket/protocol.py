@@ -32,6 +32,7 @@ __all__ = [
     "message_entry",
     "message_frame",
     "error_frame",
+    "text_frame",
 ]
 
 #: The largest frame a browser may send, in UTF-8 bytes (``WEBSOCKET_MAX_MESSAGE_SIZE``).
@@ -206,3 +207,13 @@ def message_frame(queue: str, stored: Any) -> dict[str, Any]:
 
 def error_frame(error: str, ref: Ref = None, **extra: Any) -> dict[str, Any]:
     return {"type": "error", "error": error, "ref": ref, **extra}
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The WebSocket frame (RFC 6455, server to client: unmasked, final) carrying UTF-8 text ``payload``."""
+    length = len(payload)
+    if length < 126:
+        return b"\x81" + bytes((length,)) + payload
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + length.to_bytes(8, "big") + payload

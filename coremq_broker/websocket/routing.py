@@ -3,6 +3,7 @@
 ``coremq_project/asgi.py`` mounts :func:`websocket_application` as the
 ``"websocket"`` entry of its ``ProtocolTypeRouter``: origins are checked
 against ``ALLOWED_HOSTS`` and the Django session user is put in the scope.
+The bridge keeps the server's unwrapped ``send`` for its deliveries.
 """
 
 from __future__ import annotations
@@ -14,9 +15,25 @@ from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
-from .consumer import CoreMQConsumer
+from .consumer import RAW_SEND, CoreMQConsumer
 
-__all__ = ["websocket_urlpatterns", "websocket_application"]
+__all__ = ["RawSendMiddleware", "websocket_urlpatterns", "websocket_application"]
+
+class RawSendMiddleware:
+    """Keeps the server's own ``send`` in ``scope["coremq.send"]`` for the bridge.
+
+    Channels' session middleware wraps ``send`` to save sessions on HTTP
+    responses; on a WebSocket that wrapper only costs time, once per delivered
+    message per browser. Deliveries use the unwrapped ``send`` (and, under
+    daphne, the socket itself: see :mod:`.daphne`).
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        return await self.application({**scope, RAW_SEND: send}, receive, send)
+
 
 websocket_urlpatterns = [
     path("ws/coremq/", CoreMQConsumer.as_asgi(), name="coremq-websocket"),
@@ -25,4 +42,5 @@ websocket_urlpatterns = [
 
 def websocket_application(urlpatterns: list[Any] | None = None) -> Any:
     """The ASGI app for WebSocket connections: origin check, session user, then the URL router."""
-    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(urlpatterns or websocket_urlpatterns)))
+    return AllowedHostsOriginValidator(RawSendMiddleware(AuthMiddlewareStack(
+        URLRouter(urlpatterns or websocket_urlpatterns))))
