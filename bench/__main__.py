@@ -1,5 +1,7 @@
 """``python -m bench fanout|latency|conns|all [--compare redis,mqtt,nats] [--quick]``.
 
+(``python -m bench websocket [--quick]`` is the WebSocket fan-out against Channels: :mod:`bench.websocket`.)
+
 Starts the CoreMQ broker as ``run_coremq`` serves it, finds the peers that
 answer on this machine, runs the benchmarks, prints a table with CoreMQ's
 ratios against each peer, and writes ``bench/results/<name>.json`` and
@@ -206,6 +208,11 @@ def _has_uvloop() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["websocket"]:  # browser-protocol fan-out against Channels; options of its own
+        from .websocket import main as websocket_main
+
+        return websocket_main(argv[1:])
     args = parse_args(argv)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_run(args))
