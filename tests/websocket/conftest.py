@@ -128,10 +128,11 @@ class Server:
     """A server process of the project (``run_coremq`` or daphne) with its output collected."""
 
     def __init__(self, args: list[str], *, broker_port: int, database: Path, ready: str | None = None,
-                 http_port: int | None = None) -> None:
+                 http_port: int | None = None, env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "e2e_settings", "COREMQ_DATABASE": str(database),
                "COREMQ_E2E_PORT": str(broker_port), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+               "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(env or {})}
         self.args = args
         self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
@@ -197,12 +198,13 @@ class Servers:
         self.database = database
         self.started: list[Server] = []
 
-    def run_coremq(self, port: int, web_port: int | None = None) -> Server:
+    def run_coremq(self, port: int, web_port: int | None = None, *, max_write_buffer: int | None = None) -> Server:
         """``manage.py run_coremq --port P`` with ``--web-port W``, or ``--no-web`` without one."""
         args = [sys.executable, "manage.py", "run_coremq", "--port", str(port)]
         args += ["--no-web"] if web_port is None else ["--web-port", str(web_port)]
         ready = "CoreMQ web app on" if web_port is not None else "CoreMQ broker listening on"
-        return self._start(Server(args, broker_port=port, database=self.database, ready=ready))
+        env = {} if max_write_buffer is None else {"COREMQ_E2E_MAX_WRITE_BUFFER": str(max_write_buffer)}
+        return self._start(Server(args, broker_port=port, database=self.database, ready=ready, env=env))
 
     def daphne(self, port: int, web_port: int) -> Server:
         """``daphne coremq_project.asgi:application``: a web process of its own, linked to the broker on ``port``."""

@@ -1,0 +1,64 @@
+"""A blocking WebSocket client on a plain socket, for tests that must control reading byte by byte."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+
+class RawWebSocket:
+    """Opens ``ws://127.0.0.1:port/path`` with an allowed Origin; reads JSON text frames only when asked."""
+
+    def __init__(self, port: int, path: str, *, receive_buffer: int | None = None, timeout: float = 30.0) -> None:
+        self.sock = socket.socket()
+        if receive_buffer is not None:  # before connecting, so the TCP window stays small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                           f"Origin: http://127.0.0.1:{port}\r\n\r\n").encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the server")
+        return data
+
+    def _take(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self.buffer += self._recv()
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def receive(self) -> dict[str, Any]:
+        """The next text frame's JSON; ConnectionError when the server closed or dropped the connection."""
+        first, second = self._take(2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._take(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._take(8))[0]
+        payload = self._take(length)
+        if first & 0x0F == 0x8:
+            raise ConnectionError(f"close frame {payload[:2].hex()}")
+        return json.loads(payload)
+
+    def receive_type(self, kind: str) -> dict[str, Any]:
+        while True:
+            frame = self.receive()
+            if frame["type"] == kind:
+                return frame
+
+    def close(self) -> None:
+        self.sock.close()
