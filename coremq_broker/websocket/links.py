@@ -176,8 +176,10 @@ class RemoteLink(BrokerLink):
     kind = "remote"
 
     def __init__(self, host: str, port: int, *, timeout: float = 5.0, **client_options: Any) -> None:
+        # resume=False: each browser resumes from its own last ids (coremq.js), after the new welcome.
         self.client = AsyncMessageQueue(host, port, options={P.OPTION_ECHO: True}, timeout=timeout,
-                                        reconnect=True, on_connect=self._on_connect, **client_options)
+                                        reconnect=True, resume=False, on_connect=self._on_connect,
+                                        **client_options)
         self._bridge: Bridge | None = None
         self._started: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
