@@ -127,6 +127,10 @@ class PermissionRule(models.Model):
     class Meta:
         ordering = ["pattern", "id"]
         verbose_name = "permission rule"
+        # Not about rules, but about who rules do not apply to: a service that acts
+        # for many users and checks each of them itself (a WebSocket bridge in a
+        # web process of its own, logged in with COREMQ['CLIENT_TOKEN']).
+        permissions = [("relay", "Can relay for other users (publish, subscribe and read history anywhere)")]
 
     def __str__(self) -> str:
         return f"{self.pattern}: {', '.join(self.actions()) or 'nothing'}"

@@ -1,7 +1,7 @@
-"""The access policy from the admin: permission rules, the default, revoked tokens and inactive users.
+"""The access policy from the admin: permission rules, the default, relays, revoked tokens and inactive users.
 
-:func:`load_policy` reads it all as one immutable
-:class:`~coremq_broker.access.RulePolicy`; :func:`access_watcher` makes the
+:func:`load_policy` reads it all as one immutable :class:`SitePolicy` (a
+:class:`~coremq_broker.access.RulePolicy`); :func:`access_watcher` makes the
 :class:`~coremq_broker.snapshots.SnapshotWatcher` that keeps a running
 broker's (or a remote WebSocket bridge's) copy in step within a second, so a
 changed rule ends subscriptions it no longer allows and a revoked or expired
@@ -12,6 +12,7 @@ it. Blocking code: call it off the event loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from django.contrib.auth import get_user_model
@@ -19,17 +20,49 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .. import conf
-from ..access import RulePolicy, rules_from
+from ..access import ACTIONS, Principal, RulePolicy, rules_from
 from ..snapshots import SnapshotWatcher
 
 if TYPE_CHECKING:
     from ..broker import Broker
 
-__all__ = ["load_policy", "empty_policy", "access_watcher", "describe_policy"]
+__all__ = ["SitePolicy", "BRIDGE", "RELAY_PERMISSION", "load_policy", "empty_policy", "access_watcher",
+           "describe_policy"]
+
+#: The Django permission that makes a user a relay (see :class:`SitePolicy`).
+RELAY_PERMISSION = "coremq_broker.relay"
+
+#: The principal of a broker connection that this process opens for many
+#: browsers: the in-process WebSocket bridge. It is recognised by identity, so
+#: nothing that arrives over the network can claim it.
+BRIDGE = Principal(username="(websocket bridge)")
 
 
-def load_policy() -> RulePolicy:
-    """The policy as the database and ``COREMQ['DEFAULT_POLICY']`` say now. Three small queries."""
+@dataclass(frozen=True)
+class SitePolicy(RulePolicy):
+    """:class:`RulePolicy` plus *relays*: connections that act for many users and check each one themselves.
+
+    A WebSocket bridge is one broker connection for all the browsers of its
+    web process; it runs this same policy for every browser's request, so the
+    broker lets the bridge itself publish, subscribe and read history
+    anywhere: the in-process bridge (:data:`BRIDGE`) and the users with the
+    ``coremq_broker.relay`` permission (``relays``: their ids; a separate
+    web process logs in as one with ``COREMQ['CLIENT_TOKEN']``). Status and
+    admin requests stay for staff.
+    """
+
+    relays: frozenset[int] = field(default_factory=frozenset)
+
+    def check(self, principal: Principal, action: str, queue: str | None) -> bool:
+        if action in ACTIONS and (principal is BRIDGE or principal.user_id in self.relays):
+            return True
+        return super().check(principal, action, queue)
+
+
+def load_policy() -> SitePolicy:
+    """The policy as the database and ``COREMQ['DEFAULT_POLICY']`` say now. Four small queries."""
+    from django.contrib.auth.models import Permission
+
     from ..models import ApiToken, PermissionRule
 
     rows = [
@@ -44,31 +77,38 @@ def load_policy() -> RulePolicy:
         for rule in PermissionRule.objects.prefetch_related("groups", "users")
     ]
     invalid = Q(revoked__isnull=False) | Q(expires__lte=timezone.now())
-    return RulePolicy(
+    app_label, codename = RELAY_PERMISSION.split(".")
+    relay = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    active = get_user_model().objects.filter(is_active=True)
+    return SitePolicy(
         rules=rules_from(rows),
         default=conf.get_web_setting("DEFAULT_POLICY"),
         revoked_tokens=frozenset(ApiToken.objects.filter(invalid).values_list("pk", flat=True)),
-        active_users=frozenset(get_user_model().objects.filter(is_active=True).values_list("pk", flat=True)),
+        active_users=frozenset(active.values_list("pk", flat=True)),
+        relays=frozenset(active.filter(Q(user_permissions__in=relay) | Q(groups__permissions__in=relay))
+                         .values_list("pk", flat=True)),
     )
 
 
-def empty_policy() -> RulePolicy:
+def empty_policy() -> SitePolicy:
     """The default policy alone: what applies while the tables cannot be read."""
-    return RulePolicy(default=conf.get_web_setting("DEFAULT_POLICY"))
+    return SitePolicy(default=conf.get_web_setting("DEFAULT_POLICY"))
 
 
-def describe_policy(policy: RulePolicy) -> str:
-    return (f"default {policy.default!r}, {len(policy.rules)} rule(s), "
+def describe_policy(policy: SitePolicy) -> str:
+    return (f"default {policy.default!r}, {len(policy.rules)} rule(s), {len(policy.relays)} relay(s), "
             f"{len(policy.revoked_tokens)} revoked or expired token(s)")
 
 
-def access_watcher(apply: Callable[[Any, RulePolicy], None] | None = None, *,
-                   interval: float = 0.5) -> SnapshotWatcher[RulePolicy, Any]:
+def access_watcher(apply: Callable[[Any, SitePolicy], None] | None = None, *,
+                   interval: float = 0.5) -> SnapshotWatcher[SitePolicy, Any]:
     """A watcher of the access policy; each new one goes to ``apply(target, policy)``.
 
     The default ``apply`` is the broker's ``set_access``; a remote WebSocket
     bridge gives its own.
     """
+    from django.contrib.auth.models import Group
+
     from ..models import ApiToken, PermissionRule
 
     user_model = get_user_model()
@@ -76,9 +116,10 @@ def access_watcher(apply: Callable[[Any, RulePolicy], None] | None = None, *,
         load_policy, apply or _set_access, initial=empty_policy(), what="access policy",
         describe=describe_policy, interval=interval,
         senders=[PermissionRule, PermissionRule.groups.through, PermissionRule.users.through, ApiToken,
-                 user_model, user_model.groups.through],  # type: ignore[attr-defined]
+                 user_model, user_model.groups.through, user_model.user_permissions.through,  # type: ignore[attr-defined]
+                 Group.permissions.through],
     )
 
 
-def _set_access(broker: "Broker", policy: RulePolicy) -> None:
+def _set_access(broker: "Broker", policy: SitePolicy) -> None:
     broker.set_access(policy)
