@@ -1,0 +1,106 @@
+"""The security tests' world: users, a group, API tokens and permission rules in the test database.
+
+The same rules are checked over TCP and over the WebSocket (``CASES``), with
+``COREMQ['DEFAULT_POLICY'] = "deny"`` so that only the rules open anything:
+
+- ``lobby``: everything, for anyone (anonymous included);
+- ``news.*``: subscribe and history for any logged-in user; publish for bob;
+- ``secret``: everything for the group ``readers`` (alice);
+- ``locked``: a rule that grants nothing, so nobody, staff included, may use it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.contrib.auth.models import Group, Permission, User
+from django.db.backends.signals import connection_created
+from django.utils import timezone
+
+from coremq_broker.models import ApiToken, PermissionRule
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "client"))
+from selfsigned import tls_contexts  # noqa: E402  (tests/client/selfsigned.py: one certificate maker)
+
+__all__ = ["World", "make_world", "CASES", "PASSWORDS", "FAST_HASHERS", "tls_contexts"]
+
+
+def _read_uncommitted(sender: object, connection: object, **kwargs: object) -> None:
+    """Readers of the in-memory test database take no table locks.
+
+    The test database is SQLite in memory with a shared cache, where a reader
+    in another thread (the policy watcher, the authenticator) makes a writer
+    fail at once with "database table is locked" instead of waiting, as it
+    would on a file or on PostgreSQL. Reading uncommitted data here is harmless.
+    """
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+        connection.cursor().execute("PRAGMA read_uncommitted = true")  # type: ignore[attr-defined]
+
+
+connection_created.connect(_read_uncommitted, dispatch_uid="coremq-security-read-uncommitted")
+
+PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-1", "root": "root-pw-1", "relay": "relay-pw-1"}
+#: Django's real hasher takes half a second on purpose; the tests log in many times.
+FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+#: (who, action, queue, allowed): who is "anonymous" or a username of PASSWORDS.
+CASES = [
+    ("anonymous", "subscribe", "lobby", True),
+    ("anonymous", "publish", "lobby", True),
+    ("anonymous", "history", "lobby", True),
+    ("anonymous", "subscribe", "news.eu", False),
+    ("anonymous", "history", "news.eu", False),
+    ("alice", "subscribe", "news.eu", True),
+    ("alice", "history", "news.eu", True),
+    ("alice", "publish", "news.eu", False),
+    ("bob", "publish", "news.eu", True),
+    ("alice", "subscribe", "secret", True),
+    ("alice", "publish", "secret", True),
+    ("alice", "history", "secret", True),
+    ("bob", "subscribe", "secret", False),
+    ("bob", "publish", "secret", False),
+    ("bob", "history", "secret", False),
+    ("alice", "publish", "unruled", False),
+    ("root", "subscribe", "unruled", False),
+    ("root", "publish", "locked", False),
+]
+
+
+@dataclass
+class World:
+    """The tokens made for the tests (the secrets, which the database does not keep)."""
+
+    alice_token: str
+    expired_token: str
+    revoked_token: str
+    relay_token: str
+    alice_token_id: int
+
+
+def make_world() -> World:
+    """Create the users, group, tokens and rules (call with FAST_HASHERS set). Blocking."""
+    readers = Group.objects.create(name="readers")
+    alice = User.objects.create_user("alice", password=PASSWORDS["alice"])
+    alice.groups.add(readers)
+    bob = User.objects.create_user("bob", password=PASSWORDS["bob"])
+    User.objects.create_user("root", password=PASSWORDS["root"], is_staff=True)
+    relay = User.objects.create_user("relay", password=PASSWORDS["relay"], is_staff=True)
+    relay.user_permissions.add(Permission.objects.get(codename="relay", content_type__app_label="coremq_broker"))
+
+    rule = PermissionRule.objects.create
+    rule(pattern="lobby", publish=True, subscribe=True, history=True, anonymous=True)
+    rule(pattern="news.*", subscribe=True, history=True, authenticated=True)
+    rule(pattern="news.*", publish=True).users.add(bob)
+    rule(pattern="secret", publish=True, subscribe=True, history=True).groups.add(readers)
+    rule(pattern="locked", note="closed to all")
+
+    token, alice_token = ApiToken.objects.issue(alice, "alice's script")
+    _, expired = ApiToken.objects.issue(alice, "old", expires=timezone.now() - datetime.timedelta(minutes=1))
+    revoked_row, revoked = ApiToken.objects.issue(alice, "leaked")
+    revoked_row.revoked = timezone.now()
+    revoked_row.save()
+    _, relay_token = ApiToken.objects.issue(relay, "web process")
+    return World(alice_token, expired, revoked, relay_token, token.pk)
