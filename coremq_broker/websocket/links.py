@@ -183,6 +183,8 @@ class RemoteLink(BrokerLink):
         self._bridge: Bridge | None = None
         self._started: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._held: list[Any] | None = None  # deliveries waiting for the browsers' new welcome
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def start(self, bridge: Bridge) -> None:
@@ -192,20 +194,35 @@ class RemoteLink(BrokerLink):
         self._reader = asyncio.create_task(self._read(), name="coremq-websocket-link")
         await self._started
 
-    async def _on_connect(self, welcome: dict) -> None:
-        connection_id = self.client.connection_id
+    def _on_connect(self, welcome: dict) -> None:
+        """A new connection (first or reconnected): hold deliveries until the browsers have their new welcome.
+
+        Runs before anything is read on the new connection; the welcome needs
+        the broker's epoch, which a status request tells.
+        """
+        if self._held is None:
+            self._held = []
+        connection_id = str(welcome.get("connection_id") or self.client.connection_id)
+        task = asyncio.ensure_future(self._welcome_browsers(connection_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _welcome_browsers(self, connection_id: str) -> None:
         try:
             status = await self.client.status()
             epoch = f"{status.get('address')}@{status.get('started')}"
         except CoreMQError as exc:
             if self.client.connection_id != connection_id:
-                return  # lost again already; the next connection reports itself
+                return  # lost again already; the next connection's welcome releases what is held
             logger.info("WebSocket bridge: no status from the broker (%s); ids restart with each connection", exc)
-            epoch = str(connection_id)
-        if self._bridge is None or connection_id is None or self.client.connection_id != connection_id:
+            epoch = connection_id
+        if self._bridge is None or self.client.connection_id != connection_id:
             return
         logger.info("WebSocket bridge connected to %s:%s as %s", self.client.host, self.client.port, connection_id)
         self._bridge.connected(connection_id, epoch)
+        held, self._held = self._held or [], None
+        for delivery in held:
+            self._bridge.delivered(delivery.queue, delivery.raw or delivery.message)
         if self._started is not None and not self._started.done():
             self._started.set_result(None)
 
@@ -217,7 +234,10 @@ class RemoteLink(BrokerLink):
             except ConnectionClosed:
                 break
             assert self._bridge is not None and delivery is not None
-            self._bridge.delivered(delivery.queue, delivery.raw or delivery.message)
+            if self._held is not None:
+                self._held.append(delivery)
+            else:
+                self._bridge.delivered(delivery.queue, delivery.raw or delivery.message)
         if self._bridge is not None and not self._closing:
             self._bridge.lost("the link to the broker ended")
 

@@ -246,7 +246,7 @@
         },
         (error) => {
           for (const queue of names) this._flushReplay(queue);
-          this._emit("error", error);
+          if (error.frame) this._emit("error", error);
         },
       );
     }
@@ -283,7 +283,16 @@
       if (!entry || !entry.replay) return;
       const held = entry.replay;
       entry.replay = null;
-      for (const frame of held) this._onMessage(frame);
+      for (const frame of held) this._onMessage(frame, false);  // a hole left now is a gap
+    }
+
+    /** A live message skipped ids: hold it and fetch the missing ones from history first. */
+    _fill(queue, entry, position, frame) {
+      entry.replay = [frame];
+      this._request({ action: "history", queues: [queue], since: { [queue]: position } }, true).then(
+        (answer) => this._replay(queue, answer, position, false),
+        () => this._flushReplay(queue),
+      );
     }
 
     _subscribeOnWire(queues) {
@@ -298,12 +307,13 @@
           }
         },
         (error) => {
+          if (!error.frame) return;  // the connection dropped: the next welcome subscribes again
           if (queues.length > 1) {
             for (const queue of queues) this._subscribeOnWire([queue]);  // find the one refused
             return;
           }
           const entry = this._queues.get(queues[0]);
-          if (entry && error.frame) {  // refused by the server, not a lost connection: give up on it
+          if (entry) {  // refused by the server: give up on it
             this._queues.delete(queues[0]);
             entry.reject(error);
             this._emit("error", error);
@@ -312,7 +322,7 @@
       );
     }
 
-    _onMessage(frame) {
+    _onMessage(frame, fill = true) {
       if (frame.queue === this.connectionId) {
         this._emit("direct", frame.message, metaOf(frame, false));
         return;
@@ -326,7 +336,13 @@
       const position = entry.last ?? entry.baseline;
       if (frame.id != null && position != null) {
         if (frame.id <= position && entry.last != null) return;  // already delivered
-        if (frame.id > position + 1) this._emit("gap", { queue: frame.queue, from: position + 1, to: frame.id - 1 });
+        if (frame.id > position + 1) {
+          if (fill && this.state === "open") {
+            this._fill(frame.queue, entry, position, frame);
+            return;
+          }
+          this._emit("gap", { queue: frame.queue, from: position + 1, to: frame.id - 1 });
+        }
       }
       this._deliver(frame.queue, entry, frame, false);
     }

@@ -1,0 +1,176 @@
+"""coremq.js in Chromium against a scripted server (a fake WebSocket): resume, gaps, epochs, requests, backoff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+CLIENT = Path(__file__).resolve().parents[2] / "coremq_broker" / "static" / "coremq" / "coremq.js"
+
+# A WebSocket whose server side the test plays: it records what the client sends.
+FAKE_SOCKET = """
+class FakeSocket {
+  constructor(url) { this.url = url; this.sent = []; FakeSocket.all.push(this); }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close(code, reason) { setTimeout(() => this.onclose && this.onclose({ code: code || 1000, reason: reason || "" })); }
+  deliver(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+  drop(code = 1006) { this.onclose({ code, reason: "" }); }
+  request(action) { return [...this.sent].reverse().find((frame) => frame.action === action); }
+  answer(action, frame) { const request = this.request(action); this.deliver({ ...frame, ref: request.ref }); return request; }
+}
+FakeSocket.all = [];
+window.WebSocket = FakeSocket;
+window.socket = (n) => FakeSocket.all[n];
+window.nextSocket = async (n) => { while (FakeSocket.all.length <= n) await new Promise((r) => setTimeout(r, 5)); return FakeSocket.all[n]; };
+window.got = [];
+window.events = [];
+window.message = (queue, id, sent = id) => ({ type: "message", queue, id, message: { n: id }, sender: "s", sent });
+"""
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A blank Chromium page with coremq.js loaded over a fake WebSocket."""
+    context = chromium.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_content("<!doctype html><title>coremq.js</title>")
+    page.evaluate(FAKE_SOCKET)
+    page.add_script_tag(path=str(CLIENT))
+    yield page
+    assert errors == []
+    context.close()
+
+
+def start(page: Any, epoch: str = "e1") -> None:
+    """A client subscribed to q, welcomed and answered with q's sequence (nothing published yet)."""
+    page.evaluate("""(epoch) => {
+        window.mq = new CoreMQ("ws://example.test/ws/coremq/", { minDelay: 1, maxDelay: 4 });
+        for (const name of ["gap", "reset", "state", "direct"]) mq.on(name, (value) => events.push([name, value]));
+        mq.subscribe("q", (message, meta) => got.push([meta.id, meta.replayed]));
+        socket(0).deliver({ type: "welcome", connection_id: "b/1", epoch });
+        socket(0).answer("subscribe", { type: "subscribed", queues: ["q"], sequence: { q: { first: null, last: 0 } } });
+    }""", epoch)
+
+
+def reconnect(page: Any, n: int, epoch: str = "e1") -> None:
+    """Drop socket n-1; once the client opened socket n, welcome it."""
+    page.evaluate("""async ([n, epoch]) => {
+        socket(n - 1).drop();
+        const next = await nextSocket(n);
+        next.deliver({ type: "welcome", connection_id: "b/" + (n + 1), epoch });
+    }""", [n, epoch])
+
+
+def test_resumes_from_the_last_id_and_holds_live_messages(page: Any) -> None:
+    """After a reconnect the client asks for history since its last id; live messages wait; none twice."""
+    start(page)
+    page.evaluate("socket(0).deliver(message('q', 1)); socket(0).deliver(message('q', 2))")
+    reconnect(page, 1)
+    assert page.evaluate("socket(1).request('subscribe').queues") == ["q"]
+    assert page.evaluate("socket(1).request('history').since") == {"q": 2}
+    page.evaluate("""
+        socket(1).deliver(message('q', 5));
+        socket(1).answer('history', { type: 'history', history: { q: [3, 4, 5].map((id) => message('q', id)) },
+                                      sequence: { q: { first: 1, last: 5 } } });
+        socket(1).deliver(message('q', 6));
+    """)
+    assert page.evaluate("got") == [[1, False], [2, False], [3, True], [4, True], [5, True], [6, False]]
+    assert page.evaluate("events.filter(([name]) => name === 'gap')") == []
+
+
+def test_reports_a_gap_when_history_moved_on(page: Any) -> None:
+    """If history no longer holds the missed ids, a gap event names them and the rest is delivered."""
+    start(page)
+    page.evaluate("socket(0).deliver(message('q', 1))")
+    reconnect(page, 1)
+    page.evaluate("""socket(1).answer('history', { type: 'history', history: { q: [message('q', 7)] },
+                                                     sequence: { q: { first: 7, last: 7 } } })""")
+    assert page.evaluate("got") == [[1, False], [7, True]]
+    assert page.evaluate("events.filter(([name]) => name === 'gap')") == [["gap", {"queue": "q", "from": 2, "to": 6}]]
+
+
+def test_new_epoch_rereads_history_and_skips_what_it_saw(page: Any) -> None:
+    """After a broker restart (new epoch) ids start again: the whole history is read, new messages delivered."""
+    start(page)
+    page.evaluate("socket(0).deliver(message('q', 1, 100)); socket(0).deliver(message('q', 2, 101))")
+    reconnect(page, 1, epoch="e2")
+    assert page.evaluate("socket(1).request('history').since") == {"q": None}
+    page.evaluate("""socket(1).answer('history', { type: 'history',
+                        history: { q: [message('q', 1, 200), message('q', 2, 201)] }, sequence: { q: { first: 1, last: 2 } } })""")
+    assert page.evaluate("got") == [[1, False], [2, False], [1, True], [2, True]]
+    assert page.evaluate("events.filter(([name]) => name === 'reset').length") == 1
+
+
+def test_a_hole_in_live_messages_is_filled_from_history(page: Any) -> None:
+    """A live message that skips ids makes the client fetch the missing ones first."""
+    start(page)
+    page.evaluate("socket(0).deliver(message('q', 1)); socket(0).deliver(message('q', 4))")
+    assert page.evaluate("socket(0).request('history').since") == {"q": 1}
+    page.evaluate("""socket(0).answer('history', { type: 'history', history: { q: [2, 3, 4].map((id) => message('q', id)) },
+                                                     sequence: { q: { first: 1, last: 4 } } })""")
+    assert [item[0] for item in page.evaluate("got")] == [1, 2, 3, 4]
+
+
+def test_publish_resolves_or_rejects_by_ref(page: Any) -> None:
+    """publish() resolves with the id of the published answer and rejects with the error of its ref."""
+    start(page)
+    result = page.evaluate("""async () => {
+        const ok = mq.publish("q", { a: 1 });
+        socket(0).answer("publish", { type: "published", queue: "q", id: 9 });
+        const refused = mq.publish("q", "x");
+        socket(0).answer("publish", { type: "error", error: "permission denied: publish on queue 'q'" });
+        let error = null;
+        try { await refused; } catch (caught) { error = caught.message; }
+        return [(await ok).id, error, socket(0).request("publish").message];
+    }""")
+    assert result == [9, "permission denied: publish on queue 'q'", "x"]
+
+
+def test_requests_made_offline_are_sent_once_welcomed(page: Any) -> None:
+    """A publish made before the welcome is sent after it; one in flight when the socket drops is rejected."""
+    outcome = page.evaluate("""async () => {
+        window.mq = new CoreMQ("ws://example.test/ws/coremq/", { minDelay: 1, maxDelay: 4 });
+        const early = mq.publish("q", "early");
+        early.catch(() => {});  // never answered: rejected when the socket drops
+        const before = socket(0).sent.length;
+        socket(0).deliver({ type: "welcome", connection_id: "b/1", epoch: "e1" });
+        const sent = socket(0).request("publish").message;
+        const lost = mq.publish("q", "lost");
+        socket(0).drop();
+        let error = null;
+        try { await lost; } catch (caught) { error = caught.message; }
+        await nextSocket(1);
+        socket(1).deliver({ type: "welcome", connection_id: "b/2", epoch: "e1" });
+        return [before, sent, error, socket(1).sent.length];
+    }""")
+    assert outcome == [0, "early", "connection lost", 0]  # the lost publish is not sent again
+
+
+def test_point_to_point_messages_are_direct_events(page: Any) -> None:
+    """A message on the page's own connection id is a direct event, not a queue message."""
+    start(page)
+    page.evaluate("socket(0).deliver({ type: 'message', queue: 'b/1', id: 1, message: 'psst', sender: 'x', sent: 1 })")
+    assert page.evaluate("events.filter(([name]) => name === 'direct').map(([, message]) => message)") == ["psst"]
+    assert page.evaluate("got") == []
+
+
+def test_reconnect_delays_double_with_jitter_up_to_the_maximum(page: Any) -> None:
+    """Each delay lies in [step/2, step], the step doubling from minDelay up to maxDelay."""
+    delays = page.evaluate("""async () => {
+        const delays = [];
+        window.mq = new CoreMQ("ws://example.test/ws/coremq/", { minDelay: 2, maxDelay: 16 });
+        mq.on("reconnecting", ({ delay }) => delays.push(delay));
+        for (let n = 0; n < 7; n++) (await nextSocket(n)).drop();
+        mq.close();
+        return delays;
+    }""")
+    steps = [2, 4, 8, 16, 16, 16, 16]
+    assert len(delays) == len(steps)
+    for delay, step in zip(delays, steps):
+        assert round(step / 2) <= delay <= step
