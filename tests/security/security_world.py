@@ -12,9 +12,13 @@ The same rules are checked over TCP and over the WebSocket (``CASES``), with
 from __future__ import annotations
 
 import datetime
+import json
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django.contrib.auth.models import Group, Permission, User
 from django.db.backends.signals import connection_created
@@ -22,10 +26,15 @@ from django.utils import timezone
 
 from coremq_broker.models import ApiToken, PermissionRule
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "client"))
-from selfsigned import tls_contexts  # noqa: E402  (tests/client/selfsigned.py: one certificate maker)
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+# One certificate maker (tests/client) and one server runner (tests/status) for the whole suite.
+sys.path.extend([str(ROOT / "tests" / "client"), str(ROOT / "tests" / "status")])
+from selfsigned import tls_contexts  # noqa: E402
+from status_site import Server  # noqa: E402
 
-__all__ = ["World", "make_world", "CASES", "PASSWORDS", "FAST_HASHERS", "tls_contexts"]
+__all__ = ["World", "make_world", "CASES", "PASSWORDS", "FAST_HASHERS", "tls_contexts", "Server",
+           "migrated_world", "run_coremq"]
 
 
 def _read_uncommitted(sender: object, connection: object, **kwargs: object) -> None:
@@ -104,3 +113,30 @@ def make_world() -> World:
     revoked_row.save()
     _, relay_token = ApiToken.objects.issue(relay, "web process")
     return World(alice_token, expired, revoked, relay_token, token.pk)
+
+
+# -- run_coremq as a real process ---------------------------------------------------------
+
+def _env(database: Path, coremq: dict[str, Any]) -> dict[str, str]:
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "security_settings", "COREMQ_DATABASE": str(database),
+            "COREMQ_TEST_SETTINGS": json.dumps(coremq), "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
+
+
+def migrated_world(database: Path) -> World:
+    """Migrate a SQLite file and make the world in it, in a process of its own; return its tokens."""
+    for command in (["migrate", "--noinput", "-v", "0"],
+                    ["shell", "-c", "import dataclasses, json, security_world as w; "
+                                    "print(json.dumps(dataclasses.asdict(w.make_world())))"]):
+        done = subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=_env(database, {}),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return World(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def run_coremq(database: Path, *args: str, coremq: dict[str, Any] | None = None) -> tuple[Server, int]:
+    """``manage.py run_coremq --no-web --port 0 *args`` with these COREMQ keys; return it and its port."""
+    server = Server([sys.executable, "manage.py", "run_coremq", "--no-web", "--port", "0", *args],
+                    _env(database, coremq or {}))
+    line = server.wait_for("CoreMQ broker listening on")
+    return server, int(line.split()[-2].rsplit(":", 1)[1])

@@ -258,3 +258,16 @@ async def test_a_new_rule_grants_at_once(secured: Secured) -> None:
         except PermissionDenied:
             assert time.monotonic() - started < 1.0
             await asyncio.sleep(0.05)
+
+
+async def test_django_code_publishes_with_the_client_token(secured: Secured, settings) -> None:
+    """apublish() logs in with COREMQ['CLIENT_TOKEN'] (a relay's): it may publish where anonymous may not."""
+    from coremq_broker.publishing import apublish
+
+    address = {"HOST": secured.broker.host, "PORT": secured.broker.port}
+    settings.COREMQ = {**settings.COREMQ, **address}
+    with pytest.raises(PermissionDenied):
+        await apublish("orders", {"id": 1})
+    settings.COREMQ = {**settings.COREMQ, "CLIENT_TOKEN": secured.world.relay_token}
+    reply = await apublish("orders", {"id": 2})
+    assert reply is not None and reply["id"] == 1

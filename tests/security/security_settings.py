@@ -1,0 +1,11 @@
+"""Settings of the security tests' run_coremq processes: the project's, a fast password hasher, and
+COREMQ keys from ``COREMQ_TEST_SETTINGS`` (JSON)."""
+
+import json
+import os
+
+from coremq_project.settings import *  # noqa: F401,F403
+from coremq_project.settings import COREMQ
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+COREMQ = {**COREMQ, **json.loads(os.environ.get("COREMQ_TEST_SETTINGS", "{}"))}
