@@ -12,7 +12,7 @@ from playwright.sync_api import WebSocketRoute, expect
 
 from coremq_client import MessageQueue
 
-from conftest import ROOT, Servers, free_port
+from webservers import ROOT, Servers, free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,7 +8,7 @@ import pytest
 
 from coremq_client import MessageQueue
 
-from conftest import Servers, free_port
+from webservers import Servers, free_port
 from rawsocket import RawWebSocket
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,0 +1,116 @@
+"""Real server processes of the project for the end-to-end tests: run_coremq and daphne, on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server process of the project (``run_coremq`` or daphne) with its output collected."""
+
+    def __init__(self, args: list[str], *, broker_port: int, database: Path, ready: str | None = None,
+                 http_port: int | None = None, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "e2e_settings", "COREMQ_DATABASE": str(database),
+               "COREMQ_E2E_PORT": str(broker_port), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(env or {})}
+        self.args = args
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self.output: list[str] = []
+        self._ready = threading.Event()
+        self._wanted = ready
+        threading.Thread(target=self._read, daemon=True).start()
+        if ready is not None:
+            self._wait(lambda: self._ready.is_set(), f"a line starting with {ready!r}")
+        if http_port is not None:
+            self._wait(lambda: _answers(http_port), f"HTTP on port {http_port}")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if self._wanted and line.startswith(self._wanted):
+                self._ready.set()
+
+    def _wait(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                pytest.fail(f"{self.args[1:3]} exited {self.process.returncode}:\n{''.join(self.output)}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"no {what} within {timeout}s:\n{''.join(self.output)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), then kill if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/coremq/coremq.js", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Servers:
+    """Project servers started by one test; all stopped after it."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.started: list[Server] = []
+
+    def run_coremq(self, port: int, web_port: int | None = None, *, max_write_buffer: int | None = None) -> Server:
+        """``manage.py run_coremq --port P`` with ``--web-port W``, or ``--no-web`` without one."""
+        args = [sys.executable, "manage.py", "run_coremq", "--port", str(port)]
+        args += ["--no-web"] if web_port is None else ["--web-port", str(web_port)]
+        ready = "CoreMQ web app on" if web_port is not None else "CoreMQ broker listening on"
+        env = {} if max_write_buffer is None else {"COREMQ_E2E_MAX_WRITE_BUFFER": str(max_write_buffer)}
+        return self._start(Server(args, broker_port=port, database=self.database, ready=ready, env=env))
+
+    def daphne(self, port: int, web_port: int) -> Server:
+        """``daphne coremq_project.asgi:application``: a web process of its own, linked to the broker on ``port``."""
+        args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
+                "coremq_project.asgi:application"]
+        return self._start(Server(args, broker_port=port, database=self.database, http_port=web_port))
+
+    def _start(self, server: Server) -> Server:
+        self.started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
