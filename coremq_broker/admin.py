@@ -22,16 +22,16 @@ from .queue_settings import is_glob
 
 @admin.register(QueueSetting)
 class QueueSettingAdmin(admin.ModelAdmin):
-    list_display = ("pattern", "kind", "history_length", "max_message_size", "slow_consumer_policy", "note",
-                    "updated")
+    list_display = ("pattern", "kind", "history_length", "max_message_size", "slow_consumer_policy", "durable",
+                    "note", "updated")
     list_display_links = ("pattern",)
     search_fields = ("pattern", "note")
-    list_filter = ("slow_consumer_policy",)
+    list_filter = ("slow_consumer_policy", "durable")
     readonly_fields = ("updated",)
     fieldsets = (
         (None, {"fields": ("pattern", "note")}),
         ("Overrides (empty: settings.COREMQ)", {
-            "fields": ("history_length", "max_message_size", "slow_consumer_policy"),
+            "fields": ("history_length", "max_message_size", "slow_consumer_policy", "durable"),
             "description": "A saved change reaches the running broker within a second; live queues "
                            "are re-resolved (a shorter history keeps the newest messages).",
         }),

@@ -55,7 +55,7 @@ class QueueSetting(models.Model):
         ("drop", "drop: drop its oldest undelivered messages and tell it which"),
     ]
     #: The fields that override a QueueSettings attribute of the same name.
-    OVERRIDES = ("history_length", "max_message_size", "slow_consumer_policy")
+    OVERRIDES = ("history_length", "max_message_size", "slow_consumer_policy", "durable")
 
     pattern = models.CharField(
         max_length=DEFAULT_MAX_QUEUE_NAME_LENGTH, unique=True, validators=[validate_pattern],
@@ -74,6 +74,11 @@ class QueueSetting(models.Model):
         max_length=20, blank=True, choices=SLOW_CONSUMER_POLICIES,
         help_text="What happens to a subscriber that does not keep up. Empty: "
                   "COREMQ['SLOW_CONSUMER_POLICY'].",
+    )
+    durable = models.BooleanField(
+        null=True, blank=True,
+        help_text="Keep the history on disk (SQLite, survives restarts and kill -9; a publish is acknowledged "
+                  "once written). Empty: COREMQ['DURABLE_ALL'].",
     )
     note = models.CharField(max_length=200, blank=True, help_text="Why this queue is set this way.")
     updated = models.DateTimeField(auto_now=True)

@@ -96,6 +96,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # process's own clients (CLIENT_TOKEN, made in the admin for a staff user).
 COREMQ = {
     "SERVER_NAME": "CoreMQ",
+    # Durable queues' history (a per-queue setting in the admin, or DURABLE_ALL).
+    "DURABLE_PATH": os.environ.get("COREMQ_DURABLE_PATH", str(BASE_DIR / "coremq-history.sqlite3")),
     "DEFAULT_POLICY": os.environ.get("COREMQ_DEFAULT_POLICY", "open"),
     **{key: os.environ[f"COREMQ_{key}"] for key in ("CLIENT_TOKEN", "TLS_CERT", "TLS_KEY")
        if os.environ.get(f"COREMQ_{key}")},

@@ -20,7 +20,9 @@ def test_defaults_are_brokerconfig_defaults() -> None:
         from django.conf import settings
 
         del settings.COREMQ
+        conf._reset(setting="COREMQ")  # a deletion sends no setting_changed
         assert conf.get_config() == BrokerConfig()
+    conf._reset(setting="COREMQ")  # nor does its undoing
 
 
 def test_override_settings_is_followed() -> None:

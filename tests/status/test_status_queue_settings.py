@@ -22,6 +22,12 @@ from wire import RawClient
 DEFAULTS = QueueSettings(10, slow_consumer_policy="disconnect")
 
 
+@pytest.fixture
+def broker_config(tmp_path) -> BrokerConfig:
+    """The ``broker`` fixture's configuration, its durable history in a temporary file."""
+    return BrokerConfig(port=0, shutdown_timeout=2.0, durable_path=str(tmp_path / "history.sqlite3"))
+
+
 def rule(pattern: str, **overrides: object) -> QueueRule:
     return QueueRule(pattern, tuple(sorted(overrides.items())))
 
@@ -149,3 +155,21 @@ def test_watcher_thread_follows_saves(broker) -> None:
         assert broker.call(lambda: broker.broker.registry.queue("watched").history.maxlen) == 4
     finally:
         stop()
+
+
+@pytest.mark.django_db
+def test_a_durable_row_makes_the_queue_durable(broker, tmp_path) -> None:
+    """A row with durable set makes a live queue write to disk, and a publish is acknowledged once written."""
+    from coremq_broker.durable import HistoryStore
+
+    watcher = QueueSettingsWatcher(BrokerConfig())
+    watcher._broker = broker.broker  # attach() without starting the thread: check() is driven by the test
+    QueueSetting.objects.create(pattern="ledger.*", durable=True)
+    assert watcher.check() is True
+    path = broker.broker.config.durable_path
+    client = RawClient(broker.host, broker.port)
+    for queue in ("ledger.eu", "scratch"):
+        client.send(queue, {"n": 1})
+        assert client.read()[1]["response"] == "OK: Message sent"
+    assert broker.call(lambda: broker.broker.registry.queues["ledger.eu"].settings.durable) is True
+    assert list(HistoryStore(path).load()) == ["ledger.eu"]
