@@ -11,7 +11,8 @@ Allocators keep memory they have freed, so a server that has already held
 many connections (an earlier run, a fan-out with 1,000 subscribers) grows less
 the next time: ``all`` measures this first, and CoreMQ gets a fresh process.
 Where a peer reports its own heap (Redis, Mosquitto: :mod:`bench.heap`) its
-growth is recorded too, which does not depend on that.
+growth is recorded too, which does not depend on that; the probe that asks
+for it is opened first and is one of the N connections.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .heap import server_heap
+from .heap import HeapProbe
 from .net import Link, close_links
 from .targets import HOST, Target
 
@@ -113,24 +114,29 @@ async def conns_run(target: Target, settings: ConnsSettings) -> ConnsResult:
                 result.refused += 1
                 result.first_refusal = result.first_refusal or f"{type(exc).__name__}: {exc}"
 
+    heap = await HeapProbe(target).open() if settings.server_heap else None
     try:
         await asyncio.sleep(0.5)
-        if settings.server_heap:
-            result.heap_before = await server_heap(target)
+        if heap is not None:
+            result.heap_before = await heap.read()
         result.rss_before = target.rss()
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(settings.count)))
+        # An open heap probe is one of the connections held (Redis counts it against maxclients).
+        probing = heap is not None and heap.connected
+        await asyncio.gather(*(one(i) for i in range(settings.count - probing)))
         result.seconds = time.perf_counter() - t0
         await asyncio.sleep(settings.settle)
-        result.held = sum(1 for link in links if _held(link))
+        result.held = sum(1 for link in links if _held(link)) + probing
         result.rss_held = target.rss()
-        if settings.server_heap:
-            result.heap_held = await server_heap(target, fresh=True)
+        if heap is not None:
+            result.heap_held = await heap.read(fresh=True)
         if result.held < settings.count and not result.first_refusal:
             result.first_refusal = "closed by the server while idle"
     except OSError as exc:  # psutil errors are OSErrors too
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
+        if heap is not None:
+            heap.close()
         close_links(links, reset=True)
         await asyncio.sleep(min(settings.settle, 1.0))
         try:

@@ -18,58 +18,103 @@ import re
 from .protocols import _mqtt_connect, _mqtt_packet, _mqtt_string, _resp
 from .targets import HOST, Target
 
-__all__ = ["server_heap"]
+__all__ = ["HeapProbe"]
 
 _HEAP_TOPIC = b"$SYS/broker/heap/current"
 
 
-async def server_heap(target: Target, *, fresh: bool = False, timeout: float = 15.0) -> int | None:
-    """Bytes the server says it has allocated now; None if it cannot say.
+class HeapProbe:
+    """A connection of its own to a server that reports its heap, opened before the benchmark.
 
-    With ``fresh``, Mosquitto's figure is the first one it publishes after
-    this call (up to ``sys_interval`` later), not the retained older one.
+    It is opened first because a server at its connection limit (Redis's
+    ``maxclients``) would refuse it later. :meth:`read` returns the heap in
+    bytes, or None when the server does not say (NATS, CoreMQ) or the probe
+    failed; it never raises.
     """
-    probe = {"redis": _redis_heap, "mqtt": _mosquitto_heap}.get(target.name)
-    if probe is None:
-        return None
-    try:
-        return await asyncio.wait_for(probe(target.port, fresh), timeout)
-    except (OSError, TimeoutError, ValueError):
-        return None
 
+    def __init__(self, target: Target, *, timeout: float = 15.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._mqtt_buffer = b""
+        self._latest: int | None = None
 
-async def _redis_heap(port: int, fresh: bool) -> int | None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        writer.write(_resp(b"INFO", b"memory"))
+    async def open(self) -> "HeapProbe":
+        if self.target.name not in ("redis", "mqtt"):
+            return self
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(HOST, self.target.port), self.timeout)
+            if self.target.name == "mqtt":
+                self._writer.write(_mqtt_connect("cmqb-heap")
+                                   + _mqtt_packet(0x82, b"\x00\x01" + _mqtt_string(_HEAP_TOPIC) + b"\x00"))
+        except (OSError, TimeoutError):
+            self.close()
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._reader is not None
+
+    async def read(self, *, fresh: bool = False) -> int | None:
+        """The heap now; with ``fresh``, Mosquitto's next report (up to ``sys_interval`` away)."""
+        if self._reader is None:
+            return None
+        try:
+            if self.target.name == "redis":
+                return await asyncio.wait_for(self._redis(), self.timeout)
+            return await asyncio.wait_for(self._mosquitto(fresh), self.timeout)
+        except (OSError, TimeoutError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            if self.target.name == "mqtt":
+                self._writer.write(b"\xe0\x00")  # DISCONNECT
+            self._writer.close()
+        self._reader = self._writer = None
+
+    async def _redis(self) -> int | None:
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(_resp(b"INFO", b"memory"))
         data = b""
-        while b"used_memory:" not in data or not re.search(rb"used_memory:\d+\r\n", data):
-            chunk = await reader.read(65536)
+        while not re.search(rb"used_memory:\d+\r\n", data):
+            chunk = await self._reader.read(65536)
             if not chunk:
                 return None
             data += chunk
+        # The rest of the reply is read and dropped: a bulk string of known length.
+        size = int(data[1:data.index(b"\r\n")])
+        while len(data) < data.index(b"\r\n") + 2 + size + 2:
+            data += await self._reader.read(65536)
         return int(re.search(rb"used_memory:(\d+)", data).group(1))  # type: ignore[union-attr]
-    finally:
-        writer.close()
 
-
-async def _mosquitto_heap(port: int, fresh: bool) -> int | None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        writer.write(_mqtt_connect("cmqb-heap") + _mqtt_packet(0x82, b"\x00\x01" + _mqtt_string(_HEAP_TOPIC) + b"\x00"))
-        data = b""
-        values: list[int] = []
-        while len(values) < (2 if fresh else 1):
-            chunk = await reader.read(4096)
+    async def _mosquitto(self, fresh: bool) -> int | None:
+        assert self._reader is not None
+        # Whatever is already buffered is older than now.
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self._reader.read(4096), 0.05)
+            except TimeoutError:
+                break
             if not chunk:
                 return None
-            data += chunk
-            packets, data = _mqtt_packets(data)
-            values += [int(body) for topic, body in packets if topic == _HEAP_TOPIC]
-        return values[-1]
-    finally:
-        writer.write(b"\xe0\x00")  # DISCONNECT
-        writer.close()
+            self._take(chunk)
+        if fresh or self._latest is None:
+            self._latest = None
+            while self._latest is None:
+                chunk = await self._reader.read(4096)
+                if not chunk:
+                    return None
+                self._take(chunk)
+        return self._latest
+
+    def _take(self, chunk: bytes) -> None:
+        packets, self._mqtt_buffer = _mqtt_packets(self._mqtt_buffer + chunk)
+        for topic, body in packets:
+            if topic == _HEAP_TOPIC:
+                self._latest = int(body)
 
 
 def _mqtt_packets(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:

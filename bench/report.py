@@ -30,6 +30,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _undisturbed(good: list[dict], cell: dict[str, Any]) -> list[dict]:
+    """The runs a median is taken of: those no other process disturbed, if there are any.
+
+    Other processes only ever slow a run down, so a disturbed run is not a
+    sample of the same thing. If every run was disturbed, all are used and
+    the cell says so (``"disturbed": true``, shown as ``*``).
+    """
+    clean = [r for r in good if not r.get("noisy")]
+    cell["noisy_runs"] = len(good) - len(clean)
+    cell["disturbed"] = not clean
+    return clean or good
+
+
 def summarise_fanout(runs: list[dict]) -> dict[str, Any]:
     """Median rate and CPU shares per target and S; CoreMQ ÷ each peer per S."""
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -41,11 +54,11 @@ def summarise_fanout(runs: list[dict]) -> dict[str, Any]:
         failed = [r["error"] for r in items if r["error"] or not r["verified"]]
         cell: dict[str, Any] = {"runs": len(items), "failures": failed}
         if good and not failed:
-            cell["rate"] = median([r["rate"] for r in good])
+            used = _undisturbed(good, cell)
+            cell["rate"] = median([r["rate"] for r in used])
             cell["rates"] = [round(r["rate"]) for r in good]
             for part in ("server", "generator", "generator_sys", "other"):
-                cell[part] = median([r["cpu"].get(part, math.nan) for r in good if r["cpu"]])
-            cell["noisy_runs"] = sum(1 for r in good if r.get("noisy"))
+                cell[part] = median([r["cpu"].get(part, math.nan) for r in used if r["cpu"]])
         table.setdefault(target, {})[str(subs)] = cell
     ratios: dict[str, dict[str, float | None]] = {}
     for peer, cells in table.items():
@@ -67,12 +80,13 @@ def summarise_latency(runs: list[dict]) -> dict[str, Any]:
         failed = [r["error"] for r in items if r["error"] or not r["verified"]]
         cell: dict[str, Any] = {"runs": len(items), "failures": failed}
         if good and not failed:
+            used = _undisturbed(good, cell)
             for key in good[0]["percentiles_us"]:
-                cell[key] = median([r["percentiles_us"][key] for r in good])
-            cell["samples"] = sum(r["samples"] for r in good)
-            cell["rate"] = median([r["rate"] for r in good])
+                cell[key] = median([r["percentiles_us"][key] for r in used])
+            cell["samples"] = sum(r["samples"] for r in used)
+            cell["rate"] = median([r["rate"] for r in used])
             for part in ("server", "generator", "other"):
-                cell[part] = median([r["cpu"][part] for r in good if r["cpu"]])
+                cell[part] = median([r["cpu"][part] for r in used if r["cpu"]])
         table.setdefault(mode, {})[target] = cell
     ratios = {mode: {peer: {k: _ratio(cells.get("coremq", {}).get(k), cell.get(k)) for k in ("p50", "p99")}
                      for peer, cell in cells.items() if peer != "coremq"} for mode, cells in table.items()}
@@ -123,10 +137,11 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def _rate(value: float | None) -> str:
+def _rate(value: float | None, disturbed: bool = False) -> str:
     if value is None or math.isnan(value):
         return "FAIL"
-    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
+    mark = "*" if disturbed else ""
+    return (f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k") + mark
 
 
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
@@ -150,13 +165,14 @@ def render_table(results: dict[str, Any]) -> str:
         s = fanout["settings"]
         summary = fanout["summary"]
         lines += ["", f"Fan-out: delivered messages/s, 1 publisher, S subscribers, {s['payload']}-byte payloads, "
-                      f"median of {s['runs']} runs of {s['duration']:g}s, every message verified"]
+                      f"median of {s['runs']} runs of {s['duration']:g}s, every message verified",
+                  "  (medians of the runs no other process disturbed; * = every run was disturbed)"]
         head = f"{'S':>6} " + "".join(f"{LABELS[t]:>11}" for t in targets)
         head += "  | " + "".join(f"{'÷' + LABELS[p][:5]:>9}" for p in peers)
         lines.append(head)
         for subs in s["subscribers"]:
-            row = f"{subs:>6} " + "".join(f"{_rate(summary['median'].get(t, {}).get(str(subs), {}).get('rate')):>11}"
-                                          for t in targets)
+            cells = [summary["median"].get(t, {}).get(str(subs), {}) for t in targets]
+            row = f"{subs:>6} " + "".join(f"{_rate(c.get('rate'), c.get('disturbed', False)):>11}" for c in cells)
             row += "  | " + "".join(f"{_num(summary['ratios'].get(p, {}).get(str(subs))):>9}" for p in peers)
             lines.append(row)
         lines += ["", "  CPU during fan-out, in cores: server / load generator (of it in the kernel) / everything else"]
@@ -185,7 +201,8 @@ def render_table(results: dict[str, Any]) -> str:
                     continue
                 lines.append(f"{title:<22}{LABELS[t]:<11}" + "".join(f"{c[k]:>8.0f}" for k in
                              ("p50", "p90", "p99", "p99.9")) + f"{c['samples']:>9,}"
-                             + f"{_num(c.get('server')) + '/' + _num(c.get('generator')):>13}")
+                             + f"{_num(c.get('server')) + '/' + _num(c.get('generator')):>13}"
+                             + (" *" if c.get("disturbed") else ""))
             ratios = summary["ratios"].get(mode, {})
             if ratios:
                 lines.append(f"{'':<22}{'CoreMQ ÷':<11}" + "  ".join(
