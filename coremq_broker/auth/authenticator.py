@@ -5,6 +5,8 @@ and used by the WebSocket consumer for ``?token=``. The ORM and the password
 hasher (hundreds of milliseconds, on purpose) run in a worker thread, never on
 the event loop, and not in the thread shared by Django's sync views
 (``thread_sensitive=False``): a burst of logins must not stall the admin.
+Database connections are tidied before and after, as around a request
+(Channels' ``database_sync_to_async``).
 Failures are not told apart (unknown, wrong, expired, revoked, inactive):
 the broker answers each the same way, slowly.
 """
@@ -14,38 +16,38 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.contrib.auth import authenticate as django_authenticate
-from django.db import close_old_connections
 from django.utils import timezone
 
 from ..access import ANONYMOUS, Principal
 from .tokens import TOKEN_PREFIX, hash_matches, token_prefix
 
-__all__ = ["authenticate", "authenticate_now", "principal_for", "token_principal"]
+__all__ = ["authenticate", "authenticate_now", "user_principal", "principal_for", "token_principal"]
 
 logger = logging.getLogger("coremq.auth")
 
 
 async def authenticate(credentials: dict[str, Any]) -> Principal | None:
     """``{"token": ...}`` or ``{"username": ..., "password": ...}`` → the Principal, or None if refused."""
-    return await sync_to_async(authenticate_now, thread_sensitive=False)(credentials)
+    return await database_sync_to_async(authenticate_now, thread_sensitive=False)(credentials)
+
+
+async def user_principal(user: Any) -> Principal:
+    """The Principal of a Django user (a WebSocket's session user), read off the loop like :func:`authenticate`."""
+    return await database_sync_to_async(principal_for, thread_sensitive=False)(user)
 
 
 def authenticate_now(credentials: dict[str, Any]) -> Principal | None:
-    """:func:`authenticate`, blocking. Database connections are tidied as after a request."""
-    close_old_connections()
-    try:
-        token = credentials.get("token")
-        if isinstance(token, str):
-            return token_principal(token)
-        username, password = credentials.get("username"), credentials.get("password")
-        if isinstance(username, str) and isinstance(password, str):
-            user = django_authenticate(None, username=username, password=password)
-            return principal_for(user) if user is not None else None
-        return None
-    finally:
-        close_old_connections()
+    """:func:`authenticate`, blocking."""
+    token = credentials.get("token")
+    if isinstance(token, str):
+        return token_principal(token)
+    username, password = credentials.get("username"), credentials.get("password")
+    if isinstance(username, str) and isinstance(password, str):
+        user = django_authenticate(None, username=username, password=password)
+        return principal_for(user) if user is not None else None
+    return None
 
 
 def token_principal(token: str) -> Principal | None:

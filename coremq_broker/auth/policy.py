@@ -12,8 +12,11 @@ it. Blocking code: call it off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
+
+from channels.db import database_sync_to_async
 
 from django.contrib.auth import get_user_model
 from django.db.models import Q
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from ..broker import Broker
 
 __all__ = ["SitePolicy", "BRIDGE", "RELAY_PERMISSION", "load_policy", "empty_policy", "access_watcher",
-           "describe_policy"]
+           "describe_policy", "PolicyFollower", "follow_policy"]
 
 #: The Django permission that makes a user a relay (see :class:`SitePolicy`).
 RELAY_PERMISSION = "coremq_broker.relay"
@@ -121,5 +124,27 @@ def access_watcher(apply: Callable[[Any, SitePolicy], None] | None = None, *,
     )
 
 
-def _set_access(broker: "Broker", policy: SitePolicy) -> None:
-    broker.set_access(policy)
+def _set_access(target: "Broker | PolicyFollower", policy: SitePolicy) -> None:
+    target.set_access(policy)
+
+
+class PolicyFollower:
+    """The access policy of a web process that does not run the broker (its WebSocket bridge checks browsers)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, access: SitePolicy) -> None:
+        self.loop = loop
+        self.access = access
+
+    def set_access(self, access: SitePolicy) -> None:
+        self.access = access
+
+
+async def follow_policy() -> tuple[PolicyFollower, Callable[[], None]]:
+    """A :class:`PolicyFollower` on the running loop kept in step by a watcher thread, and what stops it.
+
+    The stop does not wait for the thread, which ends after its current read.
+    """
+    watcher = await database_sync_to_async(access_watcher, thread_sensitive=False)()
+    follower = PolicyFollower(asyncio.get_running_loop(), watcher.snapshot)
+    watcher.attach(follower)
+    return follower, lambda: watcher.stop(timeout=0)

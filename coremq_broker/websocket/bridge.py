@@ -17,6 +17,13 @@ one :class:`BrokerLink` (in-process beside the broker, or a remote client; see
 - **Order**: everything sent to browsers (answers, errors, messages) goes
   through one outbox, so a browser sees an answer after every message that
   the broker delivered before it.
+- **Access**: each browser has a :class:`~coremq_broker.access.Principal`
+  (its Django user, or the user of the token it presented), and every
+  subscribe, publish and history request is checked with the same access
+  policy as the broker's TCP clients (``access()``, the live snapshot); the
+  broker lets the bridge's own connection through as a relay. When the
+  policy changes, browsers whose credentials were revoked are closed and
+  subscriptions it no longer allows end.
 
 Nothing here imports Django.
 """
@@ -34,9 +41,11 @@ from coremq_client import protocol as P
 from coremq_client.codec import JSONCodec
 from coremq_client.errors import CoreMQError
 
+from ..access import ANONYMOUS, AccessPolicy, Principal
 from .protocol import error_frame, message_entry, message_frame, text_frame
 
-__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_SERVICE_RESTART"]
+__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_SERVICE_RESTART",
+           "CLOSE_POLICY_VIOLATION"]
 
 logger = logging.getLogger("coremq.websocket")
 
@@ -45,6 +54,12 @@ CLOSE_SERVICE_RESTART = 1012
 
 #: A ``since`` above any message id: the history answer then holds only the sequence.
 _NEWEST = 2**53
+
+#: The WebSocket close code for a browser whose credentials were revoked: "policy violation".
+CLOSE_POLICY_VIOLATION = 1008
+#: Seconds between checks that the access policy has not changed under the browsers.
+ENFORCE_INTERVAL = 0.25
+_ALLOW_ALL = AccessPolicy()
 
 ASGISend = Callable[[dict], Awaitable[None]]
 
@@ -69,13 +84,15 @@ class Browser:
     it, takes frames encoded once for all browsers.
     """
 
-    __slots__ = ("number", "send", "writer", "user", "queues", "open")
+    __slots__ = ("number", "send", "writer", "user", "principal", "queues", "open")
 
-    def __init__(self, number: int, send: ASGISend, user: Any = None, writer: FrameWriter | None = None) -> None:
+    def __init__(self, number: int, send: ASGISend, user: Any = None, writer: FrameWriter | None = None,
+                 principal: Principal = ANONYMOUS) -> None:
         self.number = number
         self.send = send
         self.writer = writer
         self.user = user
+        self.principal = principal
         self.queues: set[str] = set()
         self.open = True
 
@@ -145,11 +162,17 @@ class Bridge:
 
     ``info`` is added to every welcome frame (server name, version, limits).
     ``max_subscriptions`` bounds the queues one browser may subscribe to.
+    ``access()`` returns the access policy in force (by default everything is
+    allowed); ``on_close`` callbacks run once when the bridge ends.
     """
 
     def __init__(self, link: BrokerLink, *, codec: JSONCodec | None = None, max_subscriptions: int = 1000,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None, access: Callable[[], AccessPolicy] | None = None) -> None:
         self.link = link
+        self.access = access or (lambda: _ALLOW_ALL)
+        self.on_close: list[Callable[[], None]] = []
+        self.denials = 0
+        self._enforced: AccessPolicy | None = None
         self.codec = codec or JSONCodec()
         self.max_subscriptions = max_subscriptions
         self.info = dict(info or {})
@@ -167,13 +190,16 @@ class Bridge:
         self._outbox: deque[tuple[Outgoing, Iterable[Browser]]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self._enforce_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect the link and start the pump."""
-        self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name="coremq-websocket-pump")
+        loop = asyncio.get_running_loop()
+        self._pump_task = loop.create_task(self._pump(), name="coremq-websocket-pump")
+        self._enforce_task = loop.create_task(self._enforce_periodically(), name="coremq-websocket-access")
         await self.link.start(self)
 
     async def close(self) -> None:
@@ -200,6 +226,8 @@ class Bridge:
 
     def delivered(self, queue: str, stored: Any) -> None:
         """A message from the broker: encode it once, queue it for every local subscriber of ``queue``."""
+        if self.access() is not self._enforced:
+            self.enforce()  # a new policy: no message goes where it no longer may
         browsers = self._fanout.get(queue)
         if browsers is None:
             browsers = self._route(queue)
@@ -214,6 +242,10 @@ class Bridge:
             return
         self.closed = True
         logger.info("WebSocket bridge %s closed: %s", self.connection_id, reason)
+        if self._enforce_task is not None:
+            self._enforce_task.cancel()
+        for callback in self.on_close:
+            callback()
         close = Outgoing(b"", close=CLOSE_SERVICE_RESTART)
         for browser in list(self.browsers.values()):
             self.send(browser, error_frame(f"connection to the broker lost: {reason}"))
@@ -221,11 +253,12 @@ class Bridge:
 
     # -- browsers --------------------------------------------------------------
 
-    def attach(self, send: ASGISend, user: Any = None, writer: FrameWriter | None = None) -> Browser:
+    def attach(self, send: ASGISend, user: Any = None, writer: FrameWriter | None = None,
+               principal: Principal = ANONYMOUS) -> Browser:
         """Register a WebSocket; it gets its welcome once the link is connected."""
         if self.closed:
             raise BridgeError("the bridge is closed")
-        browser = Browser(next(self._numbers), send, user, writer)
+        browser = Browser(next(self._numbers), send, user, writer, principal)
         self.browsers[browser.number] = browser
         if self.connection_id is not None:
             self.send(browser, self._welcome(browser))
@@ -284,10 +317,7 @@ class Bridge:
         return reply.get("sequence", {})
 
     async def unsubscribe(self, browser: Browser, queues: Iterable[str]) -> None:
-        for name in queues:
-            if name in browser.queues:
-                browser.queues.discard(name)
-                self._drop_local(name, browser)
+        self._end_subscriptions(browser, [name for name in queues if name in browser.queues])
 
     async def publish(self, browser: Browser, queue: str, message: Any) -> dict:
         """Publish as the browser (its id is the sender); return the broker's reply."""
@@ -307,6 +337,55 @@ class Bridge:
             "history": {name: [message_entry(m) for m in messages] for name, messages in history.items()},
             "sequence": reply.get("sequence", {}),
         }
+
+    def check(self, browser: Browser, action: str, queues: Iterable[str]) -> None:
+        """Raise :class:`BridgeError` unless the policy lets ``browser`` ``action`` every one of ``queues``.
+
+        ``action`` is ``publish``, ``subscribe`` or ``history``; the browser's
+        own id is always its own. The refusal names the action and the queue only.
+        """
+        policy = self.access()
+        if policy.is_revoked(browser.principal):
+            raise BridgeError("credentials revoked")
+        own = self.browser_id(browser)
+        for name in queues:
+            if name != own and not policy.allows(browser, action, name):  # type: ignore[arg-type]
+                self.denials += 1
+                logger.warning("WebSocket browser %s (%s): permission denied: %s on queue %r", own,
+                               browser.principal.username or "anonymous", action, name)
+                raise BridgeError(f"permission denied: {action} on queue {name!r}")
+
+    def enforce(self, browser: Browser | None = None) -> None:
+        """Hold the browsers (or one) to the policy in force: close revoked ones, end subscriptions it no longer allows."""
+        policy = self.access()
+        if browser is None:
+            self._enforced = policy
+        for each in (browser,) if browser is not None else list(self.browsers.values()):
+            if each.principal is not ANONYMOUS and policy.is_revoked(each.principal):
+                logger.warning("WebSocket browser %s: credentials of %r revoked", self.browser_id(each),
+                               each.principal.username)
+                self._end_subscriptions(each, each.queues)
+                self.send(each, error_frame("credentials revoked"))
+                self._enqueue(Outgoing(b"", close=CLOSE_POLICY_VIOLATION), (each,))
+                continue
+            ended = sorted(name for name in each.queues if not policy.allows(each, "subscribe", name))  # type: ignore[arg-type]
+            self._end_subscriptions(each, ended)
+            for name in ended:
+                self.denials += 1
+                self.send(each, error_frame(f"permission denied: subscribe on queue {name!r} (subscription ended)",
+                                            queue=name))
+
+    def _end_subscriptions(self, browser: Browser, names: Iterable[str]) -> None:
+        for name in list(names):
+            browser.queues.discard(name)
+            self._drop_local(name, browser)
+
+    async def _enforce_periodically(self) -> None:
+        """Apply a changed policy within :data:`ENFORCE_INTERVAL`, even to browsers that receive nothing."""
+        while not self.closed:
+            await asyncio.sleep(ENFORCE_INTERVAL)
+            if self.access() is not self._enforced:
+                self.enforce()
 
     def _check_private(self, browser: Browser, action: str, name: str) -> None:
         """Refuse the bridge's own queue and other browsers' sub-addresses."""
@@ -420,5 +499,6 @@ class Bridge:
             "queues": len(self._local),
             "delivered": self.delivered_count,
             "slow_consumers": self.slow_consumers,
+            "denials": self.denials,
             "queued": len(self._outbox),
         }

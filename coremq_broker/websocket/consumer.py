@@ -19,10 +19,13 @@ from channels.consumer import get_handler_name
 from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 
 from .. import conf
-from .bridge import Bridge, BridgeError, Browser
+from ..access import Principal
+from ..auth.authenticator import authenticate, user_principal
+from .bridge import CLOSE_POLICY_VIOLATION, Bridge, BridgeError, Browser
 from .daphne import direct_writer
 from .links import get_bridge
 from .protocol import (
+    Auth,
     BadRequest,
     History,
     Publish,
@@ -48,8 +51,10 @@ CLOSE_TRY_AGAIN_LATER = 1013
 class CoreMQConsumer(AsyncWebsocketConsumer):
     """A browser taking part in CoreMQ. ``?queues=a,b`` subscribes on connect.
 
-    ``scope["user"]`` (from ``AuthMiddlewareStack``) is attached to the
-    browser; :meth:`allows` is where per-user rules plug in.
+    The browser is ``scope["user"]`` (its Django session, from
+    ``AuthMiddlewareStack``), or the user of the API token given as
+    ``?token=`` or in an ``auth`` request; the bridge checks each of its
+    requests with the broker's access policy (``docs/security.md``).
     """
 
     #: Never a channel layer: messages come from the bridge, not from Redis.
@@ -60,7 +65,8 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict) -> None:
         # Channels closes stale database connections (a thread hop) before every
-        # frame; this consumer does not touch the database, so frames go straight
+        # frame; this consumer touches the database only to log in (on connect, or
+        # an auth request), which tidies its own connections, so frames go straight
         # to their handler. (AuthMiddleware's user lookup cleans up after itself.)
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -72,11 +78,17 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         config = conf.get_config()
         self.max_size: int = conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE")
         self.max_queue_name_length = config.max_queue_name_length
+        principal = await self.principal()
+        if principal is None:
+            logger.warning("WebSocket from %s refused: its token does not log in", self.scope.get("client"))
+            await self.send(text_data=_dumps(error_frame("authentication failed")))
+            await self.close(CLOSE_POLICY_VIOLATION)
+            return
         # The server's own send (see routing.RawSendMiddleware), and under daphne a direct writer.
         send = self.scope.get(RAW_SEND, self.base_send)
         try:
             self.bridge = await get_bridge()
-            self.browser = self.bridge.attach(send, user=self.scope.get("user"),
+            self.browser = self.bridge.attach(send, user=self.scope.get("user"), principal=principal,
                                               writer=direct_writer(send, config.max_write_buffer))
         except (CoreMQError, OSError) as exc:
             logger.warning("WebSocket from %s refused: no link to the broker (%s)", self.scope.get("client"), exc)
@@ -86,6 +98,13 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         queues = _query_queues(self.scope.get("query_string", b""))
         if queues:
             await self.handle(_parse_query_queues(queues, self.max_queue_name_length))
+
+    async def principal(self) -> Principal | None:
+        """Who the browser is: the user of ``?token=`` (None if it does not log in), else the session's user."""
+        tokens = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("token")
+        if tokens:
+            return await authenticate({"token": tokens[0]})
+        return await user_principal(self.scope.get("user"))
 
     async def disconnect(self, code: int) -> None:
         if self.bridge is not None and self.browser is not None:
@@ -108,7 +127,8 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
             return
         action = type(request).__name__.lower()
         try:
-            self.check_access(request)
+            if not isinstance(request, Auth):
+                self.check_access(request)
             answer = await self.carry_out(bridge, browser, request)
         except (BridgeError, CoreMQError) as exc:
             bridge.send(browser, error_frame(str(exc), request.ref, action=action))
@@ -130,22 +150,23 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         if isinstance(request, Publish):
             reply = await bridge.publish(browser, request.queue, request.message)
             return {"type": "published", "queue": request.queue, "id": reply.get("id")}
+        if isinstance(request, Auth):
+            principal = await authenticate({"token": request.token})
+            if principal is None:
+                raise BridgeError("authentication failed")
+            browser.principal = principal
+            bridge.enforce(browser)  # another user may not keep every subscription
+            return {"type": "authenticated", "user": principal.username}
         assert isinstance(request, History)
         return {"type": "history", **await bridge.history(browser, request.since)}
 
     def check_access(self, request: Request) -> None:
-        """Raise :class:`BridgeError` if the connection's user may not make ``request``."""
-        queues = [request.queue] if isinstance(request, Publish) else list(request.queues)
+        """Raise :class:`BridgeError` if the browser's user may not make ``request`` (the policy's check)."""
         action = {Subscribe: "subscribe", Publish: "publish", History: "history"}.get(type(request))
-        if action is None:
-            return
-        for name in queues:
-            if not self.allows(action, name):
-                raise BridgeError(f"permission denied: {action} on queue {name!r}")
-
-    def allows(self, action: str, queue: str) -> bool:
-        """Whether ``scope["user"]`` may ``action`` (publish, subscribe, history) on ``queue``. All, for now."""
-        return True
+        if action is not None:
+            assert self.bridge is not None and self.browser is not None
+            queues = [request.queue] if isinstance(request, Publish) else list(request.queues)  # type: ignore[union-attr]
+            self.bridge.check(self.browser, action, queues)
 
 
 def _query_queues(query_string: bytes) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -28,7 +28,9 @@ from coremq_client.codec import Frame
 from coremq_client.errors import ConnectionClosed, CoreMQError
 
 from .. import conf
+from ..auth.policy import BRIDGE, follow_policy
 from ..broker import Broker
+from ..publishing import client_options
 from ..registry import Connection
 from ..version import VERSION
 from .bridge import Bridge, BrokerLink
@@ -39,9 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["BridgeConnection", "InProcessLink", "RemoteLink", "get_bridge", "open_bridge", "close_bridges"]
 
 logger = logging.getLogger("coremq.websocket")
-
-# An address that means "every interface" to a server means "this host" to a client.
-_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 class InProcessLink(BrokerLink):
@@ -286,17 +285,24 @@ async def open_bridge(config: "BrokerConfig | None" = None) -> Bridge:
     config = config or conf.get_config()
     broker = Broker.running()
     link: BrokerLink
+    stop_following: Callable[[], None] | None = None
     if broker is not None and broker.loop is asyncio.get_running_loop():
         link = InProcessLink(broker)
+        link.connection.principal = BRIDGE  # it checks each browser with the broker's own policy
         config = broker.config
+        access = lambda: broker.access  # noqa: E731  the broker's live snapshot
     else:
-        link = RemoteLink(_WILDCARD_HOSTS.get(config.host, config.host), config.port,
-                          encoder=config.codec.encoder, decoder=config.codec.decoder)
-    bridge = Bridge(link, codec=config.codec, max_subscriptions=config.max_subscriptions, info={
+        # Logged in with COREMQ['CLIENT_TOKEN'] (a relay), checking browsers with its own copy of the policy.
+        link = RemoteLink(**client_options())
+        follower, stop_following = await follow_policy()
+        access = lambda: follower.access  # noqa: E731
+    bridge = Bridge(link, codec=config.codec, max_subscriptions=config.max_subscriptions, access=access, info={
         "server": config.server_name,
         "version": VERSION,
         "max_message_size": conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE"),
     })
+    if stop_following is not None:
+        bridge.on_close.append(stop_following)
     try:
         await bridge.start()
     except BaseException:

@@ -1,8 +1,8 @@
 """The browser protocol, sans-I/O: JSON text frames in, requests out; events in, frames out.
 
 A browser sends one JSON object per WebSocket text frame, with an ``action``
-(``subscribe``, ``unsubscribe``, ``publish``, ``history``) and an optional
-``ref`` that the answer carries back. :func:`parse_request` turns a frame into
+(``subscribe``, ``unsubscribe``, ``publish``, ``history``; ``auth`` logs in
+with a token) and an optional ``ref`` that the answer carries back. :func:`parse_request` turns a frame into
 one of the frozen request dataclasses below or into a :class:`BadRequest`; it
 never raises. The ``*_frame`` functions build the objects sent back; the
 bridge encodes each delivered message once, whatever the number of browsers.
@@ -11,7 +11,7 @@ The protocol is documented for JavaScript authors in ``docs/websocket.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
 from coremq_client import protocol as P
@@ -25,6 +25,7 @@ __all__ = [
     "Unsubscribe",
     "Publish",
     "History",
+    "Auth",
     "BadRequest",
     "Request",
     "parse_request",
@@ -86,7 +87,15 @@ class BadRequest:
     ref: Ref = None
 
 
-Request = Union[Subscribe, Unsubscribe, Publish, History]
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Log in as the user of an API token, instead of the session's user (see ``docs/security.md``)."""
+
+    token: str = field(repr=False)
+    ref: Ref = None
+
+
+Request = Union[Subscribe, Unsubscribe, Publish, History, Auth]
 
 
 def parse_request(
@@ -121,6 +130,9 @@ def parse_request(
             return _publish(value, ref, max_queue_name_length)
         if action == "history":
             return _history(value, ref, max_queue_name_length)
+        if action == "auth":
+            token = value.get("token")
+            return Auth(token, ref) if isinstance(token, str) and token else BadRequest("auth needs a 'token'", ref)
     except (InvalidQueueName, MessageError) as exc:
         return BadRequest(str(exc), ref)
     if action is None:
