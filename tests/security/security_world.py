@@ -1,4 +1,4 @@
-"""The security tests' world: users, a group, API tokens and permission rules in the test database.
+"""The security tests' world: users, a group, API tokens and permission rules; a broker and servers over them.
 
 The same rules are checked over TCP and over the WebSocket (``CASES``), with
 ``COREMQ['DEFAULT_POLICY'] = "deny"`` so that only the rules open anything:
@@ -11,20 +11,30 @@ The same rules are checked over TCP and over the WebSocket (``CASES``), with
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest_asyncio
+from asgiref.sync import sync_to_async
 
 from django.contrib.auth.models import Group, Permission, User
 from django.db.backends.signals import connection_created
 from django.utils import timezone
 
+from coremq_broker.auth.authenticator import authenticate
+from coremq_broker.auth.policy import access_watcher
+from coremq_broker.broker import Broker
+from coremq_broker.config import BrokerConfig
 from coremq_broker.models import ApiToken, PermissionRule
+from coremq_client import AsyncMessageQueue
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -34,7 +44,7 @@ from selfsigned import tls_contexts  # noqa: E402
 from status_site import Server  # noqa: E402
 
 __all__ = ["World", "make_world", "CASES", "PASSWORDS", "FAST_HASHERS", "tls_contexts", "Server",
-           "migrated_world", "run_coremq"]
+           "Secured", "secured", "until", "migrated_world", "run_coremq"]
 
 
 def _read_uncommitted(sender: object, connection: object, **kwargs: object) -> None:
@@ -113,6 +123,64 @@ def make_world() -> World:
     revoked_row.save()
     _, relay_token = ApiToken.objects.issue(relay, "web process")
     return World(alice_token, expired, revoked, relay_token, token.pk)
+
+
+# -- a broker as run_coremq builds it, on the test's loop ------------------------------------
+
+@dataclass
+class Secured:
+    """A running broker over the world, and ``connect(who, **options)`` for its clients."""
+
+    broker: Broker
+    world: World
+    connect: Callable[..., Awaitable[AsyncMessageQueue]]
+
+    def connection_of(self, client: AsyncMessageQueue) -> Any:
+        return self.broker.registry.connections.get(client.connection_id)
+
+
+@pytest_asyncio.fixture
+async def secured(settings) -> AsyncIterator[Secured]:
+    """A broker as run_coremq builds it, over the rules of security_world, with the default policy "deny".
+
+    The Django authenticator and the policy watcher work in threads of their
+    own: the tests that use it need ``django_db(transaction=True)``.
+    """
+    settings.PASSWORD_HASHERS = FAST_HASHERS
+    settings.COREMQ = {**settings.COREMQ, "DEFAULT_POLICY": "deny"}
+    world = await sync_to_async(make_world)()
+    watcher = await sync_to_async(access_watcher)()
+    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=1.0),
+                    access=watcher.snapshot, authenticator=authenticate)
+    await broker.start()
+    stop = watcher.attach(broker)
+    clients: list[AsyncMessageQueue] = []
+
+    async def connect(who: str = "anonymous", **options: Any) -> AsyncMessageQueue:
+        """A client of the broker, logged in with ``who``'s password unless other credentials are given."""
+        if who != "anonymous" and "token" not in options:
+            options.update(username=who, password=PASSWORDS[who])
+        client = AsyncMessageQueue(broker.host, broker.port, reconnect=False, resume=False, **options)
+        clients.append(client)
+        await client.connect()
+        return client
+
+    try:
+        yield Secured(broker, world, connect)
+    finally:
+        for client in clients:
+            await client.close()
+        await asyncio.to_thread(stop)
+        await broker.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until ``condition()`` holds (polled on the loop); fail after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
 
 
 # -- run_coremq as a real process ---------------------------------------------------------

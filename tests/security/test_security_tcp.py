@@ -1,8 +1,7 @@
 """Authentication and permission rules over TCP, against Django's users, groups, tokens and rules.
 
-The broker runs on the test's event loop with ``run_coremq``'s pieces: the
-Django authenticator and the access policy followed by its watcher thread.
-``transaction=True`` lets those threads see what the test writes.
+The broker runs on the test's event loop with ``run_coremq``'s pieces (the
+``secured`` fixture of security_world).
 """
 
 from __future__ import annotations
@@ -11,67 +10,20 @@ import asyncio
 import datetime
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
-import pytest_asyncio
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from coremq_broker.auth.authenticator import authenticate
-from coremq_broker.auth.policy import access_watcher
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
 from coremq_broker.models import ApiToken, PermissionRule
 from coremq_client import AsyncMessageQueue
 from coremq_client.errors import AuthenticationFailed, PermissionDenied
-from security_world import CASES, FAST_HASHERS, PASSWORDS, World, make_world
+from security_world import CASES, PASSWORDS, Secured, secured, until  # noqa: F401  (secured: a fixture)
 from wire import RawClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
-
-
-@dataclass
-class Secured:
-    broker: Broker
-    world: World
-    connect: Callable[..., Awaitable[AsyncMessageQueue]]
-
-    def connection_of(self, client: AsyncMessageQueue) -> Any:
-        return self.broker.registry.connections.get(client.connection_id)
-
-
-@pytest_asyncio.fixture
-async def secured(settings) -> AsyncIterator[Secured]:
-    """A broker as run_coremq builds it, over the rules of security_world, with the default policy "deny"."""
-    settings.PASSWORD_HASHERS = FAST_HASHERS
-    settings.COREMQ = {**settings.COREMQ, "DEFAULT_POLICY": "deny"}
-    world = await sync_to_async(make_world)()
-    watcher = await sync_to_async(access_watcher)()
-    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=1.0),
-                    access=watcher.snapshot, authenticator=authenticate)
-    await broker.start()
-    stop = watcher.attach(broker)
-    clients: list[AsyncMessageQueue] = []
-
-    async def connect(who: str = "anonymous", **options: Any) -> AsyncMessageQueue:
-        """A client of the broker, logged in with ``who``'s password unless other credentials are given."""
-        if who != "anonymous" and "token" not in options:
-            options.update(username=who, password=PASSWORDS[who])
-        client = AsyncMessageQueue(broker.host, broker.port, reconnect=False, resume=False, **options)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    try:
-        yield Secured(broker, world, connect)
-    finally:
-        for client in clients:
-            await client.close()
-        await asyncio.to_thread(stop)
-        await broker.close()
 
 
 async def attempt(client: AsyncMessageQueue, action: str, queue: str) -> None:
@@ -81,15 +33,6 @@ async def attempt(client: AsyncMessageQueue, action: str, queue: str) -> None:
         await client.publish(queue, {"x": 1})
     else:
         await client.history(queue)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until ``condition()`` holds (polled on the loop); fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 @pytest.mark.parametrize("who,action,queue,allowed", CASES)
