@@ -82,3 +82,26 @@ def test_web_port_in_use_is_an_error(run_coremq) -> None:
         assert server.process.wait(timeout=30) != 0
     output = "".join(server.output)
     assert "cannot serve" in output and "Traceback" not in output
+
+
+def test_views_publish_to_the_broker_of_the_command(run_coremq) -> None:
+    """Under `run_coremq --port 0`, a view's publish() reaches the broker the command bound, not the settings' port."""
+    import http.cookiejar
+    import urllib.request
+
+    server = run_coremq("--port", "0", "--web-port", "0")
+    port = int(server.wait_for("CoreMQ broker listening on").split()[-2].rsplit(":", 1)[1])
+    web = server.wait_for("CoreMQ web app on").split()[-1]
+    subscriber = RawClient("127.0.0.1", port)
+    assert subscriber.control({"coremq_subscribe": ["counter"]})["response"] == "OK: Subscribe successful"
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(web, timeout=10).read()
+    token = next(cookie.value for cookie in jar if cookie.name == "csrftoken")
+    request = urllib.request.Request(web + "counter/increment/", data=b"by=2", method="POST",
+                                     headers={"X-CSRFToken": token, "Referer": web})
+    assert opener.open(request, timeout=10).status == 200
+    queue, message = subscriber.read()
+    assert queue == "counter" and message["by"] == 2
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=5) == 0

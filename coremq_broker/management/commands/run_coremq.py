@@ -72,7 +72,24 @@ class Command(BaseCommand):
             self.stdout.write(f"CoreMQ web app on {url}")
         else:
             self.stdout.write(f"CoreMQ broker listening on {host}:{port} ({'TLS' if self.tls else 'TCP'})")
+            _point_clients_at(host, port)
         self.stdout.flush()
+
+
+def _point_clients_at(host: str, port: int) -> None:
+    """Make this process's own clients (publish() in views, the status page) use the broker just bound.
+
+    ``--host``/``--port`` (and port 0) may differ from ``settings.COREMQ``;
+    the change is announced like ``override_settings`` does, so cached
+    configuration and clients are dropped.
+    """
+    from django.conf import settings
+    from django.core.signals import setting_changed
+
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+    value = {**getattr(settings, "COREMQ", {}), "HOST": wildcard.get(host, host), "PORT": port}
+    settings.COREMQ = value
+    setting_changed.send(sender=type(settings), setting="COREMQ", value=value, enter=True)
 
 
 def _given(value: int | None, default: int) -> int:
