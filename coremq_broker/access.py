@@ -25,6 +25,8 @@ __all__ = [
 ACTIONS = ("publish", "subscribe", "history")
 #: Default policies for queues that no rule matches.
 POLICIES = ("open", "authenticated", "deny")
+#: Queue names whose matching rules a policy remembers (past it, it starts again).
+MATCH_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class RulePolicy(AccessPolicy):
     default: str = "open"
     revoked_tokens: frozenset[int] = field(default_factory=frozenset)
     active_users: frozenset[int] | None = None  # None: not checked
+    # Globs are matched once per queue name and snapshot, not once per publish.
+    _matching: dict[str, tuple[Rule, ...]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.default not in POLICIES:
@@ -113,7 +117,7 @@ class RulePolicy(AccessPolicy):
         if action == "status":
             return principal.is_staff or self.default == "open"
         assert queue is not None
-        matching = [rule for rule in self.rules if rule.matches(queue)]
+        matching = self.matching(queue)
         if matching:
             return any(rule.grants(principal, action) for rule in matching)
         if self.default == "open":
@@ -121,6 +125,15 @@ class RulePolicy(AccessPolicy):
         if self.default == "authenticated":
             return principal.authenticated
         return False
+
+    def matching(self, queue: str) -> tuple[Rule, ...]:
+        """The rules whose pattern matches ``queue``, remembered (up to :data:`MATCH_CACHE_SIZE` names)."""
+        found = self._matching.get(queue)
+        if found is None:
+            if len(self._matching) >= MATCH_CACHE_SIZE:
+                self._matching.clear()
+            found = self._matching[queue] = tuple(rule for rule in self.rules if rule.matches(queue))
+        return found
 
     def is_revoked(self, principal: Principal) -> bool:
         if principal.token_id is not None and principal.token_id in self.revoked_tokens:

@@ -169,3 +169,21 @@ def test_client_options_carry_credentials_and_tls(tmp_path) -> None:
     with override_settings(COREMQ={"CLIENT_USERNAME": "u", "CLIENT_PASSWORD": "p"}):
         assert conf.get_client_credentials() == {"username": "u", "password": "p"}
         assert "ssl" not in client_options()
+
+
+def test_a_policy_matches_each_queue_name_once(monkeypatch) -> None:
+    """Globs are matched once per queue name and snapshot (bounded), and the memory does not change equality."""
+    from coremq_broker import access
+    from coremq_broker.access import Rule
+
+    calls: list[str] = []
+    rule = Rule("orders.*", frozenset({"publish"}), authenticated=True)
+    monkeypatch.setattr(Rule, "matches", lambda self, queue: calls.append(queue) or queue.startswith("orders."))
+    policy = SitePolicy((rule,), default="deny")
+    alice = Principal("alice", 1)
+    assert all(policy.check(alice, "publish", "orders.eu") for _ in range(3)) and calls == ["orders.eu"]
+    assert policy == SitePolicy((rule,), default="deny")
+    monkeypatch.setattr(access, "MATCH_CACHE_SIZE", 2)
+    for name in ("a", "b", "c"):
+        policy.check(alice, "publish", name)
+    assert len(policy._matching) <= 2
