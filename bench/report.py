@@ -93,11 +93,19 @@ def summarise_latency(runs: list[dict]) -> dict[str, Any]:
     return {"median": table, "ratios": ratios}
 
 
+def _cost(run: dict) -> tuple[float, str]:
+    """Bytes per connection to compare: RSS growth, unless the server's own heap shows it reused memory."""
+    rss, heap = run["bytes_per_connection"], run.get("heap_per_connection")
+    if heap is not None and heap > 0 and not rss >= heap / 2:
+        return heap, "heap"
+    return rss, "rss"
+
+
 def summarise_conns(runs: list[dict]) -> dict[str, Any]:
-    table = {r["target"]: r for r in runs}
-    core = table.get("coremq", {}).get("bytes_per_connection")
-    return {"results": table, "ratios": {t: _ratio(core, r["bytes_per_connection"]) for t, r in table.items()
-                                         if t != "coremq"}}
+    """Per target its run and the cost used for ratios (``"cost"``, ``"cost_from"``: rss or heap)."""
+    table = {r["target"]: {**r, "cost": _cost(r)[0], "cost_from": _cost(r)[1]} for r in runs}
+    core = table.get("coremq", {}).get("cost")
+    return {"results": table, "ratios": {t: _ratio(core, r["cost"]) for t, r in table.items() if t != "coremq"}}
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,14 +226,17 @@ def render_table(results: dict[str, Any]) -> str:
                 continue
             ratio = conns["summary"]["ratios"].get(t)
             heap = r.get("heap_per_connection")
+            ratio_text = _num(ratio) + ("h" if r.get("cost_from") == "heap" else "")
             lines.append(f"{LABELS[t]:<11}{r['held']:>8,}{_num(r['bytes_per_connection'] / KIB):>10}"
-                         f"{r['rss_before'] / 2**20:>10.1f}MB{r['rss_held'] / 2**20:>9.1f}MB{_num(ratio):>10}"
+                         f"{r['rss_before'] / 2**20:>10.1f}MB{r['rss_held'] / 2**20:>9.1f}MB{ratio_text:>10}"
                          f"{_num(None if heap is None else heap / KIB):>15}"
                          + (f"  ({r['refused']:,} refused: {r['first_refusal']})" if r["refused"] else ""))
         lines.append("  KiB each: RSS growth ÷ held (the issue's measure; a server that held many connections "
                      "before reuses freed memory and grows less);")
         lines.append("  heap KiB each: the server's own count of allocated bytes, where it reports one "
-                     "(Redis used_memory, Mosquitto $SYS heap)")
+                     "(Redis used_memory, Mosquitto $SYS heap);")
+        lines.append("  CoreMQ ÷: against RSS growth, or against the heap (h) where RSS grew by less than half "
+                     "of it (memory reused)")
     checks = results.get("checks") or []
     if checks:
         lines += ["", "Issue 7 targets for CoreMQ (ratios from this run):"]
@@ -257,7 +268,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
                 ax.bar([x + i * width for x in range(len(subs))], values, width, label=LABELS[t], color=colors[t])
             ax.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(subs))], [f"S={s}" for s in subs])
             ax.set_yscale("log")
-            ax.set_ylabel("delivered messages/s (log)")
+            ax.set_ylabel("delivered messages/s (log scale)")
             ax.set_title("Fan-out, 1 publisher")
         elif panel == "latency":
             median = results["latency"]["summary"]["median"]
@@ -267,12 +278,14 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
                 ax.bar([x + i * width for x in range(len(groups))], values, width, label=LABELS[t], color=colors[t])
             ax.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(groups))],
                           [f"{q}\n{'1 in flight' if m == 'inflight' else 'steady'}" for m, q in groups])
-            ax.set_ylabel("µs")
+            ax.set_yscale("log")
+            ax.set_ylabel("µs (log scale)")
             ax.set_title("Latency, publish to delivery")
         else:
             res = results["conns"]["summary"]["results"]
             shown = [t for t in targets if t in res]
-            ax.bar([LABELS[t] for t in shown], [res[t]["bytes_per_connection"] / KIB for t in shown],
+            ax.bar([LABELS[t] + (" (heap)" if res[t].get("cost_from") == "heap" else "") for t in shown],
+                   [res[t].get("cost", res[t]["bytes_per_connection"]) / KIB for t in shown],
                    color=[colors[t] for t in shown])
             ax.axhline(MAX_BYTES_PER_CONN / KIB, color="black", linestyle=":", linewidth=1, label="target 10 KiB")
             ax.set_ylabel("KiB per idle connection")
