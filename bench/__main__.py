@@ -157,6 +157,7 @@ async def _run(args: argparse.Namespace) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     args.name = args.name or (args.benchmark + ("-quick" if args.quick else ""))
     kinds = ["conns", "fanout", "latency"] if args.benchmark == "all" else [args.benchmark]
+    (args.results_dir / f"{args.name}-coremq.log").unlink(missing_ok=True)  # the broker's log of this session
     if "conns" in kinds:
         limit = raise_fd_limit(settings.conns.count + 1024)
         if limit < settings.conns.count + 64:
