@@ -333,11 +333,11 @@ class Broker(ControlRequests):
         queue = self.registry.queues.get(name)
         if queue is None:
             validate_queue_name(name, self.config.max_queue_name_length)
-            if self.registry.owner_of(name) is None:
+            if self.registry.owner_of(name) != connection.id:
                 self._check(connection, "publish", name)
             queue = self.registry.queue(name)
-        elif queue.owner is None and not self._open_access:
-            # Private queues take point-to-point messages from anyone; others ask the policy.
+        elif not self._open_access and queue.owner != connection.id:
+            # Point-to-point sending follows the publish rules too; one's own queues are one's own.
             self._check(connection, "publish", name)
         settings = queue.settings
         if settings.max_message_size is not None and size > settings.max_message_size:

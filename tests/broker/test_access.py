@@ -270,3 +270,24 @@ def test_tls_round_trip(tmp_path):
         assert not plain.recv(100).startswith(b"+")  # no plaintext frames from a TLS listener
     finally:
         running.stop()
+
+
+def test_point_to_point_follows_the_publish_rules():
+    """Sending to another connection's id queue needs a publish grant matching it; one's own is always allowed."""
+    uuid_rule = Rule("*-*-*-*-*", frozenset({"publish"}), users=frozenset({"bob"}))
+    running = BrokerThread(BrokerConfig(port=0), access=RulePolicy(RULES + (uuid_rule,), default="deny"),
+                           authenticator=authenticate)
+    try:
+        target = RawClient(running.host, running.port)
+        anonymous = RawClient(running.host, running.port)
+        anonymous.send(target.id, {"hi": 1})
+        assert anonymous.read()[1]["response"] == f"ERROR: permission denied: publish on queue '{target.id}'"
+        anonymous.send(anonymous.id, {"note to self": 1})
+        assert anonymous.read()[1]["response"] == "OK: Message sent"
+        bob = RawClient(running.host, running.port)
+        login(bob, username="bob", password="builder")
+        bob.send(target.id, {"hi": 2})
+        assert bob.read()[1]["response"] == "OK: Message sent"
+        assert target.read()[1]["hi"] == 2
+    finally:
+        running.stop()
