@@ -91,9 +91,12 @@ class ControlRequests:
 
     def _check(self, connection: Connection, action: str, name: str | None) -> None:
         if not self.access.allows(connection, action, name):
-            self.registry.denials += 1
-            target = f" on queue {name!r}" if name else ""
-            raise RequestError(f"permission denied: {action}{target}")
+            self._deny(connection, action, name)
+
+    def _deny(self, connection: Connection, action: str, name: str | None) -> None:
+        self.registry.denials += 1
+        target = f" on queue {name!r}" if name else ""
+        raise RequestError(f"permission denied: {action}{target}")
 
     def _subscribe(self, connection: Connection, value: Any) -> None:
         names = self._queue_list(value, P.SUBSCRIBE)
@@ -205,6 +208,7 @@ class ControlRequests:
                 return
             self.auth_failures.succeeded(address)
             connection.principal = principal
+            connection.publish_grants.clear()
             logger.info("connection %s authenticated as %r", connection.id, principal.username)
             self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
                                      "staff": principal.is_staff}, request)

@@ -94,6 +94,9 @@ class Connection:
         self.id_length = len(self.id_bytes) + 1  # the id and the space of a frame's payload
         self.peer = peer
         self.principal: Principal = ANONYMOUS
+        #: The access policy's answers to "may this connection publish to queue q",
+        #: kept until the policy or the connection's user changes.
+        self.publish_grants: dict[str, bool] = {}
         self.publish_limit = 0  # publishes per second; 0: no limit
         self._publish_second = 0
         self._publish_count = 0
@@ -178,13 +181,16 @@ class Queue:
     other connection may subscribe to it or read its history.
     """
 
-    __slots__ = ("name", "owner", "subscribers", "history", "last_id", "published", "last_publish",
-                 "settings", "rate", "pending", "pending_senders")
+    __slots__ = ("name", "name_bytes", "name_length", "owner", "subscribers", "history", "last_id", "published",
+                 "last_publish", "settings", "plain", "rate", "pending", "pending_senders")
 
     def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
         self.name = name
+        self.name_bytes = name.encode()
+        self.name_length = len(self.name_bytes) + 1  # the name and the space of a frame's payload
         self.owner = owner
         self.settings = settings
+        self.plain = settings.max_message_size is None and not settings.durable
         self.subscribers: dict[Connection, None] = {}  # insertion-ordered set
         self.history: deque[tuple[int, dict]] = deque(maxlen=settings.history_length)
         self.last_id = 0
@@ -201,6 +207,8 @@ class Queue:
         if settings.history_length != self.history.maxlen:
             self.history = deque(self.history, maxlen=settings.history_length)
         self.settings = settings
+        #: No per-queue size limit and not durable: the publish fast path applies.
+        self.plain = settings.max_message_size is None and not settings.durable
 
     def history_since(self, since: int | None) -> list[dict]:
         """Stored messages with an id above ``since`` (all of them when None)."""
