@@ -18,6 +18,7 @@ Nothing here imports Django: the caller passes the ASGI application in.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -58,11 +59,28 @@ def run(config: BrokerConfig, *, web: WebServer | None = None, announce: Announc
     ``broker_options`` are passed to :class:`Broker` (``queue_settings``, ``access``, ``ssl``).
     """
     announce = announce or _log_announce
+    settle_garbage_collector()
     if web is None:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(config, announce=announce, broker_options=broker_options, on_start=on_start))
     else:
         _run_with_daphne(config, web, announce, broker_options or {}, on_start)
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the message path.
+
+    Messages are dicts, and dicts are tracked: with the default thresholds a
+    collection runs every few hundred messages, and a full one walks every
+    object Django and the app loaded (hundreds of thousands), which shows as
+    milliseconds in latency tails. Everything loaded so far is frozen out of
+    the collector's reach, and young collections run ten times less often.
+    Reference counting frees messages either way: they hold no cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, 7000), middle, old)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
