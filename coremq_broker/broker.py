@@ -1,7 +1,7 @@
 """The broker: what each frame does, whatever transport brought it.
 
 :class:`Broker` owns the :class:`~coremq_broker.registry.Registry` and the TCP
-listener. Every transport hands complete frames to :meth:`Broker.handle_frame`
+listener. Every transport hands complete frames to :meth:`Broker.handle_frames`
 and implements ``Connection.send``. Per publish the work is done once
 (validate, stamp, encode the delivered frame); per subscriber it is an append
 to that subscriber's output buffer, flushed once per loop iteration.
@@ -272,61 +272,81 @@ class Broker(ControlRequests):
         self._reply_error(connection, str(error))
 
     def handle_frame(self, connection: Connection, frame: Frame) -> None:
-        """Carry out one frame from ``connection``; never raises for bad input.
+        """Carry out one frame from ``connection``; never raises for bad input."""
+        self.handle_frames(connection, [frame])
+
+    def handle_frames(self, connection: Connection, frames: list[Frame]) -> None:
+        """Carry out the frames of one read from ``connection`` in order; never raises for bad input.
 
         The common case, a plain publish, is written out here rather than in
-        helpers: this runs once per message, and on this path every call shows.
+        helpers, with what it uses held in locals: this runs once per message,
+        and on this path every call and attribute lookup shows.
         """
-        connection.requests += 1
-        connection.messages_in += 1
-        self.registry.messages_in += 1
-        name = frame.queue
-        try:
-            try:
-                message = self._loads(frame.body)
-            except (ValueError, TypeError, RecursionError) as exc:
-                raise MessageError(f"invalid JSON: {exc}") from None
-            queue = self.registry.queues.get(name)
-            if (message.__class__ is not dict or queue is None or not queue.plain or self._durable_all
-                    or connection.publish_limit or name == connection.id):
-                if name == connection.id and isinstance(message, dict) and self._is_control(message):
-                    self._control(connection, message)
-                else:
-                    self._publish(connection, name, message, len(frame.body))
+        registry = self.registry
+        queues = registry.queues
+        loads, dumps = self._loads, self._dumps
+        own_id = connection.id
+        own_prefix = own_id + "/"
+        may_take_fast_path = not (self._durable_all or connection.publish_limit)
+        open_access = self._open_access
+        address = self.address
+        pending_queues = self._dirty_queues
+        registry.messages_in += len(frames)
+        connection.messages_in += len(frames)
+        for index, frame in enumerate(frames):
+            if connection.authenticating:  # what follows a login waits for its answer
+                connection.held_frames.extend(frames[index:])
                 return
-            if queue.owner != connection.id and not self._open_access:
-                self._check_publish(connection, name)
-            # Number, stamp, encode once, queue for this iteration's fan-out, reply.
-            queue.last_id = message_id = queue.last_id + 1
-            claimed = message.get(P.SENDER)
-            if not (claimed.__class__ is str and claimed.startswith(connection.id + "/")):
-                message[P.SENDER] = connection.id
-            message[P.SENT] = now = time.time()
-            message[P.SERVER] = self.address
-            message[P.ID] = message_id
-            queue.history.append((message_id, message))
-            queue.published += 1
-            queue.last_publish = now
-            subscribers = queue.subscribers
-            if subscribers:
-                pending = queue.pending
-                if not pending:
-                    self._dirty_queues.append(queue)
-                    if not self._flush_scheduled:
-                        self._schedule()
-                if not connection.echo and connection in subscribers:
-                    queue.pending_senders.append((len(pending), connection))
-                body = self._dumps(message)
-                pending.append(b"+%d %s %s" % (queue.name_length + len(body), queue.name_bytes, body))
-            else:
-                queue.rate.add(now)  # with subscribers, counted per batch at the fan-out
-            if connection.replies:
-                body = _OK_SENT % (message_id, connection.requests)
-                connection.send(b"+%d %s %s" % (connection.id_length + len(body), connection.id_bytes, body))
-        except (RequestError, InvalidQueueName, MessageError) as exc:
-            self.registry.errors += 1
-            logger.warning("connection %s (%s): %s", connection.id, connection.peer, exc)
-            self._reply_error(connection, str(exc), queue=name)
+            connection.requests += 1
+            name = frame.queue
+            try:
+                try:
+                    message = loads(frame.body)
+                except (ValueError, TypeError, RecursionError) as exc:
+                    raise MessageError(f"invalid JSON: {exc}") from None
+                queue = queues.get(name)
+                if (message.__class__ is not dict or queue is None or not queue.plain or not may_take_fast_path
+                        or name == own_id):
+                    if name == own_id and isinstance(message, dict) and self._is_control(message):
+                        self._control(connection, message)
+                    else:
+                        self._publish(connection, name, message, len(frame.body))
+                    continue
+                if not open_access and queue.owner != own_id:
+                    self._check_publish(connection, name)
+                # Number, stamp, encode once, queue for this iteration's fan-out, reply.
+                queue.last_id = message_id = queue.last_id + 1
+                claimed = message.get(P.SENDER)
+                if not (claimed.__class__ is str and claimed.startswith(own_prefix)):
+                    message[P.SENDER] = own_id
+                message[P.SENT] = now = time.time()
+                message[P.SERVER] = address
+                message[P.ID] = message_id
+                queue.history.append((message_id, message))
+                queue.published += 1
+                queue.last_publish = now
+                subscribers = queue.subscribers
+                if subscribers:
+                    pending = queue.pending
+                    if not pending:
+                        pending_queues.append(queue)
+                        if not self._flush_scheduled:
+                            self._schedule()
+                    if not connection.echo and connection in subscribers:
+                        queue.pending_senders.append((len(pending), connection))
+                    body = dumps(message)
+                    pending.append(b"+%d %s %s" % (queue.name_length + len(body), queue.name_bytes, body))
+                else:
+                    queue.rate.add(now)  # with subscribers, counted per batch at the fan-out
+                if connection.replies:
+                    body = _OK_SENT % (message_id, connection.requests)
+                    connection.send(b"+%d %s %s" % (connection.id_length + len(body), connection.id_bytes, body))
+            except (RequestError, InvalidQueueName, MessageError) as exc:
+                registry.errors += 1
+                logger.warning("connection %s (%s): %s", own_id, connection.peer, exc)
+                self._reply_error(connection, str(exc), queue=name)
+            if connection.closing:  # a request closed it (an administrator's disconnect of itself)
+                return
 
     def _check_publish(self, connection: Connection, name: str) -> None:
         """The access policy's word on publishing to ``name``, remembered per connection."""

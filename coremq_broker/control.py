@@ -181,6 +181,7 @@ class ControlRequests:
             connection.close("too many failed authentications")
             return
         connection.hold()
+        connection.authenticating = True
         asyncio.get_running_loop().create_task(
             self._authenticate(connection, dict(value), connection.requests, address))
 
@@ -213,7 +214,11 @@ class ControlRequests:
             self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
                                      "staff": principal.is_staff}, request)
         finally:
+            connection.authenticating = False
             connection.release()
+            held, connection.held_frames = connection.held_frames, []
+            if held and not connection.closing:
+                self.handle_frames(connection, held)  # type: ignore[attr-defined]
 
     def _status(self, connection: Connection, value: Any) -> None:
         self._check(connection, "status", None)

@@ -94,6 +94,9 @@ class Connection:
         self.id_length = len(self.id_bytes) + 1  # the id and the space of a frame's payload
         self.peer = peer
         self.principal: Principal = ANONYMOUS
+        #: While a login is being checked, the frames that came after it wait here.
+        self.authenticating = False
+        self.held_frames: list[Any] = []
         #: The access policy's answers to "may this connection publish to queue q",
         #: kept until the policy or the connection's user changes.
         self.publish_grants: dict[str, bool] = {}

@@ -20,7 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from coremq_client import protocol as P
-from coremq_client.codec import FrameParser
+from coremq_client.codec import Frame, FrameParser
 from coremq_client.errors import ProtocolError
 
 from .registry import Connection
@@ -71,14 +71,24 @@ class TcpConnection(asyncio.Protocol, Connection):
         parser = self.parser
         parser.receive_data(data)
         broker = self.broker
-        for event in parser.events():
+        events = parser.events()
+        if parser.clean:  # frames only, the usual case
+            broker.handle_frames(self, events)  # type: ignore[arg-type]
+            return
+        frames: list[Frame] = []
+        for event in events:  # hand over the frames between errors in order
             if isinstance(event, ProtocolError):
+                if frames:
+                    broker.handle_frames(self, frames)
+                    frames = []
                 broker.protocol_error(self, event)
                 if event.fatal:
                     self.close()
                     return
             else:
-                broker.handle_frame(self, event)
+                frames.append(event)
+        if frames:
+            broker.handle_frames(self, frames)
 
     def eof_received(self) -> bool:
         if self.parser.mid_frame:

@@ -117,6 +117,9 @@ class FrameParser:
         self._buffer = bytearray()
         self._skip = 0  # bytes of an oversized frame still to throw away
         self._events: list[Frame | ProtocolError] = []
+        self._errors = False  # an error is among the events not yet returned
+        #: After :meth:`events`: True when every event it returned was a frame.
+        self.clean = True
 
     @property
     def buffered(self) -> int:
@@ -149,12 +152,15 @@ class FrameParser:
             self._buffer += data[pos:]
 
     def events(self) -> list[Frame | ProtocolError]:
-        """Return and forget the events parsed so far."""
+        """Return and forget the events parsed so far; :attr:`clean` tells whether all are frames."""
         events, self._events = self._events, []
+        self.clean = not self._errors
+        self._errors = False
         return events
 
     def _fail(self, error: ProtocolError) -> int:
         self.failed = True
+        self._errors = True
         self._events.append(error)
         self._buffer.clear()
         return 0
@@ -180,6 +186,7 @@ class FrameParser:
             body_start = space + 1
             frame_end = body_start + size
             if size > limit:
+                self._errors = True
                 append(FrameTooLarge(size, limit))
                 if frame_end > end:
                     self._skip = frame_end - end
@@ -191,11 +198,13 @@ class FrameParser:
             cut = data.find(b" ", body_start, frame_end)
             pos = frame_end
             if cut <= body_start:
+                self._errors = True
                 append(FrameBodyError("frame payload must be '<queue> <json>'"))
                 continue
             try:
                 queue = data[body_start:cut].decode()
             except UnicodeDecodeError:
+                self._errors = True
                 append(FrameBodyError("queue name is not valid UTF-8"))
                 continue
             append(Frame(queue, data[cut + 1 : frame_end]))

@@ -291,3 +291,14 @@ def test_point_to_point_follows_the_publish_rules():
         assert target.read()[1]["hi"] == 2
     finally:
         running.stop()
+
+
+def test_requests_pipelined_after_a_login_wait_for_it(secured):
+    """Frames sent in the same write as a login are carried out after it, as the logged-in user."""
+    from coremq_client.codec import encode_frame
+
+    alice = RawClient(secured.host, secured.port)
+    alice.send_raw(encode_frame(alice.id, b'{"coremq_auth": {"token": "tok-alice"}}')
+                   + encode_frame(alice.id, b'{"coremq_subscribe": ["secret"]}'))
+    assert alice.read()[1]["response"] == "OK: Authenticated"
+    assert alice.read()[1] == {"response": "OK: Subscribe successful", "request": 2}
