@@ -293,6 +293,7 @@ class Broker(ControlRequests):
         pending_queues = self._dirty_queues
         registry.messages_in += len(frames)
         connection.messages_in += len(frames)
+        now = time.time()  # the messages of one read arrived together
         for index, frame in enumerate(frames):
             if connection.authenticating:  # what follows a login waits for its answer
                 connection.held_frames.extend(frames[index:])
@@ -319,7 +320,7 @@ class Broker(ControlRequests):
                 claimed = message.get(P.SENDER)
                 if not (claimed.__class__ is str and claimed.startswith(own_prefix)):
                     message[P.SENDER] = own_id
-                message[P.SENT] = now = time.time()
+                message[P.SENT] = now
                 message[P.SERVER] = address
                 message[P.ID] = message_id
                 queue.history.append((message_id, message))
