@@ -16,3 +16,9 @@ class CoreMQBrokerConfig(AppConfig):
 
         checks.register(check_settings, "coremq")
         checks.register(check_access, "coremq", checks.Tags.security)
+
+        from .auth.policy import access_senders
+        from .models import QueueSetting
+        from .snapshots import count_changes_of
+
+        count_changes_of([QueueSetting, *access_senders()])

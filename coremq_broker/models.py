@@ -27,7 +27,7 @@ from .access import ACTIONS
 from .auth.tokens import PREFIX_LENGTH, new_token, token_hash, token_prefix
 from .queue_settings import is_glob
 
-__all__ = ["QueueSetting", "PermissionRule", "ApiToken"]
+__all__ = ["ChangeCounter", "QueueSetting", "PermissionRule", "ApiToken"]
 
 
 def validate_pattern(value: str) -> None:
@@ -197,3 +197,21 @@ class ApiToken(models.Model):
         if self.revoked is not None:
             return "revoked"
         return "active" if self.is_valid() else "expired"
+
+
+class ChangeCounter(models.Model):
+    """One row whose ``value`` goes up whenever something a broker follows changes, in any process.
+
+    The watchers of :mod:`coremq_broker.snapshots` read this one number on
+    each poll and load the tables only when it moved, so that following the
+    admin costs the broker's process almost nothing between changes.
+    :func:`coremq_broker.snapshots.count_change` bumps it from model signals.
+    """
+
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "change counter"
+
+    def __str__(self) -> str:
+        return f"changes: {self.value}"

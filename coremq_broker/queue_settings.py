@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .config import BrokerConfig
 from .registry import QueueSettings
-from .snapshots import SnapshotWatcher
+from .snapshots import SnapshotWatcher, change_count
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -130,7 +130,7 @@ class QueueSettingsWatcher(SnapshotWatcher[QueueSettingsResolver, "Broker"]):
         super().__init__(lambda: QueueSettingsResolver(defaults, load()), _reload_settings,
                          initial=QueueSettingsResolver(defaults), what="per-queue settings",
                          describe=lambda resolver: f"{len(resolver.rules)} row(s)", interval=interval,
-                         senders=[QueueSetting])
+                         senders=[QueueSetting], fingerprint=change_count)
 
     @property
     def resolver(self) -> QueueSettingsResolver:

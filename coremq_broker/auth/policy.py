@@ -103,6 +103,40 @@ def describe_policy(policy: SitePolicy) -> str:
             f"{len(policy.revoked_tokens)} revoked or expired token(s)")
 
 
+def access_senders() -> list[type]:
+    """The models whose changes change the access policy (rules, tokens, users, groups, permissions)."""
+    from django.contrib.auth.models import Group
+
+    from ..models import ApiToken, PermissionRule
+
+    user_model = get_user_model()
+    return [PermissionRule, PermissionRule.groups.through, PermissionRule.users.through, ApiToken,
+            user_model, user_model.groups.through, user_model.user_permissions.through,  # type: ignore[attr-defined]
+            Group.permissions.through]
+
+
+def access_fingerprint() -> tuple[Any, ...]:
+    """What moves when the policy may have, in one small query.
+
+    The change counter (every ORM save, delete and relation change), plus what
+    bulk updates that send no signal can change and time alone changes: how
+    many tokens are revoked or expired by now, and how many users are active.
+    """
+    from django.db import connection
+
+    from ..models import ApiToken, ChangeCounter
+
+    user_table = get_user_model()._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT value FROM {ChangeCounter._meta.db_table} WHERE id = 1),"
+            f" (SELECT COUNT(*) FROM {ApiToken._meta.db_table} WHERE revoked IS NOT NULL OR expires <= %s),"
+            f" (SELECT COUNT(*) FROM {user_table} WHERE is_active)",
+            [timezone.now()],
+        )
+        return tuple(cursor.fetchone())
+
+
 def access_watcher(apply: Callable[[Any, SitePolicy], None] | None = None, *,
                    interval: float = 0.5) -> SnapshotWatcher[SitePolicy, Any]:
     """A watcher of the access policy; each new one goes to ``apply(target, policy)``.
@@ -110,17 +144,9 @@ def access_watcher(apply: Callable[[Any, SitePolicy], None] | None = None, *,
     The default ``apply`` is the broker's ``set_access``; a remote WebSocket
     bridge gives its own.
     """
-    from django.contrib.auth.models import Group
-
-    from ..models import ApiToken, PermissionRule
-
-    user_model = get_user_model()
     return SnapshotWatcher(
         load_policy, apply or _set_access, initial=empty_policy(), what="access policy",
-        describe=describe_policy, interval=interval,
-        senders=[PermissionRule, PermissionRule.groups.through, PermissionRule.users.through, ApiToken,
-                 user_model, user_model.groups.through, user_model.user_permissions.through,  # type: ignore[attr-defined]
-                 Group.permissions.through],
+        describe=describe_policy, interval=interval, senders=access_senders(), fingerprint=access_fingerprint,
     )
 
 

@@ -143,8 +143,8 @@ def test_watcher_thread_follows_saves(broker) -> None:
         applied = threading.Event()
         original = watcher.check
 
-        def check() -> bool:
-            changed = original()
+        def check(**options: bool) -> bool:
+            changed = original(**options)
             if changed:
                 applied.set()
             return changed
@@ -173,3 +173,20 @@ def test_a_durable_row_makes_the_queue_durable(broker, tmp_path) -> None:
         assert client.read()[1]["response"] == "OK: Message sent"
     assert broker.call(lambda: broker.broker.registry.queues["ledger.eu"].settings.durable) is True
     assert list(HistoryStore(path).load()) == ["ledger.eu"]
+
+
+@pytest.mark.django_db
+def test_polls_load_only_when_something_changed() -> None:
+    """A poll reads the change counter and loads the rows only after a save moved it."""
+    loads = []
+
+    def load() -> tuple[QueueRule, ...]:
+        loads.append(1)
+        return load_rules()
+
+    watcher = QueueSettingsWatcher(BrokerConfig(), load=load)
+    assert len(loads) == 1  # made: one full load, which also reads the fingerprint
+    assert watcher.check(force=False) is False and len(loads) == 1  # nothing moved: no load
+    QueueSetting.objects.create(pattern="moved", history_length=2)
+    assert watcher.check(force=False) is True and len(loads) == 2
+    assert watcher.resolver("moved").history_length == 2
