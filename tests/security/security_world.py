@@ -39,7 +39,7 @@ from coremq_client import AsyncMessageQueue
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 # One certificate maker (tests/client) and one server runner (tests/status) for the whole suite.
-sys.path.extend([str(ROOT / "tests" / "client"), str(ROOT / "tests" / "status")])
+sys.path.extend([str(ROOT / "tests"), str(ROOT / "tests" / "client"), str(ROOT / "tests" / "status")])
 from selfsigned import tls_contexts  # noqa: E402
 from status_site import Server  # noqa: E402
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from servers import ServerProcess as Server  # noqa: F401  (the status tests' name for it)
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -40,7 +39,7 @@ def process_env(database: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "status_settings",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
         "COREMQ_DATABASE": str(database),
         "COREMQ_TEST_STATUS_TOKEN": TOKEN,
         "PYTHONUNBUFFERED": "1",
@@ -54,48 +53,6 @@ def manage(database: Path, *args: str, **env: str) -> str:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
-
-
-class Server:
-    """A server subprocess whose output is read line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.output: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_for(self, text: str, timeout: float = 60.0) -> str:
-        """The first output line containing ``text``; fail if the process ends first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no {text!r} within {timeout}s:\n{''.join(self.output)}")
-            if line is None:
-                pytest.fail(f"{self.process.args} exited {self.process.wait()} before {text!r}:\n{''.join(self.output)}")
-            if text in line:
-                return line
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass
