@@ -72,8 +72,7 @@ class Broker(ControlRequests):
         self.authenticator = authenticator
         self.auth_failures = FailureTracker(limit=self.config.max_auth_failures)
         self.ssl = ssl if ssl is not None else tls_context(self.config)
-        default = QueueSettings(self.config.history_length,
-                                slow_consumer_policy=self.config.slow_consumer_policy)
+        default = QueueSettings.from_config(self.config)
         self.registry = Registry(queue_settings or (lambda name: default))
         self.host = self.config.host
         self.port = self.config.port

@@ -46,7 +46,7 @@ def is_glob(pattern: str) -> bool:
 
 def default_queue_settings(config: BrokerConfig) -> QueueSettings:
     """The settings of a queue that no row matches: ``settings.COREMQ``'s."""
-    return QueueSettings(config.history_length, slow_consumer_policy=config.slow_consumer_policy)
+    return QueueSettings.from_config(config)
 
 
 @dataclass(frozen=True)

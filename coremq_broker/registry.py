@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .access import ANONYMOUS, Principal
+
+if TYPE_CHECKING:
+    from .config import BrokerConfig
 
 __all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter"]
 
@@ -69,6 +72,11 @@ class QueueSettings:
         self.max_message_size = max_message_size
         self.slow_consumer_policy = slow_consumer_policy
         self.durable = durable
+
+    @classmethod
+    def from_config(cls, config: "BrokerConfig") -> "QueueSettings":
+        """The settings of a queue that nothing more specific covers: the broker configuration's."""
+        return cls(config.history_length, slow_consumer_policy=config.slow_consumer_policy)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, QueueSettings) and all(
