@@ -30,8 +30,11 @@ from .registry import Connection, Queue, QueueSettings, Registry
 
 __all__ = ["Broker", "AccessPolicy", "VERSION"]
 
-# The reply to a publish, formatted rather than encoded: it is sent once per publish.
-_OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % P.OK_SENT.encode()
+# The stamps as JSON members, in the order the dict path adds them (see handle_frames).
+_STAMP_SENDER = b',"%s":' % P.SENDER.encode()
+_STAMP_SENT = b',"%s":' % P.SENT.encode()
+_STAMP_SERVER = b',"%s":' % P.SERVER.encode()
+_STAMP_ID = b',"%s":' % P.ID.encode()
 
 
 logger = logging.getLogger("coremq.broker")
@@ -84,7 +87,7 @@ class Broker(ControlRequests):
         self._counted_in = 0
         self._open_access = type(self.access) is AccessPolicy
         self._durable_all = self.config.durable_all
-        self.address = f"{self.host}:{self.port}"
+        self._set_address(f"{self.host}:{self.port}")
         self._closed: asyncio.Event | None = None
         self._closing = False
         self._store: HistoryStore | None = None
@@ -104,9 +107,14 @@ class Broker(ControlRequests):
             lambda: TcpConnection(self), self.config.host, self.config.port, ssl=self.ssl, reuse_address=True
         )
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
-        self.address = f"{self.host}:{self.port}"
+        self._set_address(f"{self.host}:{self.port}")
         logger.info("CoreMQ broker %r listening on %s%s", self.config.server_name, self.address,
                     " (TLS)" if self.ssl else "")
+
+    def _set_address(self, address: str) -> None:
+        self.address = address
+        # The last stamps but the id, as the fast path splices them (see handle_frames).
+        self._stamp_server = _STAMP_SERVER + self._dumps(address) + _STAMP_ID
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` has finished."""
@@ -165,7 +173,7 @@ class Broker(ControlRequests):
         for name, rows in saved.items():
             queue = self.registry.queue(name)
             for message_id, body in rows:
-                queue.history.append((message_id, self.codec.loads(body)))
+                queue.history.append((message_id, body, None))
             queue.last_id = rows[-1][0]
         logger.info("restored the durable history of %d queue(s) from %s", len(saved), self.config.durable_path)
 
@@ -235,28 +243,27 @@ class Broker(ControlRequests):
             self._schedule()
 
     def _fan_out_pending(self, queue: Queue, now: float) -> int:
-        frames, queue.pending = queue.pending, []
-        count = len(frames)
+        entries, queue.pending = queue.pending, []
+        if len(entries) == 1:
+            blob, count, skip = entries[0]
+            skipping = {skip} if skip is not None else None
+        else:
+            blob = b"".join([entry[0] for entry in entries])
+            count = sum([entry[1] for entry in entries])
+            skipping = {entry[2] for entry in entries if entry[2] is not None} or None
         queue.rate.add(now, count)
-        blob = frames[0] if count == 1 else b"".join(frames)
-        senders = queue.pending_senders
         delivered = 0
-        if senders:
-            # Publishers subscribed to their own queue (without echo) skip their own frames.
-            queue.pending_senders = []
-            skip: dict[Connection, set[int]] = {}
-            for index, sender in senders:
-                skip.setdefault(sender, set()).add(index)
         for subscriber in queue.subscribers:
-            if senders and subscriber in skip:
-                own = skip[subscriber]
-                mine = [frame for index, frame in enumerate(frames) if index not in own]
+            if skipping is not None and subscriber in skipping:
+                # A publisher subscribed to its own queue (without echo) skips its own frames.
+                mine = [entry for entry in entries if entry[2] is not subscriber]
                 if mine:
-                    subscriber.deliver_batch(mine, b"".join(mine))
-                    subscriber.messages_out += len(mine)
-                    delivered += len(mine)
+                    subscriber.send(b"".join([entry[0] for entry in mine]))
+                    n = sum([entry[1] for entry in mine])
+                    subscriber.messages_out += n
+                    delivered += n
             else:
-                subscriber.deliver_batch(frames, blob)
+                subscriber.send(blob)
                 subscriber.messages_out += count
                 delivered += count
         return delivered
@@ -270,83 +277,141 @@ class Broker(ControlRequests):
         logger.warning("connection %s (%s): %s", connection.id, connection.peer, error)
         self._reply_error(connection, str(error))
 
-    def handle_frame(self, connection: Connection, frame: Frame) -> None:
-        """Carry out one frame from ``connection``; never raises for bad input."""
+    def handle_frame(self, connection: Connection, frame: tuple[str, bytes]) -> None:
+        """Carry out one ``(queue, body)`` frame from ``connection``; never raises for bad input."""
         self.handle_frames(connection, [frame])
 
-    def handle_frames(self, connection: Connection, frames: list[Frame]) -> None:
+    def handle_frames(self, connection: Connection, frames: list[tuple[str, bytes]]) -> None:
         """Carry out the frames of one read from ``connection`` in order; never raises for bad input.
 
-        The common case, a plain publish, is written out here rather than in
-        helpers, with what it uses held in locals: this runs once per message,
-        and on this path every call and attribute lookup shows.
+        The common case, a plain publish (a JSON object to a queue that keeps
+        no durable history and has no size limit), is written out here with
+        what it uses held in locals: this runs once per message, and on this
+        path every call and attribute lookup shows. Such a publish is not
+        re-encoded: the stamps, the same for every publish of one read, go in
+        before the object's closing brace. Consecutive plain publishes to one
+        queue form a run whose deliveries are formatted in one call at its end
+        (:meth:`_end_run`), and so are the replies to consecutive publishes.
+        Anything else ends the runs first, so replies keep the order of the
+        requests.
         """
         registry = self.registry
         queues = registry.queues
-        loads, dumps = self._loads, self._dumps
+        loads = self._loads
         own_id = connection.id
-        own_prefix = own_id + "/"
         may_take_fast_path = not (self._durable_all or connection.publish_limit)
         open_access = self._open_access
-        address = self.address
-        pending_queues = self._dirty_queues
         registry.messages_in += len(frames)
         connection.messages_in += len(frames)
         now = time.time()  # the messages of one read arrived together
-        for index, frame in enumerate(frames):
+        stamps = b'%s"%s"%s%r%s' % (_STAMP_SENDER, connection.id_bytes, _STAMP_SENT, now, self._stamp_server)
+        stamps_size = len(stamps)  # the closing brace is moved behind them
+        stamp_keys = P.STAMP_KEYS
+        requests = connection.requests
+        request_limit = _power_of_ten_above(requests + 1)
+        request_digits = len(str(request_limit)) - 1
+        # The current run of plain publishes to one queue: its queue, format arguments and count.
+        run_queue: Queue | None = None
+        run_args: list = []
+        run_count = 0
+        run_limit = run_size = 0  # the power of ten the run's ids stay below; a frame's size but its body
+        run_delivers = False
+        replies: list = []  # format arguments of the replies to the publishes of the run
+        reply_size = 0
+        for index, (name, body) in enumerate(frames):
             if connection.authenticating:  # what follows a login waits for its answer
                 connection.held_frames.extend(frames[index:])
-                return
-            connection.requests += 1
-            name = frame.queue
+                break
+            requests += 1
+            if requests >= request_limit:
+                request_limit *= 10
+                request_digits += 1
             try:
                 try:
-                    message = loads(frame.body)
+                    message = loads(body)
                 except (ValueError, TypeError, RecursionError) as exc:
                     raise MessageError(f"invalid JSON: {exc}") from None
                 queue = queues.get(name)
                 if (message.__class__ is not dict or queue is None or not queue.plain or not may_take_fast_path
-                        or name == own_id):
+                        or name == own_id or body[-1] != 0x7D or not message
+                        or not message.keys().isdisjoint(stamp_keys)):
+                    # Anything but a plain publish of a non-empty object that ends in its
+                    # brace and carries no stamp of its own.
+                    if run_queue is not None:
+                        self._end_run(connection, run_queue, run_args, run_count, stamps, now)
+                        run_queue = None
+                    if replies:
+                        connection.send(connection.reply_format * (len(replies) // 3) % tuple(replies))
+                        replies = []
+                    connection.requests = requests
                     if name == own_id and isinstance(message, dict) and self._is_control(message):
                         self._control(connection, message)
                     else:
-                        self._publish(connection, name, message, len(frame.body))
+                        self._publish(connection, name, message, len(body))
+                    if connection.closing:  # a request closed it (an administrator's disconnect of itself)
+                        return
                     continue
                 if not open_access and queue.owner != own_id:
                     self._check_publish(connection, name)
-                # Number, stamp, encode once, queue for this iteration's fan-out, reply.
-                queue.last_id = message_id = queue.last_id + 1
-                claimed = message.get(P.SENDER)
-                if not (claimed.__class__ is str and claimed.startswith(own_prefix)):
-                    message[P.SENDER] = own_id
-                message[P.SENT] = now
-                message[P.SERVER] = address
-                message[P.ID] = message_id
-                queue.history.append((message_id, message))
-                queue.published += 1
-                queue.last_publish = now
-                subscribers = queue.subscribers
-                if subscribers:
-                    pending = queue.pending
-                    if not pending:
-                        pending_queues.append(queue)
-                        if not self._flush_scheduled:
-                            self._schedule()
-                    if not connection.echo and connection in subscribers:
-                        queue.pending_senders.append((len(pending), connection))
-                    body = dumps(message)
-                    pending.append(b"+%d %s %s" % (queue.name_length + len(body), queue.name_bytes, body))
-                else:
-                    queue.rate.add(now)  # with subscribers, counted per batch at the fan-out
+                message_id = queue.last_id + 1
+                if queue is not run_queue or message_id >= run_limit:
+                    if run_queue is not None:
+                        self._end_run(connection, run_queue, run_args, run_count, stamps, now)
+                    run_queue = queue
+                    run_args = []
+                    run_count = 0
+                    run_limit = _power_of_ten_above(message_id)
+                    run_digits = len(str(run_limit)) - 1
+                    run_size = queue.name_length + stamps_size + run_digits
+                    run_delivers = bool(queue.subscribers)
+                    reply_size = connection.reply_size + run_digits
+                queue.last_id = message_id
+                queue.history.append((message_id, body, stamps))
+                if run_delivers:
+                    size = len(body)
+                    run_args += (run_size + size, size - 1, body, message_id)
+                run_count += 1
                 if connection.replies:
-                    body = _OK_SENT % (message_id, connection.requests)
-                    connection.send(b"+%d %s %s" % (connection.id_length + len(body), connection.id_bytes, body))
+                    replies += (reply_size + request_digits, message_id, requests)
             except (RequestError, InvalidQueueName, MessageError) as exc:
+                if run_queue is not None:
+                    self._end_run(connection, run_queue, run_args, run_count, stamps, now)
+                    run_queue = None
+                if replies:
+                    connection.send(connection.reply_format * (len(replies) // 3) % tuple(replies))
+                    replies = []
+                connection.requests = requests
                 registry.errors += 1
                 logger.warning("connection %s (%s): %s", own_id, connection.peer, exc)
                 self._reply_error(connection, str(exc), queue=name)
-            if connection.closing:  # a request closed it (an administrator's disconnect of itself)
-                return
+                if connection.closing:
+                    return
+        if run_queue is not None:
+            self._end_run(connection, run_queue, run_args, run_count, stamps, now)
+        if replies:
+            connection.send(connection.reply_format * (len(replies) // 3) % tuple(replies))
+        connection.requests = requests
+
+    def _end_run(self, connection: Connection, queue: Queue, args: list, count: int, stamps: bytes,
+                 now: float) -> None:
+        """Deliver a run of :meth:`handle_frames`' plain publishes to ``queue``, formatted in one call."""
+        queue.published += count
+        queue.last_publish = now
+        if not args:  # no subscribers
+            queue.rate.add(now, count)
+            return
+        blob = (queue.frame_format + stamps.replace(b"%", b"%%") + b"%d}") * count % tuple(args)
+        skip = connection if not connection.echo and connection in queue.subscribers else None
+        self._pend(queue, blob, count, skip)
+
+    def _pend(self, queue: Queue, blob: bytes, count: int, skip: Connection | None) -> None:
+        """Queue ``count`` frames for this iteration's fan-out (to every subscriber but ``skip``)."""
+        pending = queue.pending
+        if not pending:
+            self._dirty_queues.append(queue)
+            if not self._flush_scheduled:
+                self._schedule()
+        pending.append((blob, count, skip))
 
     def _check_publish(self, connection: Connection, name: str) -> None:
         """The access policy's word on publishing to ``name``, remembered per connection."""
@@ -450,7 +515,7 @@ class Broker(ControlRequests):
         request = connection.requests
 
         def committed() -> None:
-            self._fan_out(queue, message_id, stored, encode_frame(queue.name, body), connection)
+            self._fan_out(queue, message_id, stored, body, connection)
             if connection.replies and not connection.closing:
                 self._reply(connection, {"response": P.OK_SENT, "id": message_id}, request)
 
@@ -461,40 +526,43 @@ class Broker(ControlRequests):
 
         Every subscriber but ``sender`` gets the frame, which is returned.
         """
-        frame = encode_frame(queue.name, self._stamp(queue, stored, sender))
-        self._fan_out(queue, queue.last_id, stored, frame, sender)
-        return frame
+        body = self._stamp(queue, stored, sender)
+        self._fan_out(queue, queue.last_id, stored, body, sender)
+        return encode_frame(queue.name, body)
 
     def _stamp(self, queue: Queue, stored: dict, sender: Connection | None) -> bytes:
         """Number and stamp a message; return its JSON."""
         queue.last_id += 1
+        return self._stamp_as(sender, stored, queue.last_id, time.time())
+
+    def _stamp_as(self, sender: Connection | None, stored: dict, message_id: int, now: float) -> bytes:
+        """Stamp ``stored`` as sent by ``sender`` (None: the server) at ``now``; return its JSON."""
         if sender is None:
             stored[P.SENDER] = self.config.server_name
         elif not (isinstance(claimed := stored.get(P.SENDER), str) and claimed.startswith(sender.id + "/")):
             # A connection may speak as one of its own sub-addresses (a bridge for
             # its browsers); any other claimed sender is overwritten.
             stored[P.SENDER] = sender.id
-        stored[P.SENT] = time.time()
+        stored[P.SENT] = now
         stored[P.SERVER] = self.address
-        stored[P.ID] = queue.last_id
-        return self.codec.dumps(stored)
+        stored[P.ID] = message_id
+        return self._dumps(stored)
 
-    def _fan_out(self, queue: Queue, message_id: int, stored: dict, frame: bytes, sender: Connection | None) -> None:
-        """Keep the message in history and queue its frame for this iteration's fan-out."""
-        queue.history.append((message_id, stored))
+    def _fan_out(self, queue: Queue, message_id: int, stored: dict, body: bytes, sender: Connection | None) -> None:
+        """Keep the message (``stored``, encoded as ``body``) in history and queue it for this iteration's fan-out."""
+        queue.history.append((message_id, body, None))
         queue.published += 1
         queue.last_publish = stored[P.SENT]
         if queue.subscribers:
-            pending = queue.pending
-            if not pending:
-                self._dirty_queues.append(queue)
-                if not self._flush_scheduled:
-                    self._schedule()
-            if sender is not None and not sender.echo and sender in queue.subscribers:
-                queue.pending_senders.append((len(pending), sender))
-            pending.append(frame)
+            skip = sender if sender is not None and not sender.echo and sender in queue.subscribers else None
+            self._pend(queue, encode_frame(queue.name, body), 1, skip)
         else:
             queue.rate.add(queue.last_publish)  # with subscribers, counted per batch at the fan-out
+
+
+def _power_of_ten_above(number: int) -> int:
+    """The least power of ten above ``number`` (>= 0): 10 ** (its number of digits)."""
+    return 10 ** len(str(number))
 
 
 def _json_type(value: Any) -> str:

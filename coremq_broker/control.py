@@ -160,7 +160,7 @@ class ControlRequests:
             if limit is not None and len(messages) > limit:
                 messages = messages[:limit]
                 more[name] = True
-            history[name] = messages
+            history[name] = [self.codec.loads(body) for body in messages]
             sequence[name] = {"first": queue.first_id, "last": queue.last_stored_id}
         reply: dict[str, Any] = {"history": history, "sequence": sequence}
         if more:

@@ -12,12 +12,17 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from coremq_client.protocol import OK_SENT
+
 from .access import ANONYMOUS, Principal
 
 if TYPE_CHECKING:
     from .config import BrokerConfig
 
 __all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter"]
+
+# The reply to a publish, formatted rather than encoded: it is sent once per publish.
+_OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % OK_SENT.encode()
 
 
 class RateCounter:
@@ -100,6 +105,9 @@ class Connection:
         self.id = connection_id
         self.id_bytes = connection_id.encode()
         self.id_length = len(self.id_bytes) + 1  # the id and the space of a frame's payload
+        #: The frame of a reply to a publish, to be formatted with its size, the id and the request number.
+        self.reply_format = b"+%%d %s %s" % (self.id_bytes.replace(b"%", b"%%"), _OK_SENT)
+        self.reply_size = self.id_length + len(_OK_SENT.replace(b"%d", b""))  # and the digits of both numbers
         self.peer = peer
         self.principal: Principal = ANONYMOUS
         #: While a login is being checked, the frames that came after it wait here.
@@ -124,17 +132,9 @@ class Connection:
         self.dropped = 0
         self.closing = False
 
-    def send(self, frame: bytes) -> None:  # pragma: no cover - interface
+    def send(self, data: bytes) -> None:  # pragma: no cover - interface
+        """Queue ``data``, one or more whole frames, for the peer; only appends to a buffer."""
         raise NotImplementedError
-
-    def deliver_batch(self, frames: list[bytes], blob: bytes) -> None:
-        """Deliver a queue's frames of one loop iteration; ``blob`` is them joined.
-
-        Transports that write bytes take the blob in one append; others get
-        each frame through :meth:`send`.
-        """
-        for frame in frames:
-            self.send(frame)
 
     def may_publish(self) -> bool:
         """Count a publish against ``publish_limit`` per second; False when over it."""
@@ -187,31 +187,34 @@ class Connection:
 class Queue:
     """A named queue: its subscribers and the ring of its latest messages.
 
-    ``history`` holds ``(id, stored_message)`` pairs; ids start at 1 and only
+    ``history`` holds ``(id, JSON of the stamped message)`` pairs; ids start at 1 and only
     increase. A private queue (a connection's id queue) has an ``owner``: no
     other connection may subscribe to it or read its history.
     """
 
-    __slots__ = ("name", "name_bytes", "name_length", "owner", "subscribers", "history", "last_id", "published",
-                 "last_publish", "settings", "plain", "rate", "pending", "pending_senders")
+    __slots__ = ("name", "name_bytes", "name_length", "frame_format", "owner", "subscribers", "history", "last_id",
+                 "published", "last_publish", "settings", "plain", "rate", "pending")
 
     def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.name_length = len(self.name_bytes) + 1  # the name and the space of a frame's payload
+        #: A frame to this queue but the end of its JSON, to be formatted with its size and the
+        #: JSON but its closing brace (the broker adds stamps; see Broker.handle_frames).
+        self.frame_format = b"+%%d %s %%.*s" % self.name_bytes.replace(b"%", b"%%")
         self.owner = owner
         self.settings = settings
         self.plain = settings.max_message_size is None and not settings.durable
         self.subscribers: dict[Connection, None] = {}  # insertion-ordered set
-        self.history: deque[tuple[int, dict]] = deque(maxlen=settings.history_length)
+        # (id, JSON, None), or (id, JSON as sent, stamps) for a publish stamped without re-encoding.
+        self.history: deque[tuple[int, bytes, bytes | None]] = deque(maxlen=settings.history_length)
         self.last_id = 0
         self.published = 0
         self.last_publish: float | None = None
         self.rate = RateCounter()
-        # Frames published in this loop iteration, fanned out together at its end,
-        # and which of them came from a subscriber that must not get its own.
-        self.pending: list[bytes] = []
-        self.pending_senders: list[tuple[int, Connection]] = []
+        # Frames published in this loop iteration, fanned out together at its end:
+        # (frames, how many, the subscriber that must not get them: their sender, or None).
+        self.pending: list[tuple[bytes, int, Connection | None]] = []
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """Take new settings; a shorter history keeps the newest messages."""
@@ -221,11 +224,10 @@ class Queue:
         #: No per-queue size limit and not durable: the publish fast path applies.
         self.plain = settings.max_message_size is None and not settings.durable
 
-    def history_since(self, since: int | None) -> list[dict]:
-        """Stored messages with an id above ``since`` (all of them when None)."""
-        if since is None:
-            return [message for _, message in self.history]
-        return [message for message_id, message in self.history if message_id > since]
+    def history_since(self, since: int | None) -> list[bytes]:
+        """The JSON of the stored messages with an id above ``since`` (all of them when None)."""
+        return [body if stamps is None else b"%s%s%d}" % (body[:-1], stamps, message_id)
+                for message_id, body, stamps in self.history if since is None or message_id > since]
 
     @property
     def first_id(self) -> int | None:

@@ -136,9 +136,6 @@ class TcpConnection(asyncio.Protocol, Connection):
         if self._out_bytes > self._max_out:
             self._overflow(frame)
 
-    def deliver_batch(self, frames: list[bytes], blob: bytes) -> None:
-        self.send(blob)
-
     def flush(self) -> None:
         """Write what :meth:`send` collected, unless the socket is over its high-water mark."""
         out = self._out

@@ -266,27 +266,28 @@ class ClientProtocol:
         self.requests_sent += 1
         return self.requests_sent, encode_frame(queue, body)
 
-    def _event(self, item: Frame | ProtocolError) -> Event:
+    def _event(self, item: tuple[str, bytes] | ProtocolError) -> Event:
         if isinstance(item, ProtocolError):
             return item
+        queue, body = item
         try:
-            message = self.codec.loads(item.body)
+            message = self.codec.loads(body)
         except MessageError as exc:
             return exc
         if self.connection_id is None:
             if not isinstance(message, dict):
                 return MessageError("welcome frame is not an object")
-            self.connection_id = item.queue
+            self.connection_id = queue
             self.welcome = message
             announced = message.get("max_frame_size")
             if isinstance(announced, int) and not isinstance(announced, bool) and announced > 0:
                 self.broker_max_frame_size = announced
-            return Welcome(item.queue, message)
-        if item.queue == self.connection_id and isinstance(message, dict) and SENDER not in message:
+            return Welcome(queue, message)
+        if queue == self.connection_id and isinstance(message, dict) and SENDER not in message:
             if message.get("response") == BYE:
                 return Bye()
             request = message.get("request")
             return Reply(request if isinstance(request, int) else None, message)
         if isinstance(message, dict):
-            return Delivery.from_stored(item.queue, message)
-        return Delivery(item.queue, message)
+            return Delivery.from_stored(queue, message)
+        return Delivery(queue, message)

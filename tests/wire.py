@@ -48,7 +48,7 @@ class RawClient:
             for event in self.parser.events():
                 if isinstance(event, ProtocolError):
                     raise event
-                self.pending.append(event)
+                self.pending.append(Frame(*event))
         return self.pending.pop(0)
 
     def read(self) -> tuple[str, Any]:

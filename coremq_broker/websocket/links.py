@@ -24,8 +24,8 @@ from django.dispatch import receiver
 
 from coremq_client import protocol as P
 from coremq_client.async_client import AsyncMessageQueue
-from coremq_client.codec import Frame
-from coremq_client.errors import ConnectionClosed, CoreMQError
+from coremq_client.codec import Frame, FrameParser
+from coremq_client.errors import ConnectionClosed, CoreMQError, ProtocolError
 
 from .. import conf
 from ..auth.policy import BRIDGE, follow_policy
@@ -57,6 +57,7 @@ class InProcessLink(BrokerLink):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.codec = broker.codec
+        self._parser = FrameParser(max_frame_size=2**62)  # what the broker sends this link; no limit
         self.connection = BridgeConnection(self, broker.new_connection_id())
         self._pending: dict[int, asyncio.Future[dict]] = {}
         self._bridge: Bridge | None = None
@@ -100,15 +101,20 @@ class InProcessLink(BrokerLink):
         connection.flush()
         return future
 
-    def received(self, frame: bytes) -> None:
-        """One frame from the broker: a reply to a request, or a delivery for the browsers."""
-        _, name, body = frame.split(b" ", 2)
-        queue = name.decode()
-        message = self.codec.loads(body)  # the broker encoded it
-        if queue == self.connection.id and isinstance(message, dict) and P.SENDER not in message:
-            self._reply(message)
-        elif self._bridge is not None:
-            self._bridge.delivered(queue, message)
+    def received(self, data: bytes) -> None:
+        """Frames from the broker: replies to requests, and deliveries for the browsers."""
+        parser = self._parser
+        parser.receive_data(data)
+        for event in parser.events():
+            if isinstance(event, ProtocolError):  # the broker encoded it: not to be
+                logger.error("bridge %s: the broker sent %s", self.connection.id, event)
+                continue
+            queue, body = event
+            message = self.codec.loads(body)
+            if queue == self.connection.id and isinstance(message, dict) and P.SENDER not in message:
+                self._reply(message)
+            elif self._bridge is not None:
+                self._bridge.delivered(queue, message)
 
     def _reply(self, message: dict) -> None:
         request = message.get("request")
@@ -150,20 +156,20 @@ class BridgeConnection(Connection):
         self.link = link
         self._out: list[bytes] = []
 
-    def send(self, frame: bytes) -> None:
+    def send(self, data: bytes) -> None:
         if self.closing:
             return
         out = self._out
         if not out:
             self.link.broker.schedule_flush(self)
-        out.append(frame)
+        out.append(data)
 
     def flush(self) -> None:
         while self._out:
-            frames, self._out = self._out, []
-            self.bytes_out += sum(map(len, frames))
-            for frame in frames:
-                self.link.received(frame)
+            pieces, self._out = self._out, []
+            self.bytes_out += sum(map(len, pieces))
+            for data in pieces:
+                self.link.received(data)
 
     def close(self, reason: str | None = None) -> None:
         self.link.closed_by(reason or "the broker closed")

@@ -233,8 +233,11 @@ def test_status(connect):
     assert status["server"] == "CoreMQ" and status["role"] == "master" and status["connections"] == 2
 
 
-def test_delivered_frame_is_encoded_once_per_publish():
-    """A publish to many subscribers encodes the delivered message once, not once per subscriber."""
+def test_delivered_frame_is_encoded_at_most_once_per_publish():
+    """A plain publish is not re-encoded (its stamps are spliced in); one the splice cannot take is encoded once.
+
+    Either way every subscriber gets the same bytes, never encoded per subscriber.
+    """
     import orjson
 
     from coremq_client.codec import JSONCodec
@@ -253,11 +256,20 @@ def test_delivered_frame_is_encoded_once_per_publish():
             sub.control({"coremq_subscribe": ["wide"]})
             subs.append(sub)
         pub = RawClient(running.host, running.port)
-        calls.clear()
-        pub.send("wide", {"n": 1})
-        assert pub.read()[1]["response"] == "OK: Message sent"
-        assert all(sub.read()[1]["n"] == 1 for sub in subs)
-        assert [call.get("n") for call in calls] == [1]  # the publisher's reply is formatted, not encoded
+        for message, encoded in (({"n": 1}, 0), ({}, 1), ({"n": 3, "coremq_id": 99}, 1)):
+            calls.clear()
+            pub.send("wide", message)
+            assert pub.read()[1]["response"] == "OK: Message sent"
+            frames = [sub.read_frame() for sub in subs]
+            assert len({frame.body for frame in frames}) == 1
+            delivered = json.loads(frames[0].body)
+            assert {k: v for k, v in delivered.items() if not k.startswith("coremq_")} == {
+                k: v for k, v in message.items() if not k.startswith("coremq_")}
+            assert delivered["coremq_sender"] == pub.id and isinstance(delivered["coremq_sent"], float)
+            assert delivered["coremq_server"] == running.broker.address and delivered["coremq_id"] != 99
+            assert len([call for call in calls if "coremq_id" in call]) == encoded
+            if not encoded:  # the plain publish's reply is formatted too
+                assert calls == []
     finally:
         running.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from coremq_broker.registry import Connection, QueueSettings, RateCounter, Registry
 
 
@@ -28,16 +30,24 @@ def test_add_and_remove_connection_cleans_up():
 
 
 def test_history_ring_and_since():
-    """History keeps the newest messages; since filters by id; shrinking keeps the newest."""
+    """History keeps the newest messages; since filters by id; shrinking keeps the newest.
+
+    An entry is kept as encoded, or as sent with the stamps to splice in before
+    its closing brace (the broker's fast path): history gives the stamped JSON.
+    """
     registry = Registry(lambda name: QueueSettings(3))
     queue = registry.queue("q")
     for n in range(1, 6):
-        queue.history.append((n, {"n": n}))
-    assert [m["n"] for m in queue.history_since(None)] == [3, 4, 5]
-    assert [m["n"] for m in queue.history_since(4)] == [5]
+        if n % 2:
+            queue.history.append((n, b'{"n":%d,"coremq_id":%d}' % (n, n), None))
+        else:
+            queue.history.append((n, b'{"n": %d }' % n, b',"coremq_id":'))
+    messages = [json.loads(body) for body in queue.history_since(None)]
+    assert messages == [{"n": n, "coremq_id": n} for n in (3, 4, 5)]
+    assert [json.loads(body)["n"] for body in queue.history_since(4)] == [5]
     assert queue.first_id == 3
     queue.apply_settings(QueueSettings(2))
-    assert [m["n"] for m in queue.history_since(None)] == [4, 5]
+    assert [json.loads(body)["n"] for body in queue.history_since(None)] == [4, 5]
 
 
 def test_rate_counter_over_a_window():
