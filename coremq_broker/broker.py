@@ -15,6 +15,7 @@ import os
 import ssl as ssl_module
 import time
 import uuid
+from itertools import chain, repeat
 from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
@@ -31,6 +32,8 @@ from .registry import Connection, Queue, QueueSettings, Registry
 __all__ = ["Broker", "AccessPolicy", "VERSION"]
 
 # The stamps as JSON members, in the order the dict path adds them (see handle_frames).
+# The reply to a publish, formatted rather than encoded (see also Connection.reply_format).
+_OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % P.OK_SENT.encode()
 _STAMP_SENDER = b',"%s":' % P.SENDER.encode()
 _STAMP_SENT = b',"%s":' % P.SENT.encode()
 _STAMP_SERVER = b',"%s":' % P.SERVER.encode()
@@ -258,12 +261,12 @@ class Broker(ControlRequests):
                 # A publisher subscribed to its own queue (without echo) skips its own frames.
                 mine = [entry for entry in entries if entry[2] is not subscriber]
                 if mine:
-                    subscriber.send(b"".join([entry[0] for entry in mine]))
+                    subscriber.deliver(b"".join([entry[0] for entry in mine]))
                     n = sum([entry[1] for entry in mine])
                     subscriber.messages_out += n
                     delivered += n
             else:
-                subscriber.send(blob)
+                subscriber.deliver(blob)
                 subscriber.messages_out += count
                 delivered += count
         return delivered
@@ -284,125 +287,147 @@ class Broker(ControlRequests):
     def handle_frames(self, connection: Connection, frames: list[tuple[str, bytes]]) -> None:
         """Carry out the frames of one read from ``connection`` in order; never raises for bad input.
 
-        The common case, a plain publish (a JSON object to a queue that keeps
-        no durable history and has no size limit), is written out here with
-        what it uses held in locals: this runs once per message, and on this
-        path every call and attribute lookup shows. Such a publish is not
-        re-encoded: the stamps, the same for every publish of one read, go in
-        before the object's closing brace. Consecutive plain publishes to one
-        queue form a run whose deliveries are formatted in one call at its end
-        (:meth:`_end_run`), and so are the replies to consecutive publishes.
-        Anything else ends the runs first, so replies keep the order of the
-        requests.
+        The common case is a plain publish: a non-empty JSON object that ends
+        in its closing brace and carries no stamp of its own, to a queue that
+        keeps no durable history and has no size limit. Consecutive plain
+        publishes to one queue form a run; per message the loop below only
+        decodes (to validate) and collects, and :meth:`_end_run` stores,
+        formats and delivers the run, and formats its replies, in a few calls.
+        Plain publishes are not re-encoded: the stamps, the same for every
+        publish of one read but the id, go in before each closing brace.
+        Anything else ends the run first, so replies keep the order of the
+        requests, and takes the general path.
         """
         registry = self.registry
-        queues = registry.queues
         loads = self._loads
-        own_id = connection.id
-        may_take_fast_path = not (self._durable_all or connection.publish_limit)
-        open_access = self._open_access
+        stamp_keys = P.STAMP_KEYS
         registry.messages_in += len(frames)
         connection.messages_in += len(frames)
+        requests = connection.requests  # frame i of this read is request requests + i + 1
         now = time.time()  # the messages of one read arrived together
-        stamps = b'%s"%s"%s%r%s' % (_STAMP_SENDER, connection.id_bytes, _STAMP_SENT, now, self._stamp_server)
-        stamps_size = len(stamps)  # the closing brace is moved behind them
-        stamp_keys = P.STAMP_KEYS
-        requests = connection.requests
-        request_limit = _power_of_ten_above(requests + 1)
-        request_digits = len(str(request_limit)) - 1
-        # The current run of plain publishes to one queue: its queue, format arguments and count.
+        stamps = b'%s"%s"%s%s%s' % (_STAMP_SENDER, connection.id_bytes, _STAMP_SENT, self._dumps(now),
+                                      self._stamp_server)
+        run_name: str | None = None  # the queue of the current run (None: no run)
         run_queue: Queue | None = None
-        run_args: list = []
-        run_count = 0
-        run_limit = run_size = 0  # the power of ten the run's ids stay below; a frame's size but its body
-        run_delivers = False
-        replies: list = []  # format arguments of the replies to the publishes of the run
-        reply_size = 0
+        run_first = 0  # the index in frames of the run's first message
+        bodies: list[bytes] = []
+        replies: list[bytes] = []  # replies to runs, sent before anything else is
         for index, (name, body) in enumerate(frames):
             if connection.authenticating:  # what follows a login waits for its answer
                 connection.held_frames.extend(frames[index:])
                 break
-            requests += 1
-            if requests >= request_limit:
-                request_limit *= 10
-                request_digits += 1
             try:
-                try:
-                    message = loads(body)
-                except (ValueError, TypeError, RecursionError) as exc:
-                    raise MessageError(f"invalid JSON: {exc}") from None
-                queue = queues.get(name)
-                if (message.__class__ is not dict or queue is None or not queue.plain or not may_take_fast_path
-                        or name == own_id or body[-1] != 0x7D or not message
-                        or not message.keys().isdisjoint(stamp_keys)):
-                    # Anything but a plain publish of a non-empty object that ends in its
-                    # brace and carries no stamp of its own.
-                    if run_queue is not None:
-                        self._end_run(connection, run_queue, run_args, run_count, stamps, now)
-                        run_queue = None
-                    if replies:
-                        connection.send(connection.reply_format * (len(replies) // 3) % tuple(replies))
-                        replies = []
-                    connection.requests = requests
-                    if name == own_id and isinstance(message, dict) and self._is_control(message):
-                        self._control(connection, message)
-                    else:
-                        self._publish(connection, name, message, len(body))
-                    if connection.closing:  # a request closed it (an administrator's disconnect of itself)
-                        return
-                    continue
-                if not open_access and queue.owner != own_id:
-                    self._check_publish(connection, name)
-                message_id = queue.last_id + 1
-                if queue is not run_queue or message_id >= run_limit:
-                    if run_queue is not None:
-                        self._end_run(connection, run_queue, run_args, run_count, stamps, now)
-                    run_queue = queue
-                    run_args = []
-                    run_count = 0
-                    run_limit = _power_of_ten_above(message_id)
-                    run_digits = len(str(run_limit)) - 1
-                    run_size = queue.name_length + stamps_size + run_digits
-                    run_delivers = bool(queue.subscribers)
-                    reply_size = connection.reply_size + run_digits
-                queue.last_id = message_id
-                queue.history.append((message_id, body, stamps))
-                if run_delivers:
-                    size = len(body)
-                    run_args += (run_size + size, size - 1, body, message_id)
-                run_count += 1
-                if connection.replies:
-                    replies += (reply_size + request_digits, message_id, requests)
-            except (RequestError, InvalidQueueName, MessageError) as exc:
-                if run_queue is not None:
-                    self._end_run(connection, run_queue, run_args, run_count, stamps, now)
-                    run_queue = None
-                if replies:
-                    connection.send(connection.reply_format * (len(replies) // 3) % tuple(replies))
-                    replies = []
-                connection.requests = requests
-                registry.errors += 1
-                logger.warning("connection %s (%s): %s", own_id, connection.peer, exc)
-                self._reply_error(connection, str(exc), queue=name)
-                if connection.closing:
-                    return
+                message = loads(body)
+            except (ValueError, TypeError, RecursionError) as exc:
+                message = MessageError(f"invalid JSON: {exc}")
+            if (name is run_name and message.__class__ is dict and body[-1] == 0x7D and message
+                    and message.keys().isdisjoint(stamp_keys)):
+                bodies.append(body)
+                continue
+            # Not the next message of the current run: end it, then see what this frame is.
+            if run_queue is not None:
+                self._end_run(connection, run_queue, bodies, requests + run_first + 1, stamps, now, replies)
+                run_name = run_queue = None
+            connection.requests = requests + index + 1
+            queue = self._plain_queue(connection, name)
+            if (queue is not None and message.__class__ is dict and body[-1] == 0x7D and message
+                    and message.keys().isdisjoint(stamp_keys)):
+                run_name, run_queue, run_first, bodies = name, queue, index, [body]
+                continue
+            if replies:
+                connection.send(b"".join(replies))
+                replies = []
+            self._handle_other(connection, name, body, message)
+            if connection.closing:  # a request closed it (an administrator's disconnect of itself)
+                return
+        else:
+            index = len(frames)
         if run_queue is not None:
-            self._end_run(connection, run_queue, run_args, run_count, stamps, now)
+            self._end_run(connection, run_queue, bodies, requests + run_first + 1, stamps, now, replies)
         if replies:
-            connection.send(connection.reply_format * (len(replies) // 3) % tuple(replies))
-        connection.requests = requests
+            connection.send(b"".join(replies))
+        connection.requests = requests + index
 
-    def _end_run(self, connection: Connection, queue: Queue, args: list, count: int, stamps: bytes,
-                 now: float) -> None:
-        """Deliver a run of :meth:`handle_frames`' plain publishes to ``queue``, formatted in one call."""
+    def _plain_queue(self, connection: Connection, name: str) -> Queue | None:
+        """The queue named ``name`` if a plain publish to it may take the fast path; else None."""
+        queue = self.registry.queues.get(name)
+        if (queue is None or not queue.plain or name == connection.id or self._durable_all
+                or connection.publish_limit):
+            return None
+        if not self._open_access and queue.owner != connection.id:
+            grants = connection.publish_grants
+            allowed = grants.get(name)
+            if allowed is None:
+                return None  # the general path asks the policy and remembers its answer
+            if not allowed:
+                return None
+        return queue
+
+    def _handle_other(self, connection: Connection, name: str, body: bytes, message: Any) -> None:
+        """Every frame that is not part of a run: control requests, other publishes, errors."""
+        try:
+            if isinstance(message, MessageError):
+                raise message
+            if name == connection.id and isinstance(message, dict) and self._is_control(message):
+                self._control(connection, message)
+            else:
+                self._publish(connection, name, message, len(body))
+        except (RequestError, InvalidQueueName, MessageError) as exc:
+            self.registry.errors += 1
+            logger.warning("connection %s (%s): %s", connection.id, connection.peer, exc)
+            self._reply_error(connection, str(exc), queue=name)
+
+    def _end_run(self, connection: Connection, queue: Queue, bodies: list[bytes], first_request: int,
+                 stamps: bytes, now: float, replies: list[bytes]) -> None:
+        """Store and deliver a run of plain publishes to ``queue``; add their replies to ``replies``.
+
+        The messages get the ids after ``queue.last_id`` in order; the requests
+        are numbered from ``first_request``. Frames are formatted in one call
+        per stretch of ids (and request numbers) with the same number of
+        digits, which fixes every frame's size but for its body.
+        """
+        count = len(bodies)
+        first_id = queue.last_id + 1
+        queue.last_id = first_id + count - 1
         queue.published += count
         queue.last_publish = now
-        if not args:  # no subscribers
-            queue.rate.add(now, count)
+        if count == 1:  # one message in flight: the fewest calls
+            body = b"%s%s%d}" % (bodies[0][:-1], stamps, first_id)
+            queue.history.append((first_id, body, None))
+            if queue.subscribers:
+                self._pend(queue, b"+%d %s %s" % (queue.name_length + len(body), queue.name_bytes, body), 1,
+                           connection if not connection.echo and connection in queue.subscribers else None)
+            else:
+                queue.rate.add(now)
+            if connection.replies:
+                body = _OK_SENT % (first_id, first_request)
+                replies.append(b"+%d %s %s" % (connection.id_length + len(body), connection.id_bytes, body))
             return
-        blob = (queue.frame_format + stamps.replace(b"%", b"%%") + b"%d}") * count % tuple(args)
-        skip = connection if not connection.echo and connection in queue.subscribers else None
-        self._pend(queue, blob, count, skip)
+        history = queue.history
+        kept = history.maxlen if history.maxlen is not None else count
+        if kept:
+            start = max(0, count - kept)
+            history.extend(zip(range(first_id + start, first_id + count), bodies[start:], repeat(stamps)))
+        if queue.subscribers:
+            spliced = stamps.replace(b"%", b"%%") + b"%d}"
+            blobs = []
+            for lo, hi in _even_digits(count, first_id):
+                part = bodies[lo:hi] if hi - lo < count else bodies
+                sizes = list(map(len, part))
+                digits = len(str(first_id + lo))
+                base = queue.name_length + len(stamps) + digits
+                blobs.append((queue.frame_format + spliced) * (hi - lo) % tuple(chain.from_iterable(zip(
+                    map(base.__add__, sizes), map((-1).__add__, sizes), part, range(first_id + lo, first_id + hi)))))
+            skip = connection if not connection.echo and connection in queue.subscribers else None
+            self._pend(queue, blobs[0] if len(blobs) == 1 else b"".join(blobs), count, skip)
+        else:
+            queue.rate.add(now, count)  # with subscribers, counted per batch at the fan-out
+        if connection.replies:
+            for lo, hi in _even_digits(count, first_id, first_request):
+                size = connection.reply_size + len(str(first_id + lo)) + len(str(first_request + lo))
+                replies.append(connection.reply_format * (hi - lo) % tuple(chain.from_iterable(zip(
+                    repeat(size, hi - lo), range(first_id + lo, first_id + hi),
+                    range(first_request + lo, first_request + hi)))))
 
     def _pend(self, queue: Queue, blob: bytes, count: int, skip: Connection | None) -> None:
         """Queue ``count`` frames for this iteration's fan-out (to every subscriber but ``skip``)."""
@@ -560,9 +585,18 @@ class Broker(ControlRequests):
             queue.rate.add(queue.last_publish)  # with subscribers, counted per batch at the fan-out
 
 
-def _power_of_ten_above(number: int) -> int:
-    """The least power of ten above ``number`` (>= 0): 10 ** (its number of digits)."""
-    return 10 ** len(str(number))
+def _even_digits(count: int, *firsts: int) -> list[tuple[int, int]]:
+    """Split ``range(count)`` into spans where each ``first + i`` keeps its number of digits."""
+    cuts = [0, count]
+    for first in firsts:
+        limit = 10 ** len(str(first))
+        while limit < first + count:
+            cuts.append(limit - first)
+            limit *= 10
+    if len(cuts) == 2:
+        return [(0, count)]
+    cuts = sorted(set(cuts))
+    return list(zip(cuts, cuts[1:]))
 
 
 def _json_type(value: Any) -> str:

@@ -136,6 +136,14 @@ class Connection:
         """Queue ``data``, one or more whole frames, for the peer; only appends to a buffer."""
         raise NotImplementedError
 
+    def deliver(self, data: bytes) -> None:
+        """Like :meth:`send`, for the broker's fan-out at the end of a loop iteration.
+
+        A transport may write ``data`` at once here when nothing else waits to
+        be sent, which saves buffering it until the flush that follows.
+        """
+        self.send(data)
+
     def may_publish(self) -> bool:
         """Count a publish against ``publish_limit`` per second; False when over it."""
         second = int(time.monotonic())

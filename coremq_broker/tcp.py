@@ -136,6 +136,13 @@ class TcpConnection(asyncio.Protocol, Connection):
         if self._out_bytes > self._max_out:
             self._overflow(frame)
 
+    def deliver(self, data: bytes) -> None:
+        if self._out or self._writing_paused or self.closing or self._gaps or self.transport is None:
+            self.send(data)  # behind what waits, or into the bounded buffer, or dropped when closing
+            return
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
     def flush(self) -> None:
         """Write what :meth:`send` collected, unless the socket is over its high-water mark."""
         out = self._out

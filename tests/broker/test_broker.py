@@ -267,9 +267,10 @@ def test_delivered_frame_is_encoded_at_most_once_per_publish():
                 k: v for k, v in message.items() if not k.startswith("coremq_")}
             assert delivered["coremq_sender"] == pub.id and isinstance(delivered["coremq_sent"], float)
             assert delivered["coremq_server"] == running.broker.address and delivered["coremq_id"] != 99
-            assert len([call for call in calls if "coremq_id" in call]) == encoded
+            objects = [call for call in calls if isinstance(call, dict)]  # not the time the stamps carry
+            assert len([call for call in objects if "coremq_id" in call]) == encoded
             if not encoded:  # the plain publish's reply is formatted too
-                assert calls == []
+                assert objects == []
     finally:
         running.stop()
 
