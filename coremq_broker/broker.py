@@ -90,6 +90,8 @@ class Broker(ControlRequests):
         self._counted_in = 0
         self._open_access = type(self.access) is AccessPolicy
         self._durable_all = self.config.durable_all
+        # Stamps are spliced into what the decoder took only if that is strict UTF-8 JSON.
+        self._splice = self.codec.strict
         self._set_address(f"{self.host}:{self.port}")
         self._closed: asyncio.Event | None = None
         self._closing = False
@@ -352,7 +354,7 @@ class Broker(ControlRequests):
         """The queue named ``name`` if a plain publish to it may take the fast path; else None."""
         queue = self.registry.queues.get(name)
         if (queue is None or not queue.plain or name == connection.id or self._durable_all
-                or connection.publish_limit):
+                or connection.publish_limit or not self._splice):
             return None
         if not self._open_access and queue.owner != connection.id:
             grants = connection.publish_grants

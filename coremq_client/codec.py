@@ -242,7 +242,8 @@ class JSONCodec:
     ``encoder`` is a :class:`json.JSONEncoder` subclass (for example Django's
     ``DjangoJSONEncoder``) or a callable returning ``str`` or ``bytes``;
     ``decoder`` is a :class:`json.JSONDecoder` subclass or a callable taking
-    ``bytes``. With neither, orjson is used when installed, else :mod:`json`.
+    ``bytes``. With neither, orjson is used when installed, else :mod:`json`;
+    either takes strict JSON in UTF-8 only (:attr:`strict`).
     """
 
     def __init__(self, encoder: Encoder = None, decoder: Decoder = None) -> None:
@@ -251,6 +252,9 @@ class JSONCodec:
         self.dumps: Callable[[Any], bytes] = _make_dumps(encoder)
         #: The decoder itself: raises ValueError, TypeError or RecursionError on bad input.
         self.raw_loads: Callable[[bytes], Any] = _make_loads(decoder)
+        #: True when what :meth:`loads` accepts is strict JSON in UTF-8, so that a
+        #: JSON text it took may be extended byte-wise (the broker's stamps).
+        self.strict = decoder is None
 
     def loads(self, data: bytes) -> Any:
         """Decode JSON bytes; raise :class:`MessageError` if they are not JSON."""
@@ -290,8 +294,9 @@ def _stdlib_dumps(cls: type[json.JSONEncoder]) -> Callable[[Any], bytes]:
 def _make_loads(decoder: Decoder) -> Callable[[bytes], Any]:
     if decoder is None:
         if orjson is not None:
-            return orjson.loads
-        return json.loads
+            return orjson.loads  # UTF-8 only, strict JSON
+        # The stdlib would also take UTF-16 and UTF-32; the protocol is UTF-8.
+        return lambda data: json.loads(data.decode() if isinstance(data, bytes) else data)
     if isinstance(decoder, type) and issubclass(decoder, json.JSONDecoder):
         decode = decoder().decode
         return lambda data: decode(data.decode())

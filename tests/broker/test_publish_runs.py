@@ -131,3 +131,41 @@ def test_a_publisher_on_its_own_queue_gets_its_runs_only_with_echo(broker, clien
     assert [m["response"] for _, m in got[:2]] == ["OK: Message sent"] * 2
     assert [m["n"] for _, m in got[2:]] == [3, 4]
     assert [message["n"] for _, message in read(other, 2)] == [3, 4]  # not its own either
+
+
+def test_the_json_as_sent_is_kept_with_the_default_decoder_only(broker, clients):
+    """With the default (strict UTF-8) decoder a plain publish reaches subscribers byte for byte, stamps added;
+    a custom decoder may take more than strict JSON, so then every publish is re-encoded."""
+    from brokers import BrokerThread
+    from coremq_broker.config import BrokerConfig
+    from coremq_client.codec import JSONCodec
+
+    sent = b'{ "n" : 1.50, "t": "caf\xc3\xa9" }'
+    sub, pub = clients(), clients()
+    subscribe(sub, "as-sent")
+    pub.send_raw(encode_frame("as-sent", sent))
+    delivered = sub.read_frame().body
+    assert delivered.startswith(sent[:-1] + b',"coremq_sender":"%s"' % pub.id.encode())
+    assert json.loads(delivered)["coremq_id"] == 1
+
+    custom = BrokerThread(BrokerConfig(port=0, codec=JSONCodec(decoder=json.JSONDecoder)))
+    try:
+        sub, pub = RawClient(custom.host, custom.port), RawClient(custom.host, custom.port)
+        subscribe(sub, "as-sent")
+        pub.send_raw(encode_frame("as-sent", sent))
+        delivered = sub.read_frame().body
+        assert delivered.startswith(b'{"n":1.5,"t":"caf\xc3\xa9","coremq_sender":')
+        sub.close()
+        pub.close()
+    finally:
+        custom.stop()
+
+
+def test_json_in_another_encoding_is_refused_not_spliced(broker, clients):
+    """UTF-16 JSON (which the stdlib alone would take) is answered ERROR: invalid JSON in either codec mode."""
+    sub, pub = clients(), clients()
+    subscribe(sub, "utf16")
+    pub.send_raw(encode_frame("utf16", '{"n": 1}'.encode("utf-16-be")) + frame("utf16", {"n": 2}))
+    assert pub.read()[1]["response"].startswith("ERROR: invalid JSON")
+    assert pub.read()[1]["response"] == "OK: Message sent"
+    assert plain(sub.read()[1]) == {"n": 2}

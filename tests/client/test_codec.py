@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coremq_client import codec as codec_module
 from coremq_client.codec import Frame, FrameParser, JSONCodec, encode_frame, validate_queue_name
 from coremq_client.errors import (
     FrameBodyError,
@@ -125,6 +126,30 @@ def test_json_codec_round_trip_and_errors():
         codec.loads(b"{nope")
     with pytest.raises(MessageError):
         codec.loads(b"\xff")
+
+
+@pytest.mark.parametrize("stdlib", [False, True])
+def test_default_codec_takes_utf8_json_only(stdlib: bool, monkeypatch):
+    """orjson and the stdlib fallback alike refuse JSON in UTF-16 or UTF-32 (the broker splices bytes into it)."""
+    if stdlib:
+        monkeypatch.setattr(codec_module, "orjson", None)
+    codec = JSONCodec()
+    assert codec.strict
+    assert codec.loads('{"a": "\u00e9"}'.encode()) == {"a": "\u00e9"}
+    for encoding in ("utf-16-be", "utf-16-le", "utf-32"):
+        with pytest.raises(MessageError):
+            codec.loads('{"a": 1}'.encode(encoding))
+    assert not JSONCodec(decoder=json.JSONDecoder).strict
+
+
+def test_a_broken_header_fails_before_its_space_arrives():
+    """'+1x' cannot become a header whatever follows: the parser fails at once instead of waiting."""
+    parser = FrameParser()
+    parser.receive_data(b"+1")
+    assert parser.events() == [] and not parser.failed
+    parser.receive_data(b"x")
+    (error,) = parser.events()
+    assert isinstance(error, FrameHeaderError) and error.fatal
 
 
 def test_json_codec_with_django_encoder():
