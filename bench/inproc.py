@@ -157,7 +157,10 @@ def _check_one_read(publisher: TcpConnection, read: bytes, batch: int, loop: _Lo
         parser = FrameParser()
         parser.receive_data(b"".join(transport.kept or []))
         events = parser.events()
-        messages = [json.loads(body) for _, body in events]
+        try:
+            messages = [json.loads(body) for _, body in events]
+        except (ValueError, TypeError) as exc:
+            raise AssertionError(f"{expect}: a frame is not whole JSON ({exc}): {events[:2]!r}") from None
         if len(messages) != batch or parser.mid_frame or not all(expect in m for m in messages):
             raise AssertionError(f"{expect}: {len(messages)} of {batch} frames whole: {events[:2]!r}")
         ids = [m.get("coremq_id", m.get("id")) for m in messages]
