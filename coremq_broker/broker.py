@@ -317,23 +317,24 @@ class Broker(ControlRequests):
         for index, (name, body) in enumerate(frames):
             if connection.authenticating:  # what follows a login waits for its answer
                 connection.held_frames.extend(frames[index:])
+                registry.messages_in -= len(frames) - index  # counted when they are carried out
+                connection.messages_in -= len(frames) - index
                 break
             try:
                 message = loads(body)
             except (ValueError, TypeError, RecursionError) as exc:
                 message = MessageError(f"invalid JSON: {exc}")
-            if (name is run_name and message.__class__ is dict and body[-1] == 0x7D and message
-                    and message.keys().isdisjoint(stamp_keys)):
+            # A non-empty object that ends in its brace and has no stamp of its own.
+            plain = (message.__class__ is dict and body[-1] == 0x7D and message
+                     and message.keys().isdisjoint(stamp_keys))
+            if plain and name is run_name:  # the next message of the current run
                 bodies.append(body)
                 continue
-            # Not the next message of the current run: end it, then see what this frame is.
             if run_queue is not None:
                 self._end_run(connection, run_queue, bodies, requests + run_first + 1, stamps, now, replies)
                 run_name = run_queue = None
             connection.requests = requests + index + 1
-            queue = self._plain_queue(connection, name)
-            if (queue is not None and message.__class__ is dict and body[-1] == 0x7D and message
-                    and message.keys().isdisjoint(stamp_keys)):
+            if plain and (queue := self._plain_queue(connection, name)) is not None:
                 run_name, run_queue, run_first, bodies = name, queue, index, [body]
                 continue
             if replies:

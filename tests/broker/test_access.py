@@ -302,3 +302,5 @@ def test_requests_pipelined_after_a_login_wait_for_it(secured):
                    + encode_frame(alice.id, b'{"coremq_subscribe": ["secret"]}'))
     assert alice.read()[1]["response"] == "OK: Authenticated"
     assert alice.read()[1] == {"response": "OK: Subscribe successful", "request": 2}
+    # Each frame counts once, the held one when it is carried out.
+    assert secured.call(lambda: secured.broker.registry.connections[alice.id].messages_in) == 2
