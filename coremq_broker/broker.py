@@ -15,7 +15,7 @@ import os
 import ssl as ssl_module
 import time
 import uuid
-from itertools import chain, repeat
+from itertools import repeat
 from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
@@ -385,9 +385,8 @@ class Broker(ControlRequests):
         """Store and deliver a run of plain publishes to ``queue``; add their replies to ``replies``.
 
         The messages get the ids after ``queue.last_id`` in order; the requests
-        are numbered from ``first_request``. Frames are formatted in one call
-        per stretch of ids (and request numbers) with the same number of
-        digits, which fixes every frame's size but for its body.
+        are numbered from ``first_request``. The run's frames are joined into
+        one blob for the fan-out.
         """
         count = len(bodies)
         first_id = queue.last_id + 1
@@ -412,25 +411,39 @@ class Broker(ControlRequests):
             start = max(0, count - kept)
             history.extend(zip(range(first_id + start, first_id + count), bodies[start:], repeat(stamps)))
         if queue.subscribers:
-            spliced = stamps.replace(b"%", b"%%") + b"%d}"
-            blobs = []
-            for lo, hi in _even_digits(count, first_id):
-                part = bodies[lo:hi] if hi - lo < count else bodies
-                sizes = list(map(len, part))
-                digits = len(str(first_id + lo))
-                base = queue.name_length + len(stamps) + digits
-                blobs.append((queue.frame_format + spliced) * (hi - lo) % tuple(chain.from_iterable(zip(
-                    map(base.__add__, sizes), map((-1).__add__, sizes), part, range(first_id + lo, first_id + hi)))))
+            # One format per frame, whose size is known but for the body: the digits of the id
+            # are tracked, not counted.
+            frame = queue.frame_format + stamps.replace(b"%", b"%%") + b"%d}"
+            limit = _power_of_ten_above(first_id)
+            base = queue.name_length + len(stamps) + len(str(limit)) - 1
+            frames = []
+            message_id = first_id
+            for body in bodies:
+                if message_id >= limit:
+                    limit *= 10
+                    base += 1
+                size = len(body)
+                frames.append(frame % (base + size, size - 1, body, message_id))
+                message_id += 1
             skip = connection if not connection.echo and connection in queue.subscribers else None
-            self._pend(queue, blobs[0] if len(blobs) == 1 else b"".join(blobs), count, skip)
+            self._pend(queue, b"".join(frames), count, skip)
         else:
             queue.rate.add(now, count)  # with subscribers, counted per batch at the fan-out
         if connection.replies:
-            for lo, hi in _even_digits(count, first_id, first_request):
-                size = connection.reply_size + len(str(first_id + lo)) + len(str(first_request + lo))
-                replies.append(connection.reply_format * (hi - lo) % tuple(chain.from_iterable(zip(
-                    repeat(size, hi - lo), range(first_id + lo, first_id + hi),
-                    range(first_request + lo, first_request + hi)))))
+            reply = connection.reply_format
+            id_limit = _power_of_ten_above(first_id)
+            request_limit = _power_of_ten_above(first_request)
+            size = connection.reply_size + len(str(id_limit)) + len(str(request_limit)) - 2
+            request = first_request
+            for message_id in range(first_id, first_id + count):
+                if message_id >= id_limit:
+                    id_limit *= 10
+                    size += 1
+                if request >= request_limit:
+                    request_limit *= 10
+                    size += 1
+                replies.append(reply % (size, message_id, request))
+                request += 1
 
     def _pend(self, queue: Queue, blob: bytes, count: int, skip: Connection | None) -> None:
         """Queue ``count`` frames for this iteration's fan-out (to every subscriber but ``skip``)."""
@@ -588,18 +601,9 @@ class Broker(ControlRequests):
             queue.rate.add(queue.last_publish)  # with subscribers, counted per batch at the fan-out
 
 
-def _even_digits(count: int, *firsts: int) -> list[tuple[int, int]]:
-    """Split ``range(count)`` into spans where each ``first + i`` keeps its number of digits."""
-    cuts = [0, count]
-    for first in firsts:
-        limit = 10 ** len(str(first))
-        while limit < first + count:
-            cuts.append(limit - first)
-            limit *= 10
-    if len(cuts) == 2:
-        return [(0, count)]
-    cuts = sorted(set(cuts))
-    return list(zip(cuts, cuts[1:]))
+def _power_of_ten_above(number: int) -> int:
+    """The least power of ten above ``number`` (>= 0): 10 ** (its number of digits)."""
+    return 10 ** len(str(number))
 
 
 def _json_type(value: Any) -> str:
