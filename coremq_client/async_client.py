@@ -47,7 +47,7 @@ from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, Decoder, Encoder, JSONC
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
 from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
 from ._state import ClientState
-from .resume import Item, Resumer
+from .resume import RESUME_PAGE, Item, Resumer
 
 __all__ = ["AsyncMessageQueue"]
 
@@ -276,7 +276,7 @@ class AsyncMessageQueue(ClientState):
     def _resync(conn: _Connection, since: dict[str, int]) -> None:
         """Write a history request of the resume, registered so the reader hands its reply to the resumer."""
         if since:
-            number, data = conn.protocol.get_history(list(since), since)
+            number, data = conn.protocol.get_history(list(since), since, limit=RESUME_PAGE)
             conn.resyncs[number] = since
             conn.writer.write(data)
 

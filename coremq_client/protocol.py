@@ -234,12 +234,15 @@ class ClientProtocol:
     def set_options(self, options: dict) -> tuple[int, bytes]:
         return self.request({OPTIONS: options})
 
-    def get_history(self, queues: Iterable[str], since: dict[str, int] | None = None) -> tuple[int, bytes]:
-        """Ask for history; with ``since`` only the messages numbered above it."""
+    def get_history(self, queues: Iterable[str], since: dict[str, int] | None = None, *,
+                    limit: int | None = None) -> tuple[int, bytes]:
+        """Ask for history; with ``since`` only the messages numbered above it, with ``limit``
+        at most that many per queue (the oldest; the reply's ``more`` names the queues cut short)."""
         names = [validate_queue_name(q) for q in queues]
-        if since:
-            return self.request({GETHISTORY: {q: since.get(q) for q in names}})
-        return self.request({GETHISTORY: names})
+        request: dict[str, Any] = {GETHISTORY: {q: since.get(q) for q in names} if since else names}
+        if limit is not None:
+            request["limit"] = limit
+        return self.request(request)
 
     def status(self, **detail: bool) -> tuple[int, bytes]:
         """Ask for the broker's status; ``connections=True`` etc. ask for the detailed lists."""

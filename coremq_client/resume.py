@@ -38,10 +38,15 @@ from typing import Any, Iterable, Mapping
 
 from .protocol import Delivery, Gap
 
-__all__ = ["PROBE", "Item", "Resumer"]
+__all__ = ["PROBE", "RESUME_PAGE", "Item", "Resumer"]
 
 #: ``since`` that asks for no stored message, only the queue's sequence.
 PROBE = 2**53 - 1
+
+#: Messages per queue in one history reply of a resume (its ``limit``): a long
+#: resume comes in pages, each well under the default frame limit for messages
+#: of a few KB, while live deliveries stay held until the last page.
+RESUME_PAGE = 100
 
 #: How many of this client's connection ids are remembered, to recognise its
 #: own publishes in history (they are not delivered to it without ``echo``).
@@ -162,13 +167,16 @@ class Resumer:
 
         Returns the items to act on in order (gaps to report, deliveries to
         queue) and ``{queue: since}`` for a follow-up history request, for
-        queues whose numbering restarted (empty if none). ``echo``: whether
+        queues whose numbering restarted or whose reply was one page of more
+        (``more``; see :data:`RESUME_PAGE`), empty if none. ``echo``: whether
         this client's own publishes are delivered to it.
         """
         history = reply.get("history")
         sequence = reply.get("sequence")
+        more = reply.get("more")
         history = history if isinstance(history, dict) else {}
         sequence = sequence if isinstance(sequence, dict) else {}
+        more = more if isinstance(more, dict) else {}
         items: list[Item] = []
         again: dict[str, int] = {}
         with self._lock:
@@ -189,6 +197,14 @@ class Resumer:
                     self._marks[queue] = _Mark(0, delivered=False)
                     again[queue] = 0
                     continue
+                if more.get(queue) and messages:
+                    # One page of a longer history: deliver it, keep holding the live
+                    # deliveries, and ask for the next page from where this one ended.
+                    before = self._marks[queue].id
+                    items += self._merge(queue, messages, first, last, echo)
+                    if self._marks[queue].id > before:
+                        again[queue] = self._marks[queue].id
+                        continue
                 items += self._merge(queue, messages + self._held.pop(queue), first, last, echo)
         return items, again
 

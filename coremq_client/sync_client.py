@@ -51,7 +51,7 @@ from .codec import Decoder, Encoder
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
 from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
 from ._state import ClientState
-from .resume import Item, Resumer
+from .resume import RESUME_PAGE, Item, Resumer
 
 __all__ = ["MessageQueue"]
 
@@ -327,7 +327,7 @@ class MessageQueue(ClientState):
     @staticmethod
     def _resync_frame(conn: _Connection, protocol: ClientProtocol, since: dict[str, int]) -> tuple[int, bytes]:
         """A history request of the resume, registered so the reader hands its reply to the resumer."""
-        number, data = protocol.get_history(list(since), since)
+        number, data = protocol.get_history(list(since), since, limit=RESUME_PAGE)
         conn.resyncs[number] = since
         return number, data
 

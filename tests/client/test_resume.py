@@ -200,3 +200,29 @@ def test_private_queues_of_earlier_connections_are_forgotten():
     delivered(resumer, "q", 4)
     resumer.connected("c2")
     assert resumer.last_ids == {"q": 4}
+
+
+def test_a_long_history_comes_in_pages_with_live_messages_held_to_the_end():
+    """A reply marked ``more`` is one page: it is delivered, live messages stay held, the next page is asked for."""
+    resumer = Resumer()
+    delivered(resumer, "q", 1, 2)
+    since = resumer.plan(["q"])
+    assert since == {"q": 1}  # one early: message 2 comes back as the fingerprint
+    assert resumer.accept(live("q", 9)) == []  # live, while the resume runs: held
+    page = reply("q", range(2, 6), 1, 8) | {"more": {"q": True}}
+    items, again = resumer.history(since, page)
+    assert ids(items) == [3, 4, 5] and again == {"q": 5}
+    assert resumer.accept(live("q", 10)) == []  # still held until the last page
+    items, again = resumer.history(again, reply("q", range(6, 9), 1, 9))
+    assert ids(items) == [6, 7, 8, 9, 10] and again == {}
+    assert ids(resumer.accept(live("q", 11))) == [11]
+
+
+def test_a_page_that_brings_nothing_new_ends_the_paging():
+    """``more`` with no message above the mark cannot loop: what is held is released."""
+    resumer = Resumer()
+    delivered(resumer, "q", 1, 2)
+    since = resumer.plan(["q"])
+    assert resumer.accept(live("q", 3)) == []
+    items, again = resumer.history(since, reply("q", [2], 1, 3) | {"more": {"q": True}})
+    assert ids(items) == [3] and again == {}

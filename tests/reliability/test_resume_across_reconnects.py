@@ -99,8 +99,8 @@ def test_every_message_once_and_in_order_across_cuts_and_a_restart(client_factor
                                      durable_path=str(tmp_path / "history.sqlite3")))
     make = client_factory(broker)
     gaps: list[Gap] = []
-    # A history reply may hold thousands of messages: more than the default frame limit.
-    sub = make(queues=["stream"], max_frame_size=2**25, on_gap=gaps.append)
+    # Thousands of messages are fetched after each cut: in pages (RESUME_PAGE), on the default frame limit.
+    sub = make(queues=["stream"], on_gap=gaps.append)
     pub = make()
     received: list[Delivery] = []
     halfway, restarted = threading.Event(), threading.Event()
@@ -212,6 +212,25 @@ def test_history_reply_over_the_frame_limit_is_a_reported_gap(client_factory, ru
     assert live.id == 52 and live.gap == Gap("q", 2, 51)
     assert gaps == [Gap("q", 2, 51)]
     assert any(isinstance(error, FrameTooLarge) for error in sub.errors)
+
+
+def test_a_history_longer_than_the_frame_limit_is_fetched_in_pages(client_factory, run_broker):
+    """2,000 missed messages (~450 KB) reach a client whose frame limit is 64 KiB: pages, in order, no gap."""
+    broker = run_broker(BrokerConfig(port=0, shutdown_timeout=2.0, history_length=5000))
+    make = client_factory(broker)
+    gaps: list[Gap] = []
+    sub = make(queues=["q"], max_frame_size=2**16, on_gap=gaps.append)
+    pub = make()
+    pub.publish("q", {"n": 0})
+    assert [d.id for d in receive(sub, 1)] == [1]
+    old = sub.connection_id
+    cut_and_publish(broker, sub.connection_id, "q", range(1, 2001))
+    reconnected(sub, old)
+    pub.publish("q", {"n": 2001})  # live while the pages come: held, then delivered after them
+    resumed = receive(sub, 2001)
+    assert [d.id for d in resumed] == list(range(2, 2003))
+    assert [d.message["n"] for d in resumed] == list(range(1, 2002))
+    assert gaps == [] and sub.errors == [] and all(d.gap is None for d in resumed)
 
 
 def test_resume_off_delivers_only_live_messages(client_factory, run_broker):
