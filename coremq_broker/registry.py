@@ -117,8 +117,8 @@ class Connection:
         #: kept until the policy or the connection's user changes.
         self.publish_grants: dict[str, bool] = {}
         self.publish_limit = 0  # publishes per second; 0: no limit
-        self._publish_second = 0
-        self._publish_count = 0
+        self._publish_tokens = 0.0  # a token bucket of publish_limit, full at the first publish
+        self._publish_refilled = 0.0
         self.connected_since = time.time()
         self.subscriptions: set[str] = set()
         self.options: dict[str, Any] = {}
@@ -145,13 +145,20 @@ class Connection:
         self.send(data)
 
     def may_publish(self) -> bool:
-        """Count a publish against ``publish_limit`` per second; False when over it."""
-        second = int(time.monotonic())
-        if second != self._publish_second:
-            self._publish_second = second
-            self._publish_count = 0
-        self._publish_count += 1
-        return self._publish_count <= self.publish_limit
+        """Count a publish against ``publish_limit`` per second; False when over it.
+
+        A token bucket: bursts of up to ``publish_limit``, refilled at that rate,
+        so no window boundary lets twice the limit through.
+        """
+        now = time.monotonic()
+        limit = self.publish_limit
+        tokens = min(limit, self._publish_tokens + (now - self._publish_refilled) * limit)
+        self._publish_refilled = now
+        if tokens >= 1:
+            self._publish_tokens = tokens - 1
+            return True
+        self._publish_tokens = tokens
+        return False
 
     def hold(self) -> None:
         """Stop taking requests from the peer until :meth:`release` (nestable)."""
