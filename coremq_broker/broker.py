@@ -32,8 +32,6 @@ from .registry import Connection, Queue, QueueSettings, Registry
 __all__ = ["Broker", "AccessPolicy", "VERSION"]
 
 # The stamps as JSON members, in the order the dict path adds them (see handle_frames).
-# The reply to a publish, formatted rather than encoded (see also Connection.reply_format).
-_OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % P.OK_SENT.encode()
 _STAMP_SENDER = b',"%s":' % P.SENDER.encode()
 _STAMP_SENT = b',"%s":' % P.SENT.encode()
 _STAMP_SERVER = b',"%s":' % P.SERVER.encode()
@@ -402,8 +400,8 @@ class Broker(ControlRequests):
             else:
                 queue.rate.add(now)
             if connection.replies:
-                body = _OK_SENT % (first_id, first_request)
-                replies.append(b"+%d %s %s" % (connection.id_length + len(body), connection.id_bytes, body))
+                size = connection.reply_size + len(str(first_id)) + len(str(first_request))
+                replies.append(connection.reply_format % (size, first_id, first_request))
             return
         history = queue.history
         kept = history.maxlen if history.maxlen is not None else count
