@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
-from coremq_client.codec import Frame, encode_frame, validate_queue_name
+from coremq_client.codec import encode_frame, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
 from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal
@@ -27,7 +27,7 @@ from .config import BrokerConfig
 from .control import ControlRequests, RequestError
 from .durable import HistoryStore
 from .version import PROTOCOL_VERSION, VERSION
-from .registry import Connection, Queue, QueueSettings, Registry
+from .registry import Connection, Queue, QueueSettings, Registry, splice_stamps
 
 __all__ = ["Broker", "AccessPolicy", "VERSION"]
 
@@ -355,13 +355,8 @@ class Broker(ControlRequests):
         if (queue is None or not queue.plain or name == connection.id or self._durable_all
                 or connection.publish_limit or not self._splice):
             return None
-        if not self._open_access and queue.owner != connection.id:
-            grants = connection.publish_grants
-            allowed = grants.get(name)
-            if allowed is None:
-                return None  # the general path asks the policy and remembers its answer
-            if not allowed:
-                return None
+        if not self._open_access and queue.owner != connection.id and not connection.publish_grants.get(name):
+            return None  # denied, or not asked yet: the general path asks the policy (and remembers)
         return queue
 
     def _handle_other(self, connection: Connection, name: str, body: bytes, message: Any) -> None:
@@ -392,11 +387,11 @@ class Broker(ControlRequests):
         queue.published += count
         queue.last_publish = now
         if count == 1:  # one message in flight: the fewest calls
-            body = b"%s%s%d}" % (bodies[0][:-1], stamps, first_id)
+            body = splice_stamps(bodies[0], stamps, first_id)
             queue.history.append((first_id, body, None))
             if queue.subscribers:
                 self._pend(queue, b"+%d %s %s" % (queue.name_length + len(body), queue.name_bytes, body), 1,
-                           connection if not connection.echo and connection in queue.subscribers else None)
+                           connection)
             else:
                 queue.rate.add(now)
             if connection.replies:
@@ -423,8 +418,7 @@ class Broker(ControlRequests):
                 size = len(body)
                 frames.append(frame % (base + size, size - 1, body, message_id))
                 message_id += 1
-            skip = connection if not connection.echo and connection in queue.subscribers else None
-            self._pend(queue, b"".join(frames), count, skip)
+            self._pend(queue, b"".join(frames), count, connection)
         else:
             queue.rate.add(now, count)  # with subscribers, counted per batch at the fan-out
         if connection.replies:
@@ -443,8 +437,12 @@ class Broker(ControlRequests):
                 replies.append(reply % (size, message_id, request))
                 request += 1
 
-    def _pend(self, queue: Queue, blob: bytes, count: int, skip: Connection | None) -> None:
-        """Queue ``count`` frames for this iteration's fan-out (to every subscriber but ``skip``)."""
+    def _pend(self, queue: Queue, blob: bytes, count: int, sender: Connection | None) -> None:
+        """Queue ``count`` frames from ``sender`` for this iteration's fan-out.
+
+        A sender subscribed to the queue gets them only with ``echo`` on.
+        """
+        skip = sender if sender is not None and not sender.echo and sender in queue.subscribers else None
         pending = queue.pending
         if not pending:
             self._dirty_queues.append(queue)
@@ -593,8 +591,7 @@ class Broker(ControlRequests):
         queue.published += 1
         queue.last_publish = stored[P.SENT]
         if queue.subscribers:
-            skip = sender if sender is not None and not sender.echo and sender in queue.subscribers else None
-            self._pend(queue, encode_frame(queue.name, body), 1, skip)
+            self._pend(queue, encode_frame(queue.name, body), 1, sender)
         else:
             queue.rate.add(queue.last_publish)  # with subscribers, counted per batch at the fan-out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .codec import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, JSONCodec, encode_frame, validate_queue_name
+from .codec import DEFAULT_MAX_FRAME_SIZE, FrameParser, JSONCodec, encode_frame, validate_queue_name
 from .errors import AuthenticationFailed, LocalUsageError, MessageError, PermissionDenied, ProtocolError, ServerError
 
 __all__ = [
