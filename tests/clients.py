@@ -8,9 +8,10 @@ thread. Either kind can cut its connection from its own side (``cut()``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -23,7 +24,28 @@ PATIENCE = 60.0
 FAST = {"backoff": 0.01, "max_backoff": 0.05}
 
 Make = Callable[..., Any]
-__all__ = ["PATIENCE", "FAST", "BrokerThread", "SyncClient", "AsyncClient", "client_factory"]
+#: ``await connect(**options)``: a connected AsyncMessageQueue (see :func:`async_clients`).
+Connect = Callable[..., Awaitable[AsyncMessageQueue]]
+__all__ = ["PATIENCE", "FAST", "BrokerThread", "SyncClient", "AsyncClient", "client_factory", "Connect",
+           "async_clients"]
+
+
+@contextlib.asynccontextmanager
+async def async_clients(host: str, port: int) -> AsyncIterator[Connect]:
+    """Make connected AsyncMessageQueues of the broker at ``host:port``; all are closed at the end."""
+    clients: list[AsyncMessageQueue] = []
+
+    async def make(**options: Any) -> AsyncMessageQueue:
+        client = AsyncMessageQueue(host, port, **options)
+        clients.append(client)
+        await client.connect()
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.close()
 
 
 class SyncClient:

@@ -9,34 +9,25 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
 
 from brokers import BrokerThread
+from clients import Connect, async_clients
 from coremq_broker.config import BrokerConfig
 from coremq_client import AsyncMessageQueue, ConnectionClosed, CoreMQError, PermissionDenied, ServerError, Timeout
 
 pytestmark = pytest.mark.timeout(60)
 
-Connect = Callable[..., Awaitable[AsyncMessageQueue]]
 
 
 @pytest_asyncio.fixture
 async def connect(broker) -> AsyncIterator[Connect]:
     """Make connected clients of the test broker; all are closed afterwards."""
-    clients: list[AsyncMessageQueue] = []
-
-    async def make(**kwargs: Any) -> AsyncMessageQueue:
-        client = AsyncMessageQueue(broker.host, broker.port, **kwargs)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
+    async with async_clients(broker.host, broker.port) as make:
+        yield make
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -12,27 +12,19 @@ from channels.testing import WebsocketCommunicator
 from coremq_broker.broker import Broker
 from coremq_broker.websocket.bridge import CLOSE_SERVICE_RESTART
 from coremq_broker.websocket.links import get_bridge
+from clients import Connect, async_clients
 from coremq_client import AsyncMessageQueue
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
-TcpClient = Callable[..., Awaitable[AsyncMessageQueue]]
+TcpClient = Connect
 
 
 @pytest_asyncio.fixture
 async def tcp_client(in_process_broker: Broker) -> AsyncIterator[TcpClient]:
     """``await tcp_client(queues=[...])``: an AsyncMessageQueue of the same broker, over TCP."""
-    clients: list[AsyncMessageQueue] = []
-
-    async def make(**options: object) -> AsyncMessageQueue:
-        client = AsyncMessageQueue(in_process_broker.host, in_process_broker.port, **options)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
+    async with async_clients(in_process_broker.host, in_process_broker.port) as make:
+        yield make
 
 
 async def test_welcome_gives_a_sub_address_of_the_bridge(in_process_broker, open_browser) -> None:
