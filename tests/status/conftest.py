@@ -57,6 +57,15 @@ def separate_site(database: Path) -> Iterator[Site]:
         broker.stop()
 
 
+@pytest.fixture
+def page(browser):
+    """A fresh browser context's page, closed after the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """Headless Chromium (the system's), for the module."""

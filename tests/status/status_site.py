@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -107,6 +106,15 @@ def wait_for_port(port: int, server: Server, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"nothing listens on {port} after {timeout}s:\n{''.join(server.output)}")
             time.sleep(0.05)
+
+
+#: ms: the longest any expect() waits for the status page to catch up.
+WAIT = 20_000
+
+
+def cell(page, table: str, row_id: str, key: str):
+    """A cell of the status page's tables: row ``row_id`` of ``table``, column ``key``."""
+    return page.locator(f'#cmq-{table} tr[data-id="{row_id}"] td[data-key="{key}"]')
 
 
 def log_in(page, site: Site, user: tuple[str, str], next_path: str = "/admin/coremq/status/") -> None:

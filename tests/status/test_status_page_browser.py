@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from playwright.sync_api import expect
 
 from coremq_client.sync_client import MessageQueue
-from status_site import PLAIN, ROOT, STAFF, TOKEN, Site, log_in
+from status_site import PLAIN, ROOT, STAFF, TOKEN, WAIT, Site, cell, log_in
 
 SCREENSHOT = ROOT / "docs" / "img" / "status.png"
-WAIT = 20_000  # ms: the longest any expect() waits for the page to catch up
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def cell(page, table: str, row_id: str, key: str):
-    return page.locator(f'#cmq-{table} tr[data-id="{row_id}"] td[data-key="{key}"]')
 
 
 def test_staff_sees_clients_and_counts_live(page, in_process_site: Site) -> None:

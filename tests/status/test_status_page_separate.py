@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import expect
 
 from coremq_client.sync_client import MessageQueue
-from status_site import STAFF, TOKEN, Site, log_in
-
-WAIT = 20_000  # ms
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def cell(page, table: str, row_id: str, key: str):
-    return page.locator(f'#cmq-{table} tr[data-id="{row_id}"] td[data-key="{key}"]')
+from status_site import STAFF, TOKEN, WAIT, Site, cell, log_in
 
 
 def test_page_reads_the_broker_over_the_protocol(page, separate_site: Site) -> None:
