@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
 
 import pytest
+
+from servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -28,8 +26,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Server:
-    """A server process of the project (``run_coremq`` or daphne) with its output collected."""
+class Server(ServerProcess):
+    """A server process of the project (``run_coremq`` or daphne), waited on until it is ready."""
 
     def __init__(self, args: list[str], *, broker_port: int, database: Path, ready: str | None = None,
                  http_port: int | None = None, env: dict[str, str] | None = None) -> None:
@@ -37,45 +35,22 @@ class Server:
                "COREMQ_E2E_PORT": str(broker_port), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
                **(env or {})}
+        super().__init__(args, env)
         self.args = args
-        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
-        self.output: list[str] = []
-        self._ready = threading.Event()
-        self._wanted = ready
-        threading.Thread(target=self._read, daemon=True).start()
         if ready is not None:
-            self._wait(lambda: self._ready.is_set(), f"a line starting with {ready!r}")
+            self.wait_for(ready)
         if http_port is not None:
-            self._wait(lambda: _answers(http_port), f"HTTP on port {http_port}")
+            self._wait_for_http(http_port)
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            if self._wanted and line.startswith(self._wanted):
-                self._ready.set()
-
-    def _wait(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    def _wait_for_http(self, port: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while not condition():
+        while not _answers(port):
             if self.process.poll() is not None:
                 pytest.fail(f"{self.args[1:3]} exited {self.process.returncode}:\n{''.join(self.output)}")
             if time.monotonic() > deadline:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail(f"no {what} within {timeout}s:\n{''.join(self.output)}")
+                self.stop()
+                pytest.fail(f"no HTTP on port {port} within {timeout}s:\n{''.join(self.output)}")
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM (graceful), then kill if it lingers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def _answers(port: int) -> bool:
