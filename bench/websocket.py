@@ -1,8 +1,8 @@
-"""``python -m bench websocket``: WebSocket fan-out, CoreMQ's bridge against Channels' ``group_send``.
+"""``python -m bench websocket``: WebSocket fan-out, CoreMQ's bridge against Channels, Node ``ws`` and ``websockets``.
 
 One publisher and N subscribers, all speaking the browser protocol of
-``/ws/coremq/`` through the same load generator (:mod:`bench.wsclient`),
-against two servers started here:
+``/ws/coremq/`` (subscribe, publish, message) through the same load generator
+(:mod:`bench.wsclient`), against servers started here:
 
 - **CoreMQ**: ``manage.py run_coremq --port 0 --web-port 0``, one process
   (broker, daphne and the in-process bridge on one loop); ``--coremq remote``
@@ -10,7 +10,17 @@ against two servers started here:
   reaches the broker over TCP (the subscribers then connect to that daphne);
 - **Channels**: ``daphne bench.channels_peer:application``, a plain consumer
   that fans out with ``group_send`` over ``channels_redis`` on this machine's
-  Redis (127.0.0.1:6379).
+  Redis (127.0.0.1:6379);
+- **Node ws**: ``node bench/node/broadcast.js``, a bare broadcast server on the
+  ``ws`` npm package (no history, no auth): the leanest fan-out a user could
+  pick instead. ``npm ci`` installs ``ws`` into ``bench/node/node_modules`` on
+  first use;
+- **websockets**: ``python -m bench.websockets_peer``, a bare Python server on
+  the ``websockets`` package's ``broadcast()``.
+
+The generator is one Python process; its CPU is reported beside each
+server's (and the rest of the machine's), so that a generator near one core,
+which would cap every server alike, shows.
 
 Two measurements per server:
 
@@ -33,6 +43,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,6 +58,8 @@ import psutil
 
 from .measure import percentile
 from .net import new_event_loop
+from .profiling import PySpy, top_frames
+from .suite import _busy
 from .targets import listener_pid
 from .wsclient import WebSocket, connect
 
@@ -54,6 +67,8 @@ __all__ = ["main", "Settings"]
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+NODE_PEER = Path(__file__).resolve().parent / "node"
+PEERS = ("channels", "node", "websockets")
 PATH = "/ws/coremq/"
 HOST = "127.0.0.1"
 _SEQ = re.compile(rb'"seq": ?(\d+)')
@@ -71,6 +86,8 @@ class Settings:
     latency_duration: float = 10.0
     stall: float = 30.0
     coremq: str = "in-process"
+    peers: tuple[str, ...] = PEERS
+    profile: str | None = None
 
 
 # -- one run ---------------------------------------------------------------------------
@@ -191,6 +208,7 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
         await asyncio.sleep(0.5)  # let the connection burst settle
         cpu = server.cpu_meter()
         own = _own_cpu()
+        busy = _busy()
         published = 0
         start = time.perf_counter()
         deadline = start + settings.duration
@@ -213,14 +231,19 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
         elapsed = run.last_delivery - start
         server_cpu = cpu()
         generator_cpu = _own_cpu() - own
+        other_cpu = _busy() - busy - server_cpu - generator_cpu
+        wall = time.perf_counter() - start
     finally:
         close_clients(subscribers, publisher)
     lost = published * count - run.delivered
     return {
         "subscribers": count, "published": published, "delivered": run.delivered, "lost": lost,
         "seconds": round(elapsed, 3), "deliveries_per_s": round(run.delivered / elapsed) if elapsed > 0 else 0,
-        "server_cpu": round(server_cpu / elapsed, 2) if elapsed > 0 else None,
-        "generator_cpu": round(generator_cpu / elapsed, 2) if elapsed > 0 else None,
+        # cores used while publishing and draining: the server's, the generator's, everything else's
+        "server_cpu": round(server_cpu / wall, 2) if wall > 0 else None,
+        "generator_cpu": round(generator_cpu / wall, 2) if wall > 0 else None,
+        "other_cpu": round(max(0.0, other_cpu) / wall, 2) if wall > 0 else None,
+        "load_average": round(os.getloadavg()[0], 2),
         "ok": not run.errors and lost == 0, "errors": run.errors[:5],
     }
 
@@ -365,84 +388,197 @@ def start_channels(workdir: Path) -> Server:
     return Server("channels", "Channels group_send (channels_redis)", port, [process.pid, redis_pid], [process])
 
 
+def node_packages() -> Path:
+    """``bench/node/node_modules``, installed from ``package-lock.json`` by ``npm ci`` if ``ws`` is missing."""
+    modules = NODE_PEER / "node_modules"
+    if (modules / "ws" / "package.json").exists():
+        return modules
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise RuntimeError("the Node ws peer needs Node.js and npm (Debian: apt-get install nodejs npm)")
+    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel", "error"], cwd=NODE_PEER,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 or not (modules / "ws" / "package.json").exists():
+        raise RuntimeError(f"npm ci in {NODE_PEER} failed ({done.returncode}): {done.stderr[-1000:]}")
+    return modules
+
+
+def start_node(workdir: Path) -> Server:
+    """``node bench/node/broadcast.js PORT``: the bare ``ws`` broadcast server."""
+    node_packages()
+    log = workdir / f"node-{next(_STARTS)}.log"
+    port = _free_port()
+    process = _spawn(["node", str(NODE_PEER / "broadcast.js"), str(port), HOST], log)
+    _wait_for(lambda: b"listening on" in log.read_bytes(), "node (ws peer)", process, log)
+    return Server("node", "Node ws (bare broadcast)", port, [process.pid], [process])
+
+
+def start_websockets(workdir: Path) -> Server:
+    """``python -m bench.websockets_peer PORT``: the bare ``websockets.broadcast()`` server."""
+    log = workdir / f"websockets-{next(_STARTS)}.log"
+    port = _free_port()
+    process = _spawn([sys.executable, "-m", "bench.websockets_peer", str(port), HOST], log)
+    _wait_for(lambda: b"listening on" in log.read_bytes(), "websockets peer", process, log)
+    return Server("websockets", "websockets broadcast() (Python)", port, [process.pid], [process])
+
+
+def versions() -> dict[str, str]:
+    """The versions of what is compared: Node and ws, websockets, channels."""
+    import channels
+    import websockets
+
+    found = {"python": sys.version.split()[0], "websockets": websockets.__version__, "channels": channels.__version__}
+    ws_package = NODE_PEER / "node_modules" / "ws" / "package.json"
+    if ws_package.exists():
+        found["ws"] = json.loads(ws_package.read_text())["version"]
+    if shutil.which("node"):
+        found["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    return found
+
+
 # -- the command -------------------------------------------------------------------------
 
+def starters(settings: Settings, workdir: Path) -> dict[str, Any]:
+    """Server name -> a function that starts a fresh one, in the order of the tables."""
+    found: dict[str, Any] = {}
+    if settings.coremq in ("in-process", "both"):
+        found["coremq"] = lambda: start_coremq("in-process", workdir)
+    if settings.coremq in ("remote", "both"):
+        found["coremq-remote"] = lambda: start_coremq("remote", workdir)
+    peers = {"channels": start_channels, "node": start_node, "websockets": start_websockets}
+    for name in settings.peers:
+        found[name] = lambda start=peers[name]: start(workdir)
+    return found
+
+
+async def measure(name: str, start: Any, what: str, run: Any, settings: Settings, log: Any,
+                  profiles: dict[str, str]) -> dict[str, Any]:
+    """One measurement against a freshly started server (py-spy on CoreMQ's process with ``--profile``)."""
+    with ExitStack() as stack:
+        server = start()
+        stack.callback(server.stop)
+        log(f"{server.label}: {what}")
+        spy = None
+        if settings.profile == "py-spy" and name.startswith("coremq"):
+            spy = PySpy(server.pids[-1], Path(stack.enter_context(tempfile.TemporaryDirectory())) / "pyspy.txt")
+        try:
+            result = await run(server)
+        finally:
+            if spy is not None:
+                spy.stop()
+                profiles[f"{name}: {what}"] = top_frames(spy.path)
+        result["label"] = server.label
+        log(f"  {result}")
+        return result
+
+
 async def run_all(settings: Settings, log: Any) -> dict[str, Any]:
-    """Every measurement against a freshly started server, so that no run inherits another's backlog."""
-    results: dict[str, Any] = {"settings": asdict(settings), "machine": {"cpus": os.cpu_count()}, "servers": {}}
+    """Every measurement against a freshly started server, so that no run inherits another's backlog.
+
+    Interleaved: for each N, every server in turn, then the latency of every
+    server, so that all of them see the same conditions on a shared machine.
+    """
+    results: dict[str, Any] = {"settings": asdict(settings), "machine": {"cpus": os.cpu_count()},
+                               "versions": versions(), "servers": {}}
+    profiles: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
         workdir = Path(tmp)
-        starters: dict[str, Any] = {}
-        if settings.coremq in ("in-process", "both"):
-            starters["coremq"] = lambda: start_coremq("in-process", workdir)
-        if settings.coremq in ("remote", "both"):
-            starters["coremq-remote"] = lambda: start_coremq("remote", workdir)
-        starters["channels"] = lambda: start_channels(workdir)
-        for name, start in starters.items():
-            entry: dict[str, Any] = {"throughput": [], "latency": None}
-            for count in settings.subscribers:
-                with ExitStack() as stack:
-                    server = start()
-                    stack.callback(server.stop)
-                    entry["label"] = server.label
-                    log(f"{server.label}: throughput, {count} subscribers")
-                    entry["throughput"].append(await throughput(server, count, settings))
-                    log(f"  {entry['throughput'][-1]}")
-            with ExitStack() as stack:
-                server = start()
-                stack.callback(server.stop)
-                entry["label"] = server.label
-                log(f"{server.label}: latency, {settings.latency_subscribers} subscribers at {settings.rate}/s")
-                entry["latency"] = await latency(server, settings.latency_subscribers, settings)
-                log(f"  {entry['latency']}")
-            results["servers"][name] = entry
-            if not all(r["ok"] for r in entry["throughput"]) or not entry["latency"]["ok"]:
-                logs = {path.name: path.read_text(errors="replace")[-2000:] for path in workdir.glob("*.log")}
-                results.setdefault("logs", {}).update(logs)
+        servers = starters(settings, workdir)
+        entries = results["servers"]
+        for name in servers:
+            entries[name] = {"label": name, "throughput": [], "latency": None}
+        for count in settings.subscribers:
+            for name, start in servers.items():
+                row = await measure(name, start, f"throughput, {count} subscribers",
+                                    lambda server: throughput(server, count, settings), settings, log, profiles)
+                entries[name]["label"] = row.pop("label")
+                entries[name]["throughput"].append(row)
+        for name, start in servers.items():
+            row = await measure(name, start, f"latency, {settings.latency_subscribers} subscribers at {settings.rate}/s",
+                                lambda server: latency(server, settings.latency_subscribers, settings),
+                                settings, log, profiles)
+            entries[name]["label"] = row.pop("label")
+            entries[name]["latency"] = row
+        if any(not ok(entry) for entry in entries.values()):
+            results["logs"] = {path.name: path.read_text(errors="replace")[-2000:] for path in workdir.glob("*.log")}
     results["comparison"] = compare(results)
+    results["target"] = check_target(results)
+    if profiles:
+        results["profiles"] = profiles
     return results
 
 
+def ok(entry: dict[str, Any]) -> bool:
+    return all(r["ok"] for r in entry["throughput"]) and entry["latency"] is not None and entry["latency"]["ok"]
+
+
 def compare(results: dict[str, Any]) -> dict[str, Any]:
-    """CoreMQ's figures as multiples of Channels': throughput per N, and the p99 latency ratio."""
+    """Each CoreMQ's figures against each peer's: deliveries/s ratios per N, and p99 latency ÷ the peer's."""
     servers = results["servers"]
-    channels = servers.get("channels")
     out: dict[str, Any] = {}
-    if channels is None:
-        return out
     for name, entry in servers.items():
-        if name == "channels":
+        if not name.startswith("coremq"):
             continue
-        ratios = {}
-        for mine, theirs in zip(entry["throughput"], channels["throughput"]):
-            if theirs["deliveries_per_s"]:
-                ratios[str(mine["subscribers"])] = round(mine["deliveries_per_s"] / theirs["deliveries_per_s"], 1)
-        p99, their_p99 = entry["latency"]["latency_ms"]["p99"], channels["latency"]["latency_ms"]["p99"]
-        out[name] = {"throughput_x": ratios, "p99_fraction_of_channels": round(p99 / their_p99, 3) if their_p99 else None}
+        for peer, theirs in servers.items():
+            if peer.startswith("coremq"):
+                continue
+            ratios = {}
+            for mine, their_row in zip(entry["throughput"], theirs["throughput"]):
+                if their_row["deliveries_per_s"]:
+                    ratios[str(mine["subscribers"])] = round(mine["deliveries_per_s"] / their_row["deliveries_per_s"], 2)
+            p99 = entry["latency"]["latency_ms"]["p99"]
+            their_p99 = theirs["latency"]["latency_ms"]["p99"]
+            out[f"{name} vs {peer}"] = {"throughput_x": ratios, "p99_ratio": round(p99 / their_p99, 3) if their_p99 else None,
+                                        "p99_ms": p99, "peer_p99_ms": their_p99}
     return out
 
 
+def check_target(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Issue 12: CoreMQ's in-process bridge >= 1x Node ws's deliveries/s at 1,000 subscribers, p99 no higher."""
+    ratio = results["comparison"].get("coremq vs node")
+    if ratio is None:
+        return None
+    throughput_x = ratio["throughput_x"].get("1000")
+    return {"throughput_x_at_1000": throughput_x, "p99_ratio": ratio["p99_ratio"],
+            "met": throughput_x is not None and throughput_x >= 1.0
+            and ratio["p99_ratio"] is not None and ratio["p99_ratio"] <= 1.0}
+
+
 def render(results: dict[str, Any]) -> str:
-    lines = [f"{'server':44} {'N':>5} {'deliveries/s':>13} {'lost':>5} {'server CPU':>10} {'gen CPU':>8}"]
+    lines = ["cores used during each run: the server's (with Redis for Channels), the load generator's, "
+             "everything else's; load = 1-minute load average after the run",
+             f"{'server':40} {'N':>5} {'deliveries/s':>13} {'lost':>5} {'server CPU':>10} {'gen CPU':>8} "
+             f"{'other CPU':>9} {'load':>5}"]
     for entry in results["servers"].values():
         for row in entry["throughput"]:
-            lines.append(f"{entry['label']:44} {row['subscribers']:>5} {row['deliveries_per_s']:>13,} {row['lost']:>5} "
-                         f"{row['server_cpu']!s:>10} {row['generator_cpu']!s:>8}" + ("" if row["ok"] else "  FAILED"))
+            lines.append(f"{entry['label']:40} {row['subscribers']:>5} {row['deliveries_per_s']:>13,} {row['lost']:>5} "
+                         f"{row['server_cpu']!s:>10} {row['generator_cpu']!s:>8} {row.get('other_cpu')!s:>9} "
+                         f"{row.get('load_average')!s:>5}" + ("" if row["ok"] else "  FAILED"))
     lines.append("")
-    lines.append(f"{'server':44} {'N':>5} {'rate/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
+    lines.append(f"{'server':40} {'N':>5} {'rate/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
     for entry in results["servers"].values():
         row = entry["latency"]
         ms = row["latency_ms"]
-        lines.append(f"{entry['label']:44} {row['subscribers']:>5} {row['rate']:>7} {ms['p50']:>8} {ms['p90']:>8} "
+        lines.append(f"{entry['label']:40} {row['subscribers']:>5} {row['rate']:>7} {ms['p50']:>8} {ms['p90']:>8} "
                      f"{ms['p99']:>8} {ms['p99.9']:>9} {ms['max']:>8}" + ("" if row["ok"] else "  FAILED"))
-    for name, ratio in results.get("comparison", {}).items():
+    if results.get("comparison"):
         lines.append("")
-        lines.append(f"{name} vs Channels: throughput x{ratio['throughput_x']}, "
-                     f"p99 latency = {ratio['p99_fraction_of_channels']} of Channels'")
+    for pair, ratio in results.get("comparison", {}).items():
+        xs = ", ".join(f"N={n}: x{x}" for n, x in ratio["throughput_x"].items())
+        lines.append(f"{pair}: deliveries/s {xs}; p99 {ratio['p99_ms']} ms vs {ratio['peer_p99_ms']} ms "
+                     f"(x{ratio['p99_ratio']})")
+    target = results.get("target")
+    if target is not None:
+        lines.append(f"issue 12 target (CoreMQ >= 1x Node ws at N=1000, p99 no higher): "
+                     f"{'MET' if target['met'] else 'NOT MET'} (x{target['throughput_x_at_1000']} deliveries/s, "
+                     f"p99 x{target['p99_ratio']})")
+    for what, profile in results.get("profiles", {}).items():
+        lines += ["", f"py-spy, {what}:", profile]
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None) -> Settings:
+def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
+    """The settings, and the directory for ``websocket.json``."""
     p = argparse.ArgumentParser(prog="python -m bench websocket", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--subscribers", default="100,1000", help="comma-separated N for throughput (default %(default)s)")
@@ -453,20 +589,30 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     p.add_argument("--rate", type=float, default=10.0, help="publishes per second in the latency run "
                                                            "(default: well within Channels' capacity)")
     p.add_argument("--latency-duration", type=float, default=10.0)
-    p.add_argument("--coremq", choices=("in-process", "remote", "both"), default="in-process",
-                   help="CoreMQ's web side: inside run_coremq, a separate daphne, or both")
+    p.add_argument("--coremq", choices=("in-process", "remote", "both", "none"), default="in-process",
+                   help="CoreMQ's web side: inside run_coremq, a separate daphne, both, or none (peers only)")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help="comma-separated peers among %(default)s, or none (default: all; channels needs Redis)")
+    p.add_argument("--profile", choices=("py-spy",), help="sample CoreMQ's process with py-spy during its runs "
+                                                         "(.venv/bin/pip install py-spy)")
     p.add_argument("--quick", action="store_true", help="a short pass: N=10,100, 1 s runs")
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="where websocket.json goes (default bench/results)")
     args = p.parse_args(argv)
+    peers = tuple(name for name in args.peers.split(",") if name and name != "none")
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        p.error(f"unknown peers {', '.join(sorted(unknown))}: choose among {', '.join(PEERS)}")
+    common = {"coremq": args.coremq, "peers": peers, "profile": args.profile}
     if args.quick:
         return Settings(subscribers=(10, 100), duration=1.0, latency_subscribers=10, rate=20, latency_duration=2,
-                        coremq=args.coremq)
+                        **common), args.results_dir
     return Settings(subscribers=tuple(int(n) for n in args.subscribers.split(",")), duration=args.duration,
                     window=args.window, budget=args.budget, latency_subscribers=args.latency_subscribers,
-                    rate=args.rate, latency_duration=args.latency_duration, coremq=args.coremq)
+                    rate=args.rate, latency_duration=args.latency_duration, **common), args.results_dir
 
 
-def main(argv: Sequence[str] | None = None, *, results_dir: Path = RESULTS) -> int:
-    settings = parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, results_dir = parse_args(argv)
     _raise_limits()
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -477,8 +623,7 @@ def main(argv: Sequence[str] | None = None, *, results_dir: Path = RESULTS) -> i
     path.write_text(json.dumps(results, indent=1))
     print(render(results))
     print(f"\nwritten: {path}")
-    failed = [name for name, entry in results["servers"].items()
-              if not all(r["ok"] for r in entry["throughput"]) or not entry["latency"]["ok"]]
+    failed = [name for name, entry in results["servers"].items() if not ok(entry)]
     if failed:
         print(f"BENCHMARK FAILED for {', '.join(failed)}: a message was lost, reordered or refused", file=sys.stderr)
         return 1
