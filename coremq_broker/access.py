@@ -9,6 +9,8 @@ the broker; the same policy object answers for TCP and WebSocket clients.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIONS", "POLICIES", "Principal", "ANONYMOUS", "Rule", "AccessPolicy", "RulePolicy",
-    "FailureTracker",
+    "FailureTracker", "AuthAttempt", "CONNECTIONS", "is_connection_address", "peer_address",
 ]
 
 #: What a rule can grant on a queue; "status" and "admin" are for staff.
@@ -27,6 +29,15 @@ ACTIONS = ("publish", "subscribe", "history")
 POLICIES = ("open", "authenticated", "deny")
 #: Queue names whose matching rules a policy remembers (past it, it starts again).
 MATCH_CACHE_SIZE = 10_000
+#: The reserved pattern of a rule about connection ids (direct messages), not about queue names.
+CONNECTIONS = "@connections"
+#: A connection id as the broker makes them (``Broker.new_connection_id``: a UUID4 in lower case).
+_CONNECTION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def is_connection_address(name: str) -> bool:
+    """Whether ``name`` is a connection's address: an id (``<uuid>``) or a sub-address of one (``<uuid>/<n>``)."""
+    return _CONNECTION_ID.fullmatch(name.partition("/")[0]) is not None
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,13 @@ ANONYMOUS = Principal()
 
 @dataclass(frozen=True)
 class Rule:
-    """Grants ``actions`` on queues matching ``pattern`` (a name or a glob) to some principals."""
+    """Grants ``actions`` on queues matching ``pattern`` (a name or a glob) to some principals.
+
+    The pattern :data:`CONNECTIONS` matches connection ids and their
+    sub-addresses only (the form the broker gives them: a lower-case UUID,
+    then ``/<n>`` for a bridge's browser), never a name that a glob such as
+    ``*-*-*-*-*`` would also match: it is the rule for direct messages.
+    """
 
     pattern: str
     actions: frozenset[str]
@@ -59,6 +76,8 @@ class Rule:
     users: frozenset[str] = frozenset()
 
     def matches(self, queue: str) -> bool:
+        if self.pattern == CONNECTIONS:
+            return is_connection_address(queue)
         return self.pattern == queue or fnmatch.fnmatchcase(queue, self.pattern)
 
     def grants(self, principal: Principal, action: str) -> bool:
@@ -142,42 +161,125 @@ class RulePolicy(AccessPolicy):
                 and principal.user_id not in self.active_users)
 
 
-class FailureTracker:
-    """Failed authentications per address within a window, and the delay they earn.
+def peer_address(host: str) -> str:
+    """What a login throttle counts as one address: the peer's host (its port left off by the caller).
 
-    Each failure doubles the delay before the next answer to that address
-    (from ``base`` up to ``ceiling`` seconds), so passwords cannot be tried at
-    speed; past ``limit`` failures in ``window`` seconds the address is refused.
+    IPv4 addresses count one by one; an IPv6 address counts as its /64
+    network, which one client can hold whole and walk through.
+    """
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+@dataclass(frozen=True)
+class AuthAttempt:
+    """One login under way: from which address, for which username (None: a token), and when it began."""
+
+    address: str
+    username: str | None
+    began: float
+
+
+class FailureTracker:
+    """Login attempts per address and per username within a window, and the delay a failure earns.
+
+    An attempt counts as a failure from the moment :meth:`begin` lets it
+    through, before the credentials are checked, and is settled afterwards: a failure stays
+    counted, a success takes back its own attempt (and forgives its own
+    username's earlier failures, never those of other accounts from the same
+    address). So however many attempts run at once, at most ``limit`` are
+    checked per address, and per username, in ``window`` seconds; the others
+    are refused unchecked. Each failure doubles the wait before the answer
+    (from ``base`` up to ``ceiling`` seconds). At most ``max_keys`` addresses
+    and usernames are remembered; past it, the expired go, then the oldest.
     """
 
-    def __init__(self, *, limit: int = 10, window: float = 300.0, base: float = 0.1, ceiling: float = 5.0) -> None:
+    def __init__(self, *, limit: int = 10, window: float = 300.0, base: float = 0.1, ceiling: float = 5.0,
+                 max_keys: int = 100_000) -> None:
         self.limit = limit
         self.window = window
         self.base = base
         self.ceiling = ceiling
-        self._failures: dict[str, list[float]] = {}
+        self.max_keys = max_keys
+        self._stamps: dict[str, list[float]] = {}
+        #: Logins that failed, and attempts refused unchecked (over the limit), since the start.
+        self.failures = 0
+        self.refused = 0
 
-    def _recent(self, address: str, now: float) -> list[float]:
-        stamps = [t for t in self._failures.get(address, ()) if now - t < self.window]
-        if stamps:
-            self._failures[address] = stamps
-        else:
-            self._failures.pop(address, None)
+    @staticmethod
+    def keys(address: str, username: str | None = None) -> tuple[str, ...]:
+        return (f"address:{address}",) + ((f"user:{username}",) if username else ())
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        stamps = self._stamps.get(key)
+        if not stamps:
+            return []
+        if now - stamps[0] >= self.window:
+            stamps = [t for t in stamps if now - t < self.window]
+            if stamps:
+                self._stamps[key] = stamps
+            else:
+                del self._stamps[key]
         return stamps
 
-    def failed(self, address: str) -> None:
+    def begin(self, address: str, username: str | None = None) -> AuthAttempt | None:
+        """Count an attempt from ``address`` (for ``username``) before it is checked; None: refused, over the limit."""
         now = time.monotonic()
-        self._failures[address] = self._recent(address, now) + [now]
+        keys = self.keys(address, username)
+        if any(len(self._recent(key, now)) >= self.limit for key in keys):
+            self.refused += 1
+            return None
+        if len(self._stamps) >= self.max_keys:
+            self._forget(now)
+        for key in keys:
+            self._stamps.setdefault(key, []).append(now)
+        return AuthAttempt(address, username, now)
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    def settle(self, attempt: AuthAttempt, succeeded: bool) -> None:
+        """The outcome of an attempt :meth:`begin` let through."""
+        if not succeeded:
+            self.failures += 1
+            return
+        for key in self.keys(attempt.address, attempt.username):
+            if key.startswith("user:"):
+                self._stamps.pop(key, None)
+                continue
+            stamps = self._stamps.get(key)
+            if stamps and attempt.began in stamps:
+                stamps.remove(attempt.began)
+                if not stamps:
+                    del self._stamps[key]
 
-    def delay(self, address: str) -> float:
-        count = len(self._recent(address, time.monotonic()))
+    def _forget(self, now: float) -> None:
+        for key in list(self._stamps):
+            self._recent(key, now)
+        while len(self._stamps) >= self.max_keys:
+            del self._stamps[next(iter(self._stamps))]
+
+    def delay(self, address: str, username: str | None = None) -> float:
+        """The wait before answering a failure: doubled by each failure counted against it."""
+        now = time.monotonic()
+        count = max(len(self._recent(key, now)) for key in self.keys(address, username))
         return 0.0 if count == 0 else min(self.ceiling, self.base * 2 ** (count - 1))
 
-    def blocked(self, address: str) -> bool:
-        return len(self._recent(address, time.monotonic())) >= self.limit
+    def blocked(self, address: str, username: str | None = None) -> bool:
+        now = time.monotonic()
+        return any(len(self._recent(key, now)) >= self.limit for key in self.keys(address, username))
+
+    def describe(self) -> dict[str, int]:
+        """The counters of the status page: failures, refused attempts, addresses and usernames blocked now."""
+        now = time.monotonic()
+        blocked = sum(1 for stamps in self._stamps.values()
+                      if len(stamps) >= self.limit and now - stamps[-self.limit] < self.window)
+        return {"auth_failures": self.failures, "auth_refused": self.refused, "auth_blocked": blocked}
 
 
 def rules_from(rows: Iterable[dict]) -> tuple[Rule, ...]:

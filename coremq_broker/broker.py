@@ -532,17 +532,25 @@ class Broker(ControlRequests):
         self.access = access
         self._open_access = type(access) is AccessPolicy
         for connection in list(self.registry.connections.values()):
-            connection.publish_grants.clear()
-            if connection.principal is not ANONYMOUS and access.is_revoked(connection.principal):
-                logger.warning("connection %s: credentials of %r revoked", connection.id,
-                               connection.principal.username)
-                connection.close("credentials revoked")
-                continue
-            for name in sorted(connection.subscriptions):
-                if self.registry.owner_of(name) is None and not access.allows(connection, "subscribe", name):
-                    self.registry.unsubscribe(connection, name)
-                    self.registry.denials += 1
-                    self.send_error(connection, f"permission denied: subscribe on queue {name!r} (subscription ended)")
+            self.enforce(connection)
+
+    def enforce(self, connection: Connection) -> None:
+        """Hold ``connection`` to the policy in force (a new policy, or a new login on it).
+
+        It is closed if its credentials were revoked; subscriptions it may no
+        longer hold end, each with an ``ERROR: permission denied``.
+        """
+        access = self.access
+        connection.publish_grants.clear()
+        if connection.principal is not ANONYMOUS and access.is_revoked(connection.principal):
+            logger.warning("connection %s: credentials of %r revoked", connection.id, connection.principal.username)
+            connection.close("credentials revoked")
+            return
+        for name in sorted(connection.subscriptions):
+            if self.registry.owner_of(name) is None and not access.allows(connection, "subscribe", name):
+                self.registry.unsubscribe(connection, name)
+                self.registry.denials += 1
+                self.send_error(connection, f"permission denied: subscribe on queue {name!r} (subscription ended)")
 
     def _publish_durable(self, connection: Connection, queue: Queue, stored: dict) -> None:
         """Write to disk first; keep, deliver and acknowledge once committed."""

@@ -16,11 +16,12 @@ from coremq_client import protocol as P
 from coremq_client.codec import validate_queue_name
 from coremq_client.errors import CoreMQError
 
+from .access import peer_address
 from .registry import Connection
 from .version import VERSION
 
 if TYPE_CHECKING:
-    from .access import AccessPolicy, FailureTracker, Principal
+    from .access import AccessPolicy, AuthAttempt, FailureTracker, Principal
     from .durable import HistoryStore
     from .config import BrokerConfig
     from .registry import Registry
@@ -168,24 +169,34 @@ class ControlRequests:
         self._reply(connection, reply)
 
     def _auth(self, connection: Connection, value: Any) -> None:
-        """Authenticate off the loop; the connection's requests wait for the answer."""
+        """Authenticate off the loop; the connection's requests wait for the answer.
+
+        The attempt is counted against the peer's address and the username
+        before the authenticator runs (:class:`~coremq_broker.access.FailureTracker`),
+        so parallel guesses cannot all be checked; over the limit the
+        connection is refused and closed unchecked.
+        """
         if not isinstance(value, dict) or not (isinstance(value.get("token"), str) or (
                 isinstance(value.get("username"), str) and isinstance(value.get("password"), str))):
             raise RequestError(f"{P.AUTH} takes {{\"token\": ...}} or {{\"username\": ..., \"password\": ...}}")
         if self.authenticator is None:
             raise RequestError("authentication is not configured on this broker")
-        address = connection.peer.rpartition(":")[0] or connection.peer
-        if self.auth_failures.blocked(address):
-            logger.warning("connection %s: %s is blocked after repeated failed authentications",
-                           connection.id, address)
+        address = peer_address(connection.peer.rpartition(":")[0] or connection.peer)
+        username = None if isinstance(value.get("token"), str) else value["username"]
+        attempt = self.auth_failures.begin(address, username)
+        if attempt is None:
+            logger.warning("connection %s: %s is blocked after repeated failed authentications%s",
+                           connection.id, address, f" (or user {username!r} is)" if username else "")
             connection.close("too many failed authentications")
             return
         connection.hold()
         connection.authenticating = True
         asyncio.get_running_loop().create_task(
-            self._authenticate(connection, dict(value), connection.requests, address))
+            self._authenticate(connection, dict(value), connection.requests, attempt))
 
-    async def _authenticate(self, connection: Connection, credentials: dict, request: int, address: str) -> None:
+    async def _authenticate(self, connection: Connection, credentials: dict, request: int,
+                            attempt: "AuthAttempt") -> None:
+        succeeded = False
         try:
             try:
                 principal = await self.authenticator(credentials)  # type: ignore[misc]
@@ -193,28 +204,31 @@ class ControlRequests:
                 logger.exception("authenticator failed")
                 principal = None
             if principal is None or self.access.is_revoked(principal):
-                self.auth_failures.failed(address)
-                self.registry.auth_failures += 1
+                self.auth_failures.settle(attempt, False)
                 logger.warning("connection %s (%s): authentication failed for %r", connection.id, connection.peer,
                                credentials.get("username") or "a token")
-                await asyncio.sleep(self.auth_failures.delay(address))  # slows guessing down
+                await asyncio.sleep(self.auth_failures.delay(attempt.address, attempt.username))  # slows guessing
                 self._reply(connection, {"response": "ERROR: authentication failed"}, request)
                 return
             limit = self.config.max_connections_per_user
+            succeeded = True
             same_user = sum(1 for other in self.registry.connections.values()
                             if other is not connection and other.principal.username == principal.username)
             if same_user >= limit:
                 self._reply(connection, {"response": f"ERROR: too many connections for user "
                                                      f"{principal.username!r}: limit is {limit}"}, request)
                 return
-            self.auth_failures.succeeded(address)
+            if connection.closing:
+                return
             connection.principal = principal
-            connection.publish_grants.clear()
             logger.info("connection %s authenticated as %r", connection.id, principal.username)
             self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
+            self.enforce(connection)  # type: ignore[attr-defined]  # the new user may not hold every subscription
                                      "staff": principal.is_staff}, request)
         finally:
             connection.authenticating = False
+            if succeeded:
+                self.auth_failures.settle(attempt, True)
             connection.release()
             held, connection.held_frames = connection.held_frames, []
             if held and not connection.closing:
@@ -273,6 +287,7 @@ class ControlRequests:
             "role": "master",
             **self.registry.describe(),
         }
+            **self.auth_failures.describe(),  # failed logins, refused attempts, blocked addresses and users
         if connections:
             status["connection_list"] = [c.describe() for c in self.registry.connections.values()]
         if queues:

@@ -287,7 +287,6 @@ class Registry:
         self.messages_in = 0
         self.messages_out = 0
         self.errors = 0
-        self.auth_failures = 0
         self.denials = 0
         self.slow_consumers = 0
         self.rate_in = RateCounter()
@@ -369,7 +368,6 @@ class Registry:
             "messages_out": self.messages_out,
             "errors": self.errors,
             "denials": self.denials,
-            "auth_failures": self.auth_failures,
             "slow_consumers": self.slow_consumers,
             "rate_in": self.rate_in.rate(),
             "rate_out": self.rate_out.rate(),

@@ -91,18 +91,19 @@ def test_default_policies():
 
 
 def test_failure_tracker_doubles_and_blocks():
-    """Each failure doubles the delay up to the ceiling; the limit blocks the address; success clears it."""
+    """Attempts count before they are checked; failures double the delay up to the ceiling, then block."""
     tracker = FailureTracker(limit=4, base=0.1, ceiling=0.3)
     assert tracker.delay("a") == 0
-    tracker.failed("a")
-    tracker.failed("a")
-    assert tracker.delay("a") == pytest.approx(0.2)
-    tracker.failed("a")
+    pending = [tracker.begin("a", "bob") for _ in range(4)]
+    assert all(pending) and tracker.begin("a", "carol") is None  # four under way: the fifth is refused unchecked
+    tracker.settle(pending[0], False)
+    tracker.settle(pending[1], False)
+    tracker.settle(pending[2], False)
+    assert tracker.delay("a") == pytest.approx(0.3) and tracker.blocked("a") and not tracker.blocked("b")
+    tracker.settle(pending[3], True)  # a success takes back its own attempt only (and bob's failures)
     assert tracker.delay("a") == pytest.approx(0.3) and not tracker.blocked("a")
-    tracker.failed("a")
-    assert tracker.blocked("a") and not tracker.blocked("b")
-    tracker.succeeded("a")
-    assert not tracker.blocked("a")
+    assert tracker.describe() == {"auth_failures": 3, "auth_refused": 1, "auth_blocked": 0}
+    assert tracker.begin("a") is not None and tracker.blocked("a") and tracker.describe()["auth_blocked"] == 1
 
 
 # -- over TCP ----------------------------------------------------------------

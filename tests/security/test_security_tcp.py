@@ -74,7 +74,7 @@ async def test_bad_credentials_are_refused(secured: Secured, credentials: Any) -
         credentials = {"token": getattr(secured.world, credentials)}
     with pytest.raises(AuthenticationFailed):
         await secured.connect("anonymous", **credentials)
-    assert secured.broker.registry.auth_failures == 1
+    assert secured.broker.auth_failures.failures == 1
 
 
 async def test_a_denial_reveals_nothing_and_is_logged_and_counted(secured: Secured, caplog) -> None:
