@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
-from coremq_client.codec import encode_frame, validate_queue_name
+from coremq_client.codec import MAX_NESTING, check_nesting, encode_frame, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
 from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal
@@ -318,8 +318,12 @@ class Broker(ControlRequests):
                 registry.messages_in -= len(frames) - index  # counted when they are carried out
                 connection.messages_in -= len(frames) - index
                 break
-            try:
+            try:  # the door: what passes can be encoded again by every path that may carry it
+                if len(body) > MAX_NESTING:
+                    check_nesting(body)
                 message = loads(body)
+            except MessageError as exc:
+                message = exc
             except (ValueError, TypeError, RecursionError) as exc:
                 message = MessageError(f"invalid JSON: {exc}")
             # A non-empty object that ends in its brace and has no stamp of its own.
@@ -506,6 +510,10 @@ class Broker(ControlRequests):
         queue = self.registry.queues.get(name)
         if queue is None:
             validate_queue_name(name, self.config.max_queue_name_length)
+            if self.registry.is_closed_address(name):
+                # A closed connection's id never becomes a public queue: what is sent there is lost.
+                self.registry.dead_letters += 1
+                raise RequestError(f"no such connection: message to {name!r} dropped")
             if self.registry.owner_of(name) != connection.id:
                 self._check(connection, "publish", name)
             queue = self.registry.queue(name)
@@ -576,9 +584,10 @@ class Broker(ControlRequests):
         return encode_frame(queue.name, body)
 
     def _stamp(self, queue: Queue, stored: dict, sender: Connection | None) -> bytes:
-        """Number and stamp a message; return its JSON."""
+        """Number and stamp a message; return its JSON. The id is taken once the JSON is made."""
+        body = self._stamp_as(sender, stored, queue.last_id + 1, time.time())
         queue.last_id += 1
-        return self._stamp_as(sender, stored, queue.last_id, time.time())
+        return body
 
     def _stamp_as(self, sender: Connection | None, stored: dict, message_id: int, now: float) -> bytes:
         """Stamp ``stored`` as sent by ``sender`` (None: the server) at ``now``; return its JSON."""

@@ -85,8 +85,9 @@ class ControlRequests:
         return [validate_queue_name(name, self.config.max_queue_name_length) for name in value]
 
     def _check_private(self, connection: Connection, action: str, name: str) -> None:
+        """Refuse another connection's id and sub-addresses, and those of a connection that is closed."""
         owner = self.registry.owner_of(name)
-        if owner is not None and owner != connection.id:
+        if (owner is not None and owner != connection.id) or (owner is None and self.registry.is_closed_address(name)):
             self.registry.denials += 1
             raise RequestError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
 

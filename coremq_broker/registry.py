@@ -8,10 +8,12 @@ broker's process; other processes ask for it with a status request.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from coremq_client.codec import split_address
 from coremq_client.protocol import OK_SENT
 
 from .access import ANONYMOUS, Principal
@@ -19,7 +21,13 @@ from .access import ANONYMOUS, Principal
 if TYPE_CHECKING:
     from .config import BrokerConfig
 
-__all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter", "splice_stamps"]
+__all__ = ["CONNECTION_ID", "Connection", "Queue", "Registry", "QueueSettings", "RateCounter", "splice_stamps"]
+
+#: The shape of every connection id a broker gives (``Broker.new_connection_id``): a UUID4 in lower
+#: case. A name of this shape, alone or before a ``/``, is a connection's address and never a public
+#: queue, so an id stays private after its connection closed without the broker keeping a list of
+#: closed ids (which clients could grow without bound).
+CONNECTION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 # The reply to a publish, formatted rather than encoded: it is sent once per publish.
 _OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % OK_SENT.encode()
@@ -289,6 +297,8 @@ class Registry:
         self.errors = 0
         self.denials = 0
         self.slow_consumers = 0
+        #: Point-to-point messages dropped because their connection is closed.
+        self.dead_letters = 0
         self.rate_in = RateCounter()
         self.rate_out = RateCounter()
 
@@ -317,12 +327,18 @@ class Registry:
         A connection owns its id queue and every sub-address ``<id>/<anything>``
         (a bridge gives each of its browsers one); they reach it alone.
         """
-        if name in self.connections:
-            return name
-        prefix, slash, _ = name.partition("/")
-        if slash and prefix in self.connections:
-            return prefix
-        return None
+        prefix = split_address(name)[0]
+        return prefix if prefix in self.connections else None
+
+    def is_closed_address(self, name: str) -> bool:
+        """True when ``name`` addresses a connection (its id, or a sub-address of it) that is not open.
+
+        Such a name is refused as a subscription or history target and what is
+        published to it is dropped: ids are not secret, so a newcomer must not
+        be able to take over a closed connection's messages.
+        """
+        prefix = split_address(name)[0]
+        return prefix not in self.connections and CONNECTION_ID.fullmatch(prefix) is not None
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name``, created on first use.
@@ -342,8 +358,11 @@ class Registry:
         connection.subscriptions.add(name)
 
     def unsubscribe(self, connection: Connection, name: str) -> None:
+        """End a subscription; a connection's own private queues stay its own until it closes."""
         queue = self.queues.get(name)
         if queue is not None:
+            if queue.owner == connection.id:
+                return
             queue.subscribers.pop(connection, None)
         connection.subscriptions.discard(name)
 
@@ -369,6 +388,7 @@ class Registry:
             "errors": self.errors,
             "denials": self.denials,
             "slow_consumers": self.slow_consumers,
+            "dead_letters": self.dead_letters,
             "rate_in": self.rate_in.rate(),
             "rate_out": self.rate_out.rate(),
             "rss_bytes": resident_memory(),

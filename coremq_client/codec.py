@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from itertools import accumulate
 from typing import Any, Callable, NamedTuple, Union
 
 from .errors import (
@@ -40,20 +41,31 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_QUEUE_NAME_LENGTH",
+    "MAX_NESTING",
     "Frame",
     "FrameParser",
     "JSONCodec",
+    "check_nesting",
     "encode_frame",
+    "nesting_depth",
+    "split_address",
     "validate_queue_name",
 ]
 
 DEFAULT_PORT = 6747
 DEFAULT_MAX_FRAME_SIZE = 2**20
 DEFAULT_MAX_QUEUE_NAME_LENGTH = 200
+#: The deepest a frame's JSON may nest arrays and objects (``{}`` is 1 level, ``[{}]`` 2). A protocol
+#: constant, not a setting: every process on a message's way (broker, bridges, clients, both JSON
+#: back-ends) must be able to re-encode it inside its own envelopes, and orjson writes at most 254
+#: levels (the stdlib's limit is the interpreter's recursion limit, lower under a deep stack).
+MAX_NESTING = 128
 
 # The longest length field we parse at all; longer headers are garbage.
 _MAX_LENGTH_DIGITS = 20
-_WHITESPACE = re.compile(r"\s")
+# What a queue name may not hold: whitespace, control characters (C0, DEL, C1) and surrogates
+# (a lone one cannot be encoded as UTF-8; over the WebSocket JSON could carry it).
+_NOT_IN_NAMES = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Queue names a parser keeps decoded (a connection mostly uses a few).
 _NAMES_KEPT = 256
 # A whole frame header: "+", 1 to 20 ASCII digits, one space.
@@ -87,9 +99,55 @@ def validate_queue_name(name: object, max_length: int = DEFAULT_MAX_QUEUE_NAME_L
         raise InvalidQueueName("queue name must not be empty")
     if len(name) > max_length:
         raise InvalidQueueName(f"queue name is {len(name)} characters, limit is {max_length}")
-    if _WHITESPACE.search(name):
-        raise InvalidQueueName(f"queue name {name!r} contains whitespace")
+    bad = _NOT_IN_NAMES.search(name)
+    if bad is not None:
+        what = "whitespace" if bad[0].isspace() else "a control character" if bad[0] < "\ud800" else "a surrogate"
+        raise InvalidQueueName(f"queue name {name!r} contains {what}")
     return name
+
+
+def split_address(name: str) -> tuple[str, str | None]:
+    """``(id, sub)`` for a sub-address ``<id>/<sub>``, ``(name, None)`` for any other name.
+
+    The one reading of a queue name as an address, for the broker's registry
+    and the WebSocket bridge alike: the part before the first ``/``.
+    """
+    prefix, slash, sub = name.partition("/")
+    return (prefix, sub) if slash else (name, None)
+
+
+# A JSON string, escapes included (valid JSON only: used on text a decoder took, or as a bound).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# One nesting step per byte of a string-free JSON text: +1 for [ and {, -1 for ] and }, 0 otherwise.
+_NESTING_STEP = [0] * 256
+_NESTING_STEP[ord("[")] = _NESTING_STEP[ord("{")] = 1
+_NESTING_STEP[ord("]")] = _NESTING_STEP[ord("}")] = -1
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep the JSON text ``body`` nests arrays and objects (0 for a scalar, 1 for ``{}``).
+
+    Counted on the bytes, outside strings, without decoding: the bound can be
+    checked before a decoder recurses. On text that is not JSON the answer is
+    some number, never an exception.
+    """
+    if body.count(b"[") + body.count(b"{") == 0:
+        return 0
+    if b'"' in body:
+        body = _JSON_STRING.sub(b"", body)
+    return max(accumulate(map(_NESTING_STEP.__getitem__, body)), default=0)
+
+
+def check_nesting(body: bytes, limit: int = MAX_NESTING) -> None:
+    """Raise :class:`MessageError` if ``body``'s JSON nests deeper than ``limit`` levels.
+
+    Cheap for what is well within the bound: a text with no more than
+    ``limit`` brackets is not scanned at all.
+    """
+    if len(body) > limit and body.count(b"[") + body.count(b"{") > limit:
+        depth = nesting_depth(body)
+        if depth > limit:
+            raise MessageError(f"JSON nested {depth} levels deep, limit is {limit}")
 
 
 class FrameParser:
@@ -295,8 +353,7 @@ def _make_loads(decoder: Decoder) -> Callable[[bytes], Any]:
     if decoder is None:
         if orjson is not None:
             return orjson.loads  # UTF-8 only, strict JSON
-        # The stdlib would also take UTF-16 and UTF-32; the protocol is UTF-8.
-        return lambda data: json.loads(data.decode() if isinstance(data, bytes) else data)
+        return _stdlib_loads
     if isinstance(decoder, type) and issubclass(decoder, json.JSONDecoder):
         decode = decoder().decode
         return lambda data: decode(data.decode())
@@ -304,3 +361,48 @@ def _make_loads(decoder: Decoder) -> Callable[[bytes], Any]:
         return decoder
     raise TypeError(f"decoder must be a JSONDecoder subclass or a callable, not {decoder!r}")
 
+
+# The stdlib decoder, made to answer as orjson does, so that a broker takes the same messages
+# whichever back-end it runs on (docs/protocol.md, "What JSON is accepted"): NaN and Infinity are
+# not JSON; a number beyond a double's range is refused and an integer beyond 64 bits becomes the
+# nearest double; a lone surrogate escape ("\ud800") is refused, as it has no UTF-8 form.
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _like_orjson_int(text: str) -> int | float:
+    value = int(text)
+    return value if _INT64_MIN <= value <= _UINT64_MAX else _finite_float(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]}... is out of range")
+    return value
+
+
+_PLAIN_DECODE = json.JSONDecoder(parse_constant=_refuse_constant).decode
+_CAREFUL_DECODE = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_like_orjson_int,
+                                   parse_float=_finite_float).decode
+# What needs the careful decoder: a run of 19 digits (an integer that may pass 64 bits, a long mantissa),
+# an exponent of 3 digits or more, or a surrogate escape.
+_UNUSUAL = re.compile(rb"[0-9]{19}|[eE][-+]?[0-9]{3}|\\u[dD][89a-fA-F]")
+# Escapes, left to right: a surrogate pair, a lone surrogate (group 1), or any other escape.
+_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                     rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})|\\.", re.DOTALL)
+
+
+def _stdlib_loads(data: bytes | str) -> Any:
+    """Strict JSON in UTF-8 with the stdlib, refusing what orjson refuses (UTF-16 and UTF-32 too)."""
+    raw = data if isinstance(data, bytes) else data.encode()
+    text = raw.decode()
+    if _UNUSUAL.search(raw) is None:
+        return _PLAIN_DECODE(text)
+    for escape in _ESCAPE.finditer(raw):
+        if escape[1] is not None:
+            raise ValueError(f"lone surrogate {escape[1].decode()} in a string")
+    return _CAREFUL_DECODE(text)
