@@ -42,7 +42,7 @@ from coremq_client.codec import JSONCodec
 from coremq_client.errors import CoreMQError
 
 from ..access import ANONYMOUS, AccessPolicy, Principal
-from .protocol import error_frame, message_entry, message_frame, text_frame
+from .protocol import browser_number, error_frame, message_entry, message_frame, text_frame
 
 __all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_SERVICE_RESTART",
            "CLOSE_POLICY_VIOLATION"]
@@ -182,6 +182,8 @@ class Bridge:
         self.browsers: dict[int, Browser] = {}
         self.delivered_count = 0
         self.slow_consumers = 0
+        #: Messages to a browser's address that no open browser has (closed, or never given).
+        self.dead_letters = 0
         self._numbers = itertools.count(1)
         self._private_prefix = "\0"  # matches no queue until connected
         self._local: dict[str, dict[Browser, None]] = {}  # queue -> browsers, insertion-ordered
@@ -442,9 +444,12 @@ class Bridge:
     def _route(self, queue: str) -> tuple[Browser, ...]:
         """Who gets a message of ``queue``: its local subscribers (cached), or one browser's sub-address."""
         if queue.startswith(self._private_prefix):
-            number = queue[len(self._private_prefix):]
-            browser = self.browsers.get(int(number)) if number.isdigit() else None
-            return (browser,) if browser is not None else ()
+            number = browser_number(queue[len(self._private_prefix):])
+            browser = self.browsers.get(number) if number is not None else None
+            if browser is None:
+                self.dead_letters += 1
+                return ()
+            return (browser,)
         local = self._local.get(queue)
         if not local:
             return ()
@@ -500,5 +505,6 @@ class Bridge:
             "delivered": self.delivered_count,
             "slow_consumers": self.slow_consumers,
             "denials": self.denials,
+            "dead_letters": self.dead_letters,
             "queued": len(self._outbox),
         }

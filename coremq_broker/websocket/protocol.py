@@ -11,11 +11,12 @@ The protocol is documented for JavaScript authors in ``docs/websocket.md``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
 from coremq_client import protocol as P
-from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, JSONCodec, validate_queue_name
+from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, JSONCodec, check_nesting, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Auth",
     "BadRequest",
     "Request",
+    "browser_number",
     "parse_request",
     "parse_queue_list",
     "message_entry",
@@ -108,11 +110,15 @@ def parse_request(
     """Turn one WebSocket frame (``str`` for text, ``bytes`` for binary) into a request."""
     if not isinstance(data, str):
         return BadRequest("binary frames are not supported: send JSON text")
-    size = len(data) if data.isascii() else len(data.encode())
-    if size > max_size:
-        return BadRequest(f"message too large: {size} bytes, limit is {max_size}")
     try:
-        value = (codec or _CODEC).loads(data.encode())
+        text = data.encode()
+    except UnicodeEncodeError:
+        return BadRequest("text is not valid UTF-8: it holds a lone surrogate")
+    if len(text) > max_size:
+        return BadRequest(f"message too large: {len(text)} bytes, limit is {max_size}")
+    try:  # the same door as the broker's: a frame nests at most MAX_NESTING levels
+        check_nesting(text)
+        value = (codec or _CODEC).loads(text)
     except MessageError as exc:
         return BadRequest(str(exc))
     if not isinstance(value, dict):
@@ -177,6 +183,19 @@ def _history(value: dict, ref: Ref, max_length: int) -> History | BadRequest:
             return BadRequest(f"since[{name!r}] must be a message id (an integer) or null, not {after!r}", ref)
         resolved[name] = after
     return History(resolved, ref)
+
+
+# A browser's number in its sub-address <bridge id>/<n>: ASCII digits, no sign, no leading zero.
+_BROWSER_NUMBER = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def browser_number(sub: str) -> int | None:
+    """The browser number that the sub-address part ``sub`` names, or None if it names none.
+
+    Only the form the bridge gives (``str(n)``) counts: ``"²"``, ``"٣"``, ``"03"`` or ``"+3"``
+    name no browser, so one browser has exactly one address.
+    """
+    return int(sub) if _BROWSER_NUMBER.fullmatch(sub) else None
 
 
 def _valid_ref(ref: Any) -> bool:
