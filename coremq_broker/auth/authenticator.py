@@ -13,6 +13,7 @@ the broker answers each the same way, slowly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -20,12 +21,69 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import authenticate as django_authenticate
 from django.utils import timezone
 
-from ..access import ANONYMOUS, Principal
+from coremq_client.errors import CoreMQError
+
+from .. import conf
+from ..access import ANONYMOUS, FailureTracker, Principal, peer_address
+from ..broker import Broker
 from .tokens import TOKEN_PREFIX, hash_matches, token_prefix
 
-__all__ = ["authenticate", "authenticate_now", "user_principal", "principal_for", "token_principal"]
+__all__ = ["authenticate", "authenticate_now", "user_principal", "principal_for", "token_principal",
+           "login_throttle", "throttled_authenticate", "TooManyFailures"]
 
 logger = logging.getLogger("coremq.auth")
+
+#: The login throttle of a web process that does not run the broker (see :func:`login_throttle`).
+_web_throttle: FailureTracker | None = None
+
+
+class TooManyFailures(CoreMQError, PermissionError):
+    """A login refused unchecked: its address (or username) is over ``MAX_AUTH_FAILURES``."""
+
+    def __init__(self) -> None:
+        super().__init__("too many failed authentications")
+
+
+def login_throttle() -> FailureTracker:
+    """The login throttle this process's WebSocket logins go through.
+
+    Under ``run_coremq`` it is the broker's own (``Broker.auth_failures``, on
+    the same loop): a browser's failures and a TCP client's count together.
+    A web process of its own (a separate daphne) keeps one of its own, with
+    the same limit.
+    """
+    global _web_throttle
+    broker = Broker.running()
+    if broker is not None:
+        return broker.auth_failures
+    if _web_throttle is None:
+        _web_throttle = FailureTracker(limit=conf.get_config().max_auth_failures)
+    return _web_throttle
+
+
+async def throttled_authenticate(credentials: dict[str, Any], host: str) -> Principal | None:
+    """:func:`authenticate` through :func:`login_throttle` for a peer at ``host``.
+
+    The attempt counts before the credentials are checked; a failure is
+    answered after the delay it earned. Raises :class:`TooManyFailures`,
+    unchecked, when the address (or the username) is over the limit.
+    """
+    throttle = login_throttle()
+    address = peer_address(host)
+    username = credentials.get("username") if not isinstance(credentials.get("token"), str) else None
+    attempt = throttle.begin(address, username if isinstance(username, str) else None)
+    if attempt is None:
+        logger.warning("%s is blocked after repeated failed authentications", address)
+        raise TooManyFailures()
+    principal = None
+    try:
+        principal = await authenticate(credentials)
+    finally:
+        throttle.settle(attempt, principal is not None)
+    if principal is None:
+        logger.warning("%s: authentication failed for %r", host, username or "a token")
+        await asyncio.sleep(throttle.delay(attempt.address, attempt.username))  # slows guessing down
+    return principal
 
 
 async def authenticate(credentials: dict[str, Any]) -> Principal | None:

@@ -20,7 +20,7 @@ from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 
 from .. import conf
 from ..access import Principal
-from ..auth.authenticator import authenticate, user_principal
+from ..auth.authenticator import TooManyFailures, throttled_authenticate, user_principal
 from .bridge import CLOSE_POLICY_VIOLATION, Bridge, BridgeError, Browser
 from .daphne import direct_writer
 from .links import get_bridge
@@ -100,11 +100,23 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
             await self.handle(_parse_query_queues(queues, self.max_queue_name_length))
 
     async def principal(self) -> Principal | None:
-        """Who the browser is: the user of ``?token=`` (None if it does not log in), else the session's user."""
+        """Who the browser is: the user of ``?token=`` (None if it does not log in), else the session's user.
+
+        A token goes through the login throttle, as an ``auth`` request does
+        (refused unchecked, None, when the address is over the limit).
+        """
         tokens = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("token")
         if tokens:
-            return await authenticate({"token": tokens[0]})
+            try:
+                return await throttled_authenticate({"token": tokens[0]}, self.client_host())
+            except TooManyFailures:
+                return None
         return await user_principal(self.scope.get("user"))
+
+    def client_host(self) -> str:
+        """The browser's address as the server saw it (what the login throttle counts)."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
 
     async def disconnect(self, code: int) -> None:
         if self.bridge is not None and self.browser is not None:
@@ -151,7 +163,7 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
             reply = await bridge.publish(browser, request.queue, request.message)
             return {"type": "published", "queue": request.queue, "id": reply.get("id")}
         if isinstance(request, Auth):
-            principal = await authenticate({"token": request.token})
+            principal = await throttled_authenticate({"token": request.token}, self.client_host())
             if principal is None:
                 raise BridgeError("authentication failed")
             browser.principal = principal
