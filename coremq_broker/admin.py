@@ -53,7 +53,12 @@ class PermissionRuleAdmin(admin.ModelAdmin):
     filter_horizontal = ("groups", "users")
     readonly_fields = ("updated",)
     fieldsets = (
-        (None, {"fields": ("pattern", "note")}),
+        (None, {
+            "fields": ("pattern", "note"),
+            "description": "For direct messages, use the pattern @connections: it matches connection ids and "
+                           "their sub-addresses only, never a queue name (a glob like *-*-*-*-* would also match "
+                           "billing.invoices-2026-12-01-eu).",
+        }),
         ("Rights", {"fields": ("publish", "subscribe", "history")}),
         ("Granted to", {
             "fields": ("anonymous", "authenticated", "groups", "users"),
@@ -71,7 +76,7 @@ class PermissionRuleAdmin(admin.ModelAdmin):
 
     @admin.display(description="kind")
     def kind(self, obj: PermissionRule) -> str:
-        return "glob" if is_glob(obj.pattern) else "name"
+        return obj.kind
 
     @admin.display(description="granted to")
     def granted_to(self, obj: PermissionRule) -> str:

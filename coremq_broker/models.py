@@ -23,7 +23,7 @@ from django.utils import timezone
 from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, validate_queue_name
 from coremq_client.errors import InvalidQueueName
 
-from .access import ACTIONS
+from .access import ACTIONS, CONNECTIONS
 from .auth.tokens import PREFIX_LENGTH, new_token, token_hash, token_prefix
 from .queue_settings import is_glob
 
@@ -36,6 +36,20 @@ def validate_pattern(value: str) -> None:
         validate_queue_name(value, DEFAULT_MAX_QUEUE_NAME_LENGTH)
     except InvalidQueueName as exc:
         raise ValidationError(str(exc)) from None
+
+
+def validate_rule_pattern(value: str) -> None:
+    """A rule's pattern: a queue name or glob, or :data:`~coremq_broker.access.CONNECTIONS`.
+
+    Other patterns starting with ``@`` are kept for other kinds of rule; a
+    typo there must not become a rule about a queue called ``@conections``.
+    """
+    if value == CONNECTIONS:
+        return
+    if value.startswith("@"):
+        raise ValidationError(f"patterns starting with @ are reserved: the only one is {CONNECTIONS} "
+                              f"(connection ids, for direct messages)")
+    validate_pattern(value)
 
 
 class QueueSetting(models.Model):
@@ -110,10 +124,11 @@ class PermissionRule(models.Model):
     """
 
     pattern = models.CharField(
-        max_length=DEFAULT_MAX_QUEUE_NAME_LENGTH, validators=[validate_pattern],
-        help_text="A queue name (orders) or a glob (orders.*, sensor-?, [ab]*). Every rule matching a queue "
-                  "counts: a right is granted when any of them grants it, and queues that no rule matches "
-                  "follow COREMQ['DEFAULT_POLICY'].",
+        max_length=DEFAULT_MAX_QUEUE_NAME_LENGTH, validators=[validate_rule_pattern],
+        help_text="A queue name (orders), a glob (orders.*, sensor-?, [ab]*), or @connections: the ids of "
+                  "connections and their sub-addresses only (direct messages; no queue name matches it). "
+                  "Every rule matching a queue counts: a right is granted when any of them grants it, and "
+                  "queues that no rule matches follow COREMQ['DEFAULT_POLICY'].",
     )
     publish = models.BooleanField(default=False, help_text="Send messages to these queues.")
     subscribe = models.BooleanField(default=False, help_text="Receive the messages published to them.")
@@ -143,6 +158,13 @@ class PermissionRule(models.Model):
     def actions(self) -> list[str]:
         """The rights this rule grants, by the access policy's names."""
         return [action for action in ACTIONS if getattr(self, action)]
+
+    @property
+    def kind(self) -> str:
+        """What the pattern matches: ``connection ids``, a ``glob`` or a queue ``name``."""
+        if self.pattern == CONNECTIONS:
+            return "connection ids"
+        return "glob" if is_glob(self.pattern) else "name"
 
 
 class ApiTokenManager(models.Manager["ApiToken"]):

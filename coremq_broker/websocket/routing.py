@@ -1,8 +1,9 @@
 """Where the CoreMQ WebSocket endpoint lives, and the stack that guards it.
 
 ``coremq_project/asgi.py`` mounts :func:`websocket_application` as the
-``"websocket"`` entry of its ``ProtocolTypeRouter``: origins are checked
-against ``ALLOWED_HOSTS`` and the Django session user is put in the scope.
+``"websocket"`` entry of its ``ProtocolTypeRouter``: the page's origin must
+be the site's own, scheme, host and port (:mod:`.origin`), and the Django
+session user is put in the scope.
 The bridge keeps the server's unwrapped ``send`` for its deliveries.
 """
 
@@ -12,10 +13,10 @@ from typing import Any
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
 from .consumer import RAW_SEND, CoreMQConsumer
+from .origin import SameOriginValidator
 
 __all__ = ["RawSendMiddleware", "websocket_urlpatterns", "websocket_application"]
 
@@ -42,5 +43,5 @@ websocket_urlpatterns = [
 
 def websocket_application(urlpatterns: list[Any] | None = None) -> Any:
     """The ASGI app for WebSocket connections: origin check, session user, then the URL router."""
-    return AllowedHostsOriginValidator(RawSendMiddleware(AuthMiddlewareStack(
+    return SameOriginValidator(RawSendMiddleware(AuthMiddlewareStack(
         URLRouter(urlpatterns or websocket_urlpatterns))))
