@@ -12,9 +12,10 @@ class CoreMQBrokerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from .checks import check_access, check_settings
+        from .checks import check_access, check_durable_path, check_settings
 
         checks.register(check_settings, "coremq")
+        checks.register(check_durable_path, "coremq")
         checks.register(check_access, "coremq", checks.Tags.security)
 
         from .auth.policy import access_senders

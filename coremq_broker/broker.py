@@ -25,7 +25,7 @@ from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal
 from .config import BrokerConfig
 from .control import ControlRequests, RequestError
-from .durable import HistoryStore
+from .durable import UNAVAILABLE, HistoryStore
 from .version import PROTOCOL_VERSION, VERSION
 from .registry import Connection, Queue, QueueSettings, Registry, splice_stamps
 
@@ -103,7 +103,7 @@ class Broker(ControlRequests):
 
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
-        if os.path.exists(self.config.durable_path):
+        if self._durable_all or os.path.exists(self.config.durable_path):
             await self._restore_durable_history()
         Broker._running = self
         self._server = await self._loop.create_server(
@@ -161,24 +161,48 @@ class Broker(ControlRequests):
     # -- durable history -------------------------------------------------
 
     def _history_store(self) -> HistoryStore:
+        """The durable history's store, its writer started on first use (it reports a file it cannot write)."""
         if self._store is None:
-            self._store = HistoryStore(self.config.durable_path, synchronous=self.config.durable_synchronous,
-                                       keep=lambda name: self.registry.queue_settings(name).history_length)
+            config = self.config
+            self._store = HistoryStore(config.durable_path, synchronous=config.durable_synchronous,
+                                       keep=lambda name: self.registry.queue_settings(name).history_length,
+                                       max_pending=config.durable_max_pending,
+                                       max_pending_bytes=config.durable_max_pending_bytes,
+                                       retry_max=config.durable_retry_max, on_rewind=self._durable_rewind)
             assert self._loop is not None
             self._store.start(self._loop)
-            logger.info("durable history in %s", self.config.durable_path)
+            logger.info("durable history in %s", config.durable_path)
         return self._store
 
     async def _restore_durable_history(self) -> None:
-        store = self._history_store()
+        """Load what the durable history holds, then start its writer; raise DurableHistoryError if unreadable."""
         assert self._loop is not None
-        saved = await self._loop.run_in_executor(None, store.load)
+        path = self.config.durable_path
+        store = HistoryStore(path)
+        saved = await self._loop.run_in_executor(None, store.load) if os.path.exists(path) else {}
         for name, rows in saved.items():
             queue = self.registry.queue(name)
             for message_id, body in rows:
-                queue.history.append((message_id, body, None))
+                keep(self.bounds, self.registry, queue, (message_id, body, None))
             queue.last_id = rows[-1][0]
-        logger.info("restored the durable history of %d queue(s) from %s", len(saved), self.config.durable_path)
+        if saved:
+            logger.info("restored the durable history of %d queue(s) from %s", len(saved), path)
+        self._history_store()
+
+    def _durable_rewind(self, spans: dict[str, tuple[int, int]]) -> None:
+        """Give back the ids ``(first, last)`` of each queue's durable writes that failed.
+
+        They were the newest of their queue, so the next stored message takes
+        ``first`` and no resuming client sees a gap. Only if the queue took
+        later ids meanwhile (its settings stopped making it durable) are they
+        skipped, and that is logged.
+        """
+        for name, (first, last) in spans.items():
+            queue = self.registry.queues.get(name)
+            if queue is not None and queue.last_id == last:
+                queue.last_id = first - 1
+            elif queue is not None:
+                logger.warning("queue %r: ids %d to %d were not stored and are skipped", name, first, last)
 
     # -- connections -----------------------------------------------------
 
@@ -561,8 +585,20 @@ class Broker(ControlRequests):
                 self.send_error(connection, f"permission denied: subscribe on queue {name!r} (subscription ended)")
 
     def _publish_durable(self, connection: Connection, queue: Queue, stored: dict) -> None:
-        """Write to disk first; keep, deliver and acknowledge once committed."""
+        """Write to disk first; keep, deliver and acknowledge once committed.
+
+        A write that fails, or a publish refused because the store is
+        unavailable or too many writes wait for the disk, is answered
+        ``ERROR: durable history unavailable: <reason>`` (logged by the store
+        once per change of state, not per message) and is neither kept nor
+        delivered.
+        """
         store = self._history_store()
+        refusal = store.refusal()
+        if refusal is not None:
+            self.registry.errors += 1
+            self._reply_error(connection, refusal, queue=queue.name)
+            return
         body = self._stamp(queue, stored, connection)
         message_id = queue.last_id
         request = connection.requests
@@ -572,7 +608,12 @@ class Broker(ControlRequests):
             if connection.replies and not connection.closing:
                 self._reply(connection, {"response": P.OK_SENT, "id": message_id}, request)
 
-        store.write(queue.name, message_id, body, committed)
+        def failed(reason: str) -> None:
+            self.registry.errors += 1
+            if not connection.closing:
+                self._reply(connection, {"response": f"ERROR: {UNAVAILABLE}: {reason}", "queue": queue.name}, request)
+
+        store.write(queue.name, message_id, body, committed, failed)
 
     def deliver(self, queue: Queue, stored: dict, sender: Connection | None = None) -> bytes:
         """Stamp ``stored``, keep it in ``queue``'s history and fan it out, encoded once.

@@ -12,7 +12,9 @@ Ids (the conditions live in :mod:`coremq_broker.conf`):
 - ``coremq.E008`` a text setting that is not one of its choices (``SLOW_CONSUMER_POLICY``, ...)
 - ``coremq.E009`` ``TLS_CERT``/``TLS_KEY`` not a file, or a key without a certificate
 - ``coremq.E010`` ``CLIENT_TOKEN`` together with ``CLIENT_USERNAME``/``CLIENT_PASSWORD``, or only one of those two
+- ``coremq.E011`` ``DURABLE_ALL`` is on and ``DURABLE_PATH`` cannot be written (no directory, read-only, ...)
 - ``coremq.W001`` ``DEFAULT_POLICY`` is ``"open"`` while ``DEBUG`` is off: anyone who reaches the broker may do anything
+- ``coremq.W002`` ``DURABLE_PATH`` cannot be written: queues made durable in the admin will refuse every publish
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf
+from .durable import unwritable
 
-__all__ = ["check_settings", "check_access"]
+__all__ = ["check_settings", "check_access", "check_durable_path"]
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -47,3 +50,26 @@ def check_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         obj=f"settings.{conf.SETTING}",
         id="coremq.W001",
     )]
+
+
+def check_durable_path(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Report a ``DURABLE_PATH`` the broker could not write: an error with ``DURABLE_ALL``, else a warning.
+
+    Without ``DURABLE_ALL`` only queues made durable in the admin need the
+    file, and they may never exist; with it every publish does.
+    """
+    if conf.setting_errors():
+        return []
+    config = conf.get_config()
+    problem = unwritable(config.durable_path)
+    if problem is None:
+        return []
+    hint = ("Point COREMQ['DURABLE_PATH'] at a file in a directory the broker's user can write, on a "
+            "writable file system; see docs/reliability.md.")
+    if config.durable_all:
+        return [Error(f"settings.{conf.SETTING}['DURABLE_PATH'] ({config.durable_path!r}) cannot be written: "
+                      f"{problem}; with DURABLE_ALL every publish would be refused.",
+                      hint=hint, obj=f"settings.{conf.SETTING}", id="coremq.E011")]
+    return [Warning(f"settings.{conf.SETTING}['DURABLE_PATH'] ({config.durable_path!r}) cannot be written: "
+                    f"{problem}; publishes to queues made durable in the admin would be refused.",
+                    hint=hint, obj=f"settings.{conf.SETTING}", id="coremq.W002")]

@@ -61,6 +61,14 @@ class BrokerConfig:
     durable_path: str = "coremq-history.sqlite3"
     durable_all: bool = False
     durable_synchronous: str = "NORMAL"
+    #: Durable writes in flight (queued for the disk, not yet committed), in
+    #: number and in bytes; past either a durable publish is refused at once
+    #: (``ERROR: durable history unavailable: ...``) instead of held in memory.
+    durable_max_pending: int = 10_000
+    durable_max_pending_bytes: int = 64 * 2**20
+    #: Seconds between retries, at most, while the durable history cannot be
+    #: written (the first retry comes after 0.1 s, each next one waits twice as long).
+    durable_retry_max: float = 2.0
     #: Seconds that close() waits for BYE and pending output to be flushed.
     shutdown_timeout: float = 5.0
     codec: JSONCodec = field(default_factory=JSONCodec, compare=False)

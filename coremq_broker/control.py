@@ -289,6 +289,10 @@ class ControlRequests:
             **self.registry.describe(),
         }
             **self.auth_failures.describe(),  # failed logins, refused attempts, blocked addresses and users
+        # The durable history's writer: "ok", "unavailable" (with its error), or "unused" until a durable
+        # queue needs it (HistoryStore.describe).
+        status["durable"] = (self._store.describe() if self._store is not None
+                             else {"state": "unused", "path": self.config.durable_path})
         if connections:
             status["connection_list"] = [c.describe() for c in self.registry.connections.values()]
         if queues:
@@ -297,5 +301,3 @@ class ControlRequests:
             status["rate_in_series"] = self.registry.rate_in.series()
             status["rate_out_series"] = self.registry.rate_out.series()
         return status
-
-

@@ -8,65 +8,183 @@ operating system's hands (``synchronous=NORMAL``; ``FULL`` also survives a
 power cut, at an fsync per batch). Writes that arrive while a commit is in
 progress go in the next batch, so a busy durable queue costs one commit per
 batch, not per message; queues that are not durable never wait for it.
+
+When the disk refuses a write (full, read-only, gone), the transaction is
+rolled back and each write in it, and each write queued behind it, is failed:
+the broker answers it ``ERROR: durable history unavailable: <reason>`` and
+neither keeps nor delivers the message. The store is then *unavailable*: the
+broker refuses durable publishes at once instead of queueing them, and the
+writer retries with a one-row probe transaction after 0.1 s, then at doubling
+intervals up to ``retry_max``; the first probe that commits makes the store
+available again. Each change of state is logged once and counted
+(:meth:`HistoryStore.describe`, the status page). Writes in flight are
+bounded too (``max_pending`` writes, ``max_pending_bytes`` bytes): past
+either, a durable publish is refused at once rather than held in memory.
+
+Ids stay gap-free: the writes that fail are always the newest of their queue
+(every write after a failed one fails too), so the broker gives their ids
+back (``on_rewind``) and the next stored message takes the first of them.
+
+Threads: the writer thread owns the SQLite connection and its retry state;
+everything else here (the counters, :meth:`refusal`, :meth:`write`) belongs to
+the event loop, which the writer reaches only through ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue as queue_module
 import sqlite3
+import tempfile
 import threading
+import time
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["HistoryStore", "StoredHistory"]
+__all__ = ["HistoryStore", "StoredHistory", "DurableHistoryError", "unwritable", "UNAVAILABLE"]
 
 logger = logging.getLogger("coremq.durable")
 
-#: One write: queue name, message id, the stored JSON, and the loop callback;
-#: a message id of 0 with no body purges the queue.
-Write = tuple[str, int, bytes, Callable[[], None]]
+#: The start of every refusal's text: ``ERROR: durable history unavailable: <reason>``.
+UNAVAILABLE = "durable history unavailable"
+
+#: One write: queue name, message id, the stored JSON, the loop's callbacks on
+#: commit and on failure (with the reason), and the epoch it was queued in; a
+#: message id of 0 with no body purges the queue.
+Write = tuple[str, int, bytes, Callable[[], None], Callable[[str], None], int]
 #: What a store holds at start: queue name -> [(id, stored JSON), ...] oldest first.
 StoredHistory = dict[str, list[tuple[int, bytes]]]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS history (
-    queue TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (queue, id)
-) WITHOUT ROWID
-"""
+#: Seconds before the first retry after a failure; each failed retry doubles it, up to ``retry_max``.
+FIRST_RETRY = 0.1
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS history (
+        queue TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (queue, id)
+    ) WITHOUT ROWID
+    """,
+    # One row, rewritten by the retries of an unavailable store: a real commit that stores nothing.
+    "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)",
+)
+
+_RETRY = object()  # the writer's wait for writes timed out: time to retry
+
+
+class DurableHistoryError(OSError):
+    """The durable history file exists but cannot be read: the broker cannot start on it."""
+
+
+def unwritable(path: str) -> str | None:
+    """Why SQLite could not write the durable history at ``path``, or None if nothing says so.
+
+    It writes nothing: the file, if there, is opened for writing and closed;
+    a nameless temporary file is made and dropped in its directory, where
+    SQLite keeps its ``-wal`` and ``-shm`` files. A full disk is not caught
+    here (it can fill up any time); the running store reports that.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"directory {directory} does not exist"
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    if os.path.exists(path):
+        try:
+            open(path, "r+b").close()
+        except OSError as exc:
+            return f"cannot write {path}: {exc.strerror or exc}"
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        return f"cannot create files in {directory}: {exc.strerror or exc}"
+    return None
+
+
+class _WriterState:
+    """What the writer thread alone reads and changes."""
+
+    def __init__(self) -> None:
+        self.db: sqlite3.Connection | None = None
+        self.epoch = 0  # raised at each failure; writes queued in an older epoch fail
+        self.reason: str | None = None  # why the store is unavailable now; None: it is available
+        self.last_reason = ""  # why it was last unavailable (for writes that fail late)
+        self.delay = FIRST_RETRY
+        self.retry_at = 0.0
+        self.unpruned: dict[str, int] = {}  # writes per queue since its history was last trimmed
 
 
 class HistoryStore:
     """The durable history of every durable queue, in one SQLite file."""
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL", keep: Callable[[str], int] = lambda q: 10) -> None:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", keep: Callable[[str], int] = lambda q: 10,
+                 max_pending: int = 10_000, max_pending_bytes: int = 64 * 2**20, retry_max: float = 2.0,
+                 on_rewind: Callable[[dict[str, tuple[int, int]]], None] | None = None) -> None:
         self.path = path
         self.synchronous = synchronous
         self.keep = keep  # how many messages to keep for a queue
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.retry_max = retry_max
+        #: Called on the loop with ``{queue: (first, last)}``, the ids of the writes in flight when
+        #: the store failed: none of them will be stored.
+        self.on_rewind = on_rewind
         self._writes: queue_module.SimpleQueue[Write | None] = queue_module.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._error: BaseException | None = None
+        # The loop's side.
+        self.error: str | None = None  # why the store is unavailable; None while it is available
+        self.since: float | None = None  # when it became unavailable
+        self.epoch = 0
+        self.pending = 0  # writes queued and not yet committed or failed
+        self.pending_bytes = 0
+        self.committed = 0  # messages committed
+        self.failed = 0  # messages whose write failed
+        self.refused = 0  # publishes refused without a write (unavailable, or too many writes pending)
+        self.outages = 0  # times the store became unavailable
+        self.last_commit: float | None = None
+        self._refused_before = 0  # ``refused`` when the current outage began
+        self._backlogged = False  # refusing because too many writes are pending
+        self._in_flight: dict[str, list[int]] = {}  # queue -> [first, last] ids written and not yet committed
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute(_SCHEMA)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            for statement in _SCHEMA:
+                db.execute(statement)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def load(self) -> StoredHistory:
-        """Read what the file holds (blocking: call it in an executor)."""
-        db = self._connect()
+        """Read what the file holds (blocking: call it in an executor); raise :class:`DurableHistoryError`.
+
+        A file that can be read but not written (a read-only disk) is read
+        read-only; the writer then reports why it cannot write.
+        """
+        try:
+            db = self._connect()
+        except sqlite3.Error as exc:
+            try:
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                db.execute("SELECT count(*) FROM history").fetchone()
+            except sqlite3.Error:
+                raise DurableHistoryError(f"cannot read the durable history {self.path}: {_reason(exc, self.path)}"
+                                          ) from exc
         try:
             history: StoredHistory = defaultdict(list)
             for name, message_id, body in db.execute("SELECT queue, id, body FROM history ORDER BY queue, id"):
                 history[name].append((message_id, bytes(body)))
             return dict(history)
+        except sqlite3.Error as exc:
+            raise DurableHistoryError(f"cannot read the durable history {self.path}: {exc}") from exc
         finally:
             db.close()
 
@@ -76,13 +194,140 @@ class HistoryStore:
         self._thread = threading.Thread(target=self._run, name="coremq-durable-writer", daemon=True)
         self._thread.start()
 
-    def write(self, name: str, message_id: int, body: bytes, done: Callable[[], None]) -> None:
-        """Queue a write; ``done`` runs on the loop once it is committed."""
-        self._writes.put((name, message_id, body, done))
+    # -- the loop's side -------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+    def refusal(self) -> str | None:
+        """Why a durable publish must be refused now, without a write (an ``ERROR:``'s text), or None.
+
+        Counted as refused when it is not None.
+        """
+        if self.error is not None:
+            self.refused += 1
+            return f"{UNAVAILABLE}: {self.error}"
+        if self.pending and (self.pending >= self.max_pending or self.pending_bytes >= self.max_pending_bytes):
+            self.refused += 1
+            if not self._backlogged:
+                self._backlogged = True
+                logger.warning("durable history: %d writes (%d bytes) wait for the disk; durable publishes are "
+                               "refused until they drop below half the limit", self.pending, self.pending_bytes)
+            return (f"{UNAVAILABLE}: {self.pending} writes ({self.pending_bytes} bytes) are waiting for the disk, "
+                    f"limit is {self.max_pending} writes or {self.max_pending_bytes} bytes")
+        return None
+
+    def write(self, name: str, message_id: int, body: bytes, done: Callable[[], None],
+              failed: Callable[[str], None]) -> None:
+        """Queue a write; ``done()`` runs on the loop once it is committed, ``failed(reason)`` if it cannot be."""
+        self.pending += 1
+        self.pending_bytes += len(body)
+        span = self._in_flight.get(name)
+        if span is None:
+            self._in_flight[name] = [message_id, message_id]
+        else:
+            span[1] = message_id
+        self._writes.put((name, message_id, body, done, failed, self.epoch))
 
     def purge(self, name: str) -> None:
         """Forget a queue's durable history (after the writes queued before this)."""
-        self._writes.put((name, 0, b"", _nothing))
+
+        def failed(reason: str) -> None:
+            logger.error("durable history: the purge of queue %r was not written: %s", name, reason)
+
+        self.pending += 1
+        self._writes.put((name, 0, b"", _nothing, failed, self.epoch))
+
+    def describe(self) -> dict[str, Any]:
+        """The store's state for the status page: ``state`` is ``"ok"`` or ``"unavailable"`` (with ``error``)."""
+        return {
+            "state": "ok" if self.error is None else "unavailable",
+            "error": self.error,
+            "since": self.since,
+            "path": self.path,
+            "pending": self.pending,
+            "pending_bytes": self.pending_bytes,
+            "max_pending": self.max_pending,
+            "max_pending_bytes": self.max_pending_bytes,
+            "committed": self.committed,
+            "failed": self.failed,
+            "refused": self.refused,
+            "outages": self.outages,
+            "last_commit": self.last_commit,
+            "free_bytes": free_bytes(self.path),
+        }
+
+    def _completed(self, batch: list[Write], reason: str | None, epoch: int) -> None:
+        """On the loop: ``batch`` committed (``reason`` None) or failed in the writer's ``epoch``."""
+        self.pending -= len(batch)
+        self.pending_bytes -= sum(len(write[2]) for write in batch)
+        if reason is None:
+            self._committed(batch)
+            return
+        if epoch > self.epoch:
+            self._became_unavailable(reason, epoch)
+        for name, message_id, _, _, failed, _ in batch:
+            if message_id:
+                self.failed += 1
+            try:
+                failed(reason)
+            except Exception:  # one failing reply must not stop the others
+                logger.exception("durable history: answering a failed write failed")
+
+    def _committed(self, batch: list[Write]) -> None:
+        in_flight = self._in_flight
+        for name, message_id, *_ in batch:
+            span = in_flight.get(name)
+            if message_id and span is not None:
+                if message_id >= span[1]:
+                    del in_flight[name]
+                else:
+                    span[0] = message_id + 1
+        self.committed += sum(1 for write in batch if write[1])
+        self.last_commit = time.time()
+        if self._backlogged and self.pending <= self.max_pending // 2 and self.pending_bytes <= (
+                self.max_pending_bytes // 2):
+            self._backlogged = False
+            logger.info("durable history: the writes waiting for the disk are below half the limit again")
+        _run_all([write[3] for write in batch])
+
+    def _became_unavailable(self, reason: str, epoch: int) -> None:
+        self.epoch = epoch
+        if self.error is None:
+            self.outages += 1
+            self.since = time.time()
+            self._refused_before = self.refused
+            logger.error("%s: %s (%s); durable publishes are refused until a write succeeds again "
+                         "(retried every %.1f s at most)", UNAVAILABLE, reason, self.path, self.retry_max)
+        self.error = reason
+        rewind, self._in_flight = self._in_flight, {}
+        if rewind and self.on_rewind is not None:
+            self.on_rewind({name: (first, last) for name, (first, last) in rewind.items()})
+
+    def _still_unavailable(self, reason: str) -> None:
+        if self.error is not None and reason != self.error:
+            logger.warning("%s: now %s (%s)", UNAVAILABLE, reason, self.path)
+            self.error = reason
+
+    def _recovered(self, epoch: int) -> None:
+        if self.error is None:
+            return
+        logger.warning("durable history available again after %.1f s (%s); %d durable publish(es) were refused "
+                       "meanwhile", time.time() - (self.since or time.time()), self.path,
+                       self.refused - self._refused_before)
+        self.error = None
+        self.since = None
+        self.epoch = max(self.epoch, epoch)
+
+    def _notify(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    # -- the writer thread -----------------------------------------------
 
     def close(self) -> None:
         """Commit what is queued and stop the writer (blocking)."""
@@ -92,46 +337,145 @@ class HistoryStore:
             self._thread = None
 
     def _run(self) -> None:
-        db = self._connect()
-        newest: dict[str, int] = {}
-        unpruned: dict[str, int] = {}
-        stop = False
+        state = _WriterState()
         try:
+            state.db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(state, [], _reason(exc, self.path))
+        try:
+            stop = False
             while not stop:
-                batch: list[Write] = []
-                item = self._writes.get()
-                while item is not None:
-                    batch.append(item)
-                    try:
-                        item = self._writes.get_nowait()
-                    except queue_module.Empty:
-                        break
-                stop = item is None
+                batch, stop = self._next_batch(state)
                 if batch:
-                    self._commit(db, batch, newest, unpruned)
+                    self._handle(state, batch)
         finally:
-            db.close()
+            if state.db is not None:
+                state.db.close()
 
-    def _commit(self, db: sqlite3.Connection, batch: list[Write], newest: dict[str, int],
-                unpruned: dict[str, int]) -> None:
+    def _next_batch(self, state: _WriterState) -> tuple[list[Write], bool]:
+        """Every write queued now (waiting for the first) and whether to stop after them.
+
+        While the store is unavailable, the wait ends at the next retry's time.
+        """
+        while True:
+            timeout = None if state.reason is None else max(0.0, state.retry_at - time.monotonic())
+            try:
+                item = self._writes.get(timeout=timeout)
+            except queue_module.Empty:
+                self._retry(state)
+                continue
+            break
+        batch: list[Write] = []
+        while item is not None:
+            batch.append(item)
+            try:
+                item = self._writes.get_nowait()
+            except queue_module.Empty:
+                return batch, False
+        return batch, True
+
+    def _handle(self, state: _WriterState, batch: list[Write]) -> None:
+        # Writes queued before the loop knew of a failure fail too: a write after a failed one
+        # would leave a hole in the ids. Epochs only grow, so these come first.
+        stale = len(batch) if state.reason is not None else sum(1 for write in batch if write[5] < state.epoch)
+        if stale:
+            self._notify(self._completed, batch[:stale], state.reason or state.last_reason, state.epoch)
+            batch = batch[stale:]
+            if not batch:
+                return
+        try:
+            if state.db is None:
+                state.db = self._connect()
+            self._commit(state, batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(state, batch, _reason(exc, self.path))
+        else:
+            state.delay = FIRST_RETRY
+            self._notify(self._completed, batch, None, state.epoch)
+
+    def _commit(self, state: _WriterState, batch: list[Write]) -> None:
+        db = state.db
+        assert db is not None
+        newest: dict[str, int] = {}
+        written: dict[str, int] = {}
         db.execute("BEGIN")
-        for name, message_id, body, _ in batch:
+        for name, message_id, body, *_ in batch:
             if message_id:
                 db.execute("INSERT OR REPLACE INTO history (queue, id, body) VALUES (?, ?, ?)",
                            (name, message_id, body))
                 newest[name] = message_id
-                unpruned[name] = unpruned.get(name, 0) + 1
+                written[name] = written.get(name, 0) + 1
             else:
                 db.execute("DELETE FROM history WHERE queue = ?", (name,))
-        for name in {name for name, message_id, _, _ in batch if message_id}:
+        trimmed = []
+        for name, count in written.items():
             keep = self.keep(name)
-            if unpruned[name] >= max(keep, 100):  # trim now and then, not on every write
+            if state.unpruned.get(name, 0) + count >= max(keep, 100):  # trim now and then, not on every write
                 db.execute("DELETE FROM history WHERE queue = ? AND id <= ?", (name, newest[name] - keep))
-                unpruned[name] = 0
+                trimmed.append(name)
         db.execute("COMMIT")
-        assert self._loop is not None
-        callbacks = [done for _, _, _, done in batch]
-        self._loop.call_soon_threadsafe(_run_all, callbacks)
+        for name, count in written.items():
+            state.unpruned[name] = state.unpruned.get(name, 0) + count
+        for name in trimmed:
+            state.unpruned[name] = 0
+
+    def _fail(self, state: _WriterState, batch: list[Write], reason: str) -> None:
+        """The store is unavailable from now on: fail ``batch`` and plan the first retry."""
+        self._rollback(state)
+        state.epoch += 1
+        state.reason = state.last_reason = reason
+        state.retry_at = time.monotonic() + state.delay
+        self._notify(self._completed, batch, reason, state.epoch)
+
+    def _retry(self, state: _WriterState) -> None:
+        """Try a one-row transaction; if it commits, the store is available again."""
+        try:
+            if state.db is None:
+                state.db = self._connect()
+            state.db.execute("BEGIN")
+            state.db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
+            state.db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback(state)
+            reason = _reason(exc, self.path)
+            state.delay = min(state.delay * 2, self.retry_max)
+            state.retry_at = time.monotonic() + state.delay
+            if reason != state.reason:
+                state.reason = state.last_reason = reason
+                self._notify(self._still_unavailable, reason)
+            return
+        state.reason = None
+        self._notify(self._recovered, state.epoch)
+
+    @staticmethod
+    def _rollback(state: _WriterState) -> None:
+        db = state.db
+        if db is None or not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:  # the connection is beyond use: open a new one at the next try
+            db.close()
+            state.db = None
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes free to an unprivileged user on the file system of ``path``'s directory, or None."""
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """The text of a failure, with what the file system says when SQLite says little."""
+    reason = str(exc) or type(exc).__name__
+    if "unable to open" in reason or "readonly" in reason:
+        problem = unwritable(path)
+        if problem is not None:
+            reason = f"{reason} ({problem})"
+    return reason
 
 
 def _nothing() -> None:

@@ -42,6 +42,7 @@ class SnapshotCollector(Collector):
         if self.snapshot is None:
             return
         yield from self._broker(self.snapshot["broker"], self.snapshot["source"])
+        yield from self._durable(self.snapshot["broker"].get("durable") or {})
         yield from self._connections(self.snapshot["connections"])
         yield from self._queues(self.snapshot["queues"])
 
@@ -53,6 +54,17 @@ class SnapshotCollector(Collector):
         for kind, name, help_text, key in _BROKER_SERIES:
             value = broker.get(key)
             if value is not None:  # memory and descriptors are unknown off Linux
+                yield kind(name, help_text, value=float(value))
+
+    def _durable(self, durable: dict[str, Any]) -> Iterator[Metric]:
+        """The durable history's writer; nothing while no durable queue has used it."""
+        if durable.get("state") not in ("ok", "unavailable"):
+            return
+        yield GaugeMetricFamily("coremq_durable_up", "1 if the durable history can be written, 0 while it fails.",
+                                value=1 if durable["state"] == "ok" else 0)
+        for kind, name, help_text, key in _DURABLE_SERIES:
+            value = durable.get(key)
+            if value is not None:  # free space is unknown where statvfs fails
                 yield kind(name, help_text, value=float(value))
 
     def _connections(self, connections: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -100,10 +112,33 @@ _BROKER_SERIES: tuple[tuple[type, str, str, str], ...] = (
     (CounterMetricFamily, "coremq_errors", "Requests answered with an ERROR.", "errors"),
     (CounterMetricFamily, "coremq_permission_denials", "Requests refused by the access policy or a private queue.",
      "denials"),
+    (CounterMetricFamily, "coremq_auth_failures", "Logins (TCP and WebSocket) whose credentials were wrong.",
+     "auth_failures"),
+    (CounterMetricFamily, "coremq_auth_refused",
+     "Login attempts refused unchecked: their address or username was over MAX_AUTH_FAILURES.", "auth_refused"),
+    (GaugeMetricFamily, "coremq_auth_blocked", "Addresses and usernames over MAX_AUTH_FAILURES now.",
+     "auth_blocked"),
     (CounterMetricFamily, "coremq_slow_consumers", "Times a subscriber's output buffer overflowed.",
      "slow_consumers"),
     (GaugeMetricFamily, "coremq_resident_memory_bytes", "Resident memory of the broker's process.", "rss_bytes"),
     (GaugeMetricFamily, "coremq_open_fds", "File descriptors the broker's process holds open.", "open_fds"),
+)
+
+
+#: (family, name, help, key in the snapshot's ``broker["durable"]``) of the durable history's series.
+_DURABLE_SERIES: tuple[tuple[type, str, str, str], ...] = (
+    (GaugeMetricFamily, "coremq_durable_pending_writes", "Durable writes waiting for the disk.", "pending"),
+    (GaugeMetricFamily, "coremq_durable_pending_bytes", "Bytes of the durable writes waiting for the disk.",
+     "pending_bytes"),
+    (CounterMetricFamily, "coremq_durable_messages_committed", "Durable messages written to disk.", "committed"),
+    (CounterMetricFamily, "coremq_durable_messages_failed",
+     "Durable publishes whose write failed (answered with an ERROR, not delivered).", "failed"),
+    (CounterMetricFamily, "coremq_durable_publishes_refused",
+     "Durable publishes refused unwritten: the store was unavailable or too many writes were pending.",
+     "refused"),
+    (CounterMetricFamily, "coremq_durable_outages", "Times the durable history became unwritable.", "outages"),
+    (GaugeMetricFamily, "coremq_durable_free_bytes", "Free space on the durable history's file system.",
+     "free_bytes"),
 )
 
 

@@ -57,6 +57,7 @@ class Command(BaseCommand):
         # any event loop, and followed by threads once the broker runs
         # (coremq_broker.snapshots). Logins are checked against Django's users.
         queue_settings, access = QueueSettingsWatcher(config), access_watcher()
+        _check_durable_path(config, queue_settings.resolver)
         self.tls = bool(config.tls_cert)
         try:
             run(config, web=web, announce=self.announce, on_start=_attach_all(queue_settings, access),
@@ -90,6 +91,25 @@ def _point_clients_at(host: str, port: int) -> None:
     value = {**getattr(settings, "COREMQ", {}), "HOST": wildcard.get(host, host), "PORT": port}
     settings.COREMQ = value
     setting_changed.send(sender=type(settings), setting="COREMQ", value=value, enter=True)
+
+
+def _check_durable_path(config: Any, resolver: Any) -> None:
+    """Refuse to start when durable queues are configured and ``DURABLE_PATH`` cannot be written.
+
+    The system checks say so too (``coremq.E011`` for ``DURABLE_ALL``,
+    ``coremq.W002`` otherwise); this also covers queues made durable in the
+    admin, which the checks cannot see, and ``--skip-checks``.
+    """
+    from coremq_broker.durable import unwritable
+
+    problem = unwritable(config.durable_path)
+    if problem is None:
+        return
+    durable = [rule.pattern for rule in resolver.rules if dict(rule.overrides).get("durable")]
+    if config.durable_all or durable:
+        needed = "DURABLE_ALL is on" if config.durable_all else f"durable queue settings: {', '.join(durable)}"
+        raise CommandError(f"durable history unavailable: DURABLE_PATH {config.durable_path!r} cannot be written "
+                           f"({problem}) and {needed}. Point COREMQ['DURABLE_PATH'] at a writable file.")
 
 
 def _given(value: int | None, default: int) -> int:

@@ -274,8 +274,11 @@
     setField("open_fds", fmt.int(b.open_fds));
     setField("errors", fmt.int(b.errors));
     setField("denials", fmt.int(b.denials));
+    setField("auth_failures", fmt.int(b.auth_failures || 0));
+    setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
     setField("slow_consumers", fmt.int(b.slow_consumers));
     setField("buffered", fmt.bytes(buffered));
+    renderDurable(b.durable || { state: "unused" });
     text("#cmq-server", `${b.server} on ${b.address}`);
     text("#cmq-source", snapshot.source === "local" ? "in-process" : "over the protocol");
     text("#cmq-updated", fmt.clock(snapshot.time));
@@ -284,6 +287,17 @@
     if (Array.from(names.options, (o) => o.value).join("\n") !== wanted.join("\n")) {
       names.replaceChildren(...wanted.map((name) => Object.assign(document.createElement("option"), { value: name })));
     }
+  }
+
+  // The durable history's writer: OK, or unavailable with the reason (a full or read-only disk).
+  function renderDurable(d) {
+    const states = { ok: "OK", unavailable: "Unavailable", unused: "Not in use" };
+    setField("durable_state", states[d.state] || d.state);
+    let detail = "no durable queue yet";
+    if (d.state === "unavailable") detail = d.error;
+    else if (d.state === "ok") detail = `${fmt.int(d.pending)} pending, ${fmt.bytes(d.free_bytes)} free`;
+    setField("durable_detail", detail);
+    root.querySelector("#cmq-durable").classList.toggle("cmq-failing", d.state === "unavailable");
   }
 
   const canvas = root.querySelector("#cmq-chart");

@@ -1,0 +1,238 @@
+"""Durable history on a disk that fails: full or read-only tmpfs mounts, a real broker, real sockets.
+
+A failed write is answered ``ERROR: durable history unavailable: <reason>``,
+nothing unstored is delivered, ids stay gap-free, writes in flight are
+bounded, and the store recovers by itself once the disk takes writes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from brokers import BrokerThread
+from coremq_broker import start
+from coremq_broker.config import BrokerConfig
+from coremq_broker.durable import DurableHistoryError, HistoryStore, unwritable
+from coremq_broker.registry import QueueSettings
+from disks import fill, mounted_tmpfs
+from wire import RawClient
+
+UNAVAILABLE = "ERROR: durable history unavailable: "
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path / "disk", size="2m") as disk:
+        yield disk
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """An empty read-only tmpfs (root writes through chmod, not through a read-only mount)."""
+    with mounted_tmpfs(tmp_path / "ro", size="1m", read_only=True) as disk:
+        yield disk
+
+
+def durable_config(path: Path, **options: object) -> BrokerConfig:
+    values = dict(host="127.0.0.1", port=0, durable_all=True, durable_path=str(path), history_length=1000,
+                  shutdown_timeout=2.0, durable_retry_max=0.5)
+    values.update(options)
+    return BrokerConfig(**values)  # type: ignore[arg-type]
+
+
+def durable_status(client: RawClient) -> dict:
+    return client.control({"coremq_status": True})["durable"]
+
+
+def wait_for_state(client: RawClient, state: str, timeout: float = 15.0) -> dict:
+    """The durable status once its state is ``state``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        durable = durable_status(client)
+        if durable["state"] == state:
+            return durable
+        if time.monotonic() > deadline:
+            pytest.fail(f"the durable history did not become {state!r} within {timeout}s: {durable}")
+        time.sleep(0.05)
+
+
+def history(client: RawClient, queue: str) -> tuple[list[dict], dict]:
+    reply = client.control({"coremq_gethistory": [queue]})
+    return reply["history"][queue], reply["sequence"][queue]
+
+
+def test_full_disk_fails_publishes_then_recovers_when_space_returns(small_disk: Path, caplog) -> None:
+    """Full disk: ERROR replies, nothing delivered, logged once; freed: the next publish is stored with the next id."""
+    caplog.set_level(logging.INFO, logger="coremq.durable")
+    path = small_disk / "history.sqlite3"
+    running = BrokerThread(durable_config(path))
+    try:
+        subscriber = RawClient(running.host, running.port)
+        subscriber.control({"coremq_subscribe": ["orders"]})
+        publisher = RawClient(running.host, running.port)
+        for n in range(5):
+            publisher.send("orders", {"n": n})
+            assert publisher.read()[1]["id"] == n + 1
+        assert [subscriber.read()[1]["n"] for _ in range(5)] == list(range(5))
+
+        filler = fill(small_disk)
+        for n in range(5, 8):
+            publisher.send("orders", {"n": n, "pad": "x" * 10_000})
+            queue, reply = publisher.read()
+            assert queue == publisher.id and reply["response"].startswith(UNAVAILABLE), reply
+            assert "full" in reply["response"] and reply["request"] == n + 1 and "id" not in reply
+        durable = durable_status(publisher)
+        assert durable["state"] == "unavailable" and "full" in durable["error"]
+        # The first write reached the disk and failed; the next two were refused without queueing.
+        assert (durable["failed"], durable["refused"], durable["outages"], durable["pending"]) == (1, 2, 1, 0)
+
+        filler.unlink()
+        assert wait_for_state(publisher, "ok")["outages"] == 1
+        publisher.send("orders", {"n": 8})
+        reply = publisher.read()[1]
+        assert (reply["response"], reply["id"]) == ("OK: Message sent", 6)
+        delivered = subscriber.read()[1]
+        assert (delivered["n"], delivered["coremq_id"]) == (8, 6)  # 5, 6 and 7 were never delivered
+        messages, sequence = history(publisher, "orders")
+        assert [m["n"] for m in messages] == [0, 1, 2, 3, 4, 8] and [m["coremq_id"] for m in messages] == [1, 2, 3, 4, 5, 6]
+        assert sequence == {"first": 1, "last": 6}
+
+        failures = [r for r in caplog.records if r.name == "coremq.durable" and r.levelno >= logging.ERROR]
+        assert len(failures) == 1 and "database or disk is full" in failures[0].getMessage()
+        assert sum("available again" in r.getMessage() for r in caplog.records) == 1
+
+        running.restart()
+        client = RawClient(running.host, running.port)
+        messages, sequence = history(client, "orders")
+        assert [m["n"] for m in messages] == [0, 1, 2, 3, 4, 8] and sequence == {"first": 1, "last": 6}
+        client.send("orders", {"n": 9})
+        assert client.read()[1]["id"] == 7
+    finally:
+        running.stop()
+
+
+def test_fire_and_forget_flood_on_a_full_disk_stays_bounded(small_disk: Path) -> None:
+    """30,000 publishes without replies on a full disk: 30,000 ERRORs, no write held, RSS flat, no id used."""
+    path = small_disk / "history.sqlite3"
+    broker = start(port=0, durable_all=True, durable_path=str(path), log_level="ERROR")
+    try:
+        publisher = RawClient(broker.host, broker.port, timeout=30)
+        publisher.send("ticks", {"n": 0})
+        assert publisher.read()[1]["id"] == 1
+        fill(small_disk)
+        publisher.control({"coremq_options": {"reply": False}})
+        rss_before = resident_kib(broker.pid)
+        errors: list[str] = []
+
+        def read_errors() -> None:
+            while len(errors) < 30_000:
+                errors.append(publisher.read()[1]["response"])
+
+        reader = threading.Thread(target=read_errors)
+        reader.start()
+        batch = b"".join(b"+%d ticks %s" % (len(b"ticks ") + len(body), body)
+                         for body in (b'{"n":%d,"pad":"%s"}' % (n, b"x" * 100) for n in range(1, 30_001)))
+        publisher.send_raw(batch)
+        reader.join(60)
+        # Refused for the full disk, or, for those read before the broker learned of it, for the writes
+        # already waiting (DURABLE_MAX_PENDING): never held beyond that.
+        assert len(errors) == 30_000 and all(e.startswith(UNAVAILABLE) for e in errors)
+        assert all("full" in e or "waiting for the disk" in e for e in errors) and any("full" in e for e in errors)
+        durable = durable_status(publisher)
+        assert durable["failed"] + durable["refused"] == 30_000 and durable["pending"] == 0
+        growth_mib = (resident_kib(broker.pid) - rss_before) / 1024
+        assert growth_mib < 32, f"the broker grew by {growth_mib:.1f} MiB"
+        assert history(publisher, "ticks")[1] == {"first": 1, "last": 1}
+    finally:
+        broker.stop()
+
+
+def resident_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_writes_in_flight_are_capped_and_refused_at_once(tmp_path: Path) -> None:
+    """Past DURABLE_MAX_PENDING a publish is refused with the ERROR; exactly the acknowledged ones are delivered, ids 1..n."""
+    running = BrokerThread(durable_config(tmp_path / "history.sqlite3", durable_max_pending=5))
+    try:
+        subscriber = RawClient(running.host, running.port)
+        subscriber.control({"coremq_subscribe": ["jobs"]})
+        publisher = RawClient(running.host, running.port)
+        publisher.send_raw(b"".join(b"+%d jobs %s" % (len(b"jobs ") + len(body), body)
+                                    for body in (b'{"n":%d}' % n for n in range(2000))))
+        replies = [publisher.read()[1] for _ in range(2000)]
+        stored = {r["request"] - 1: r["id"] for r in replies if r["response"] == "OK: Message sent"}
+        refused = [r for r in replies if r["response"].startswith(UNAVAILABLE)]
+        assert len(stored) + len(refused) == 2000 and refused and stored
+        assert all("waiting for the disk, limit is 5 writes" in r["response"] for r in refused)
+        assert sorted(stored.values()) == list(range(1, len(stored) + 1))
+        delivered = [subscriber.read()[1] for _ in range(len(stored))]
+        assert [(m["n"], m["coremq_id"]) for m in delivered] == sorted(stored.items())
+        assert durable_status(publisher)["refused"] == len(refused)
+    finally:
+        running.stop()
+
+
+def test_read_only_directory_is_reported_at_start_and_recovers_when_writable(read_only_disk: Path, caplog) -> None:
+    """No file on a read-only disk: the start logs the error, publishes get the ERROR at once; remounted rw, they are stored."""
+    caplog.set_level(logging.INFO, logger="coremq.durable")
+    path = read_only_disk / "history.sqlite3"
+    assert "Read-only file system" in unwritable(str(path))
+    running = BrokerThread(durable_config(path))
+    try:
+        client = RawClient(running.host, running.port)
+        durable = wait_for_state(client, "unavailable")
+        assert "Read-only file system" in durable["error"] and durable["path"] == str(path)
+        assert any(r.levelno == logging.ERROR and "Read-only file system" in r.getMessage() for r in caplog.records)
+        client.send("orders", {"n": 0})
+        reply = client.read()[1]
+        assert reply["response"].startswith(UNAVAILABLE) and "Read-only file system" in reply["response"]
+
+        subprocess.run(["mount", "-o", "remount,rw", str(read_only_disk)], check=True)
+        wait_for_state(client, "ok")
+        client.send("orders", {"n": 1})
+        assert client.read()[1]["id"] == 1
+    finally:
+        running.stop()
+    assert HistoryStore(str(path)).load() == {"orders": [(1, HistoryStore(str(path)).load()["orders"][0][1])]}
+
+
+def test_durable_queue_on_a_read_only_disk_answers_instead_of_hanging(read_only_disk: Path) -> None:
+    """Per-queue durability, no file, read-only disk: the durable publish gets the ERROR, other queues go on."""
+    path = read_only_disk / "history.sqlite3"
+
+    def settings(name: str) -> QueueSettings:
+        return QueueSettings(10, durable=name.startswith("d."))
+
+    running = BrokerThread(durable_config(path, durable_all=False), queue_settings=settings)
+    try:
+        client = RawClient(running.host, running.port)
+        assert durable_status(client)["state"] == "unused"
+        client.send("d.orders", {"n": 0})
+        reply = client.read()[1]
+        assert reply["response"].startswith(UNAVAILABLE) and "Read-only file system" in reply["response"]
+        client.send("plain", {"n": 0})
+        assert client.read()[1]["id"] == 1
+        assert durable_status(client)["state"] == "unavailable"
+    finally:
+        running.stop()
+
+
+def test_unreadable_existing_history_stops_the_start(tmp_path: Path) -> None:
+    """A history file that exists but cannot be read (here: not SQLite) stops Broker.start with the reason."""
+    path = tmp_path / "history.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DurableHistoryError, match="cannot read the durable history"):
+        BrokerThread(durable_config(path))
