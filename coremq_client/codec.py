@@ -136,7 +136,7 @@ def nesting_depth(body: bytes) -> int:
     if b"\\" in body:
         body = _ESCAPED.sub(b"", body)  # what is left of a string holds no quote
     structure = b"".join(body.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
-    return max(accumulate(map(_NESTING_STEP.__getitem__, structure)), default=0)
+    return max(accumulate(map(_NESTING_STEP.__getitem__, structure), initial=0))
 
 
 def check_nesting(body: bytes, limit: int = MAX_NESTING) -> None:
