@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from coremq_client.codec import MAX_NESTING
 
-__all__ = ["Case", "CORPUS", "NameCase", "NAMES", "nested_array", "nested_object", "browser_accepts"]
+__all__ = ["Case", "CORPUS", "NameCase", "NAMES", "nested_array", "nested_object", "browser_accepts", "tcp_probe"]
 
 
 @dataclass(frozen=True)
@@ -168,3 +168,22 @@ NAMES: list[NameCase] = [
     NameCase("a sub-address of an id no connection has", "0b9c0b9c-0b9c-4b9c-8b9c-0b9c0b9c0b9c/1", False,
              "no such connection"),
 ]
+
+
+def tcp_probe(host: str, port: int) -> None:
+    """The health probe of a TCP client: a welcome, a subscription, a publish, its delivery within a second."""
+    from wire import RawClient  # tests/wire.py; imported here so that the corpus needs no socket
+
+    subscriber = RawClient(host, port, timeout=1.0)
+    publisher = RawClient(host, port, timeout=1.0)
+    try:
+        assert subscriber.welcome["response"].startswith("OK:") and publisher.welcome["response"].startswith("OK:")
+        queue = f"probe-{publisher.id[:8]}"
+        assert subscriber.control({"coremq_subscribe": [queue]})["response"] == "OK: Subscribe successful"
+        publisher.send(queue, {"probe": publisher.id})
+        assert publisher.read()[1]["response"] == "OK: Message sent"
+        name, message = subscriber.read()  # a socket timeout of 1 s: delivered within a second
+        assert (name, message["probe"]) == (queue, publisher.id)
+    finally:
+        subscriber.close()
+        publisher.close()
