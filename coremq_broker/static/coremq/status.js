@@ -276,6 +276,8 @@
     setField("denials", fmt.int(b.denials));
     setField("auth_failures", fmt.int(b.auth_failures || 0));
     setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
+    setField("auth_failures", fmt.int(b.auth_failures || 0));
+    setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
     setField("slow_consumers", fmt.int(b.slow_consumers));
     setField("buffered", fmt.bytes(buffered));
     renderDurable(b.durable || { state: "unused" });
