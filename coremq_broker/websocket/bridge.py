@@ -44,19 +44,24 @@ from coremq_client.errors import CoreMQError
 from ..access import ANONYMOUS, AccessPolicy, Principal
 from .protocol import browser_number, error_frame, message_entry, message_frame, text_frame
 
-__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_SERVICE_RESTART",
-           "CLOSE_POLICY_VIOLATION"]
+__all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_CREDENTIALS",
+           "CLOSE_SERVICE_RESTART", "CLOSE_TRY_AGAIN_LATER"]
 
 logger = logging.getLogger("coremq.websocket")
 
-#: The WebSocket close code sent to browsers when their bridge's broker goes away.
-CLOSE_SERVICE_RESTART = 1012
+# WebSocket close codes sent to browsers. daphne (autobahn) sends only 1000 and 3000-4999, so
+# the codes of RFC 6455's 1008, 1012 and 1013 are given in the private range as 4000 + theirs.
+#: The browser's credentials were revoked, or its ``?token=`` does not log in: do not reconnect as it is.
+CLOSE_CREDENTIALS = 4008
+#: The link to the broker ended (the broker or the web process is shutting down or restarting, or an
+#: administrator disconnected the bridge): reconnect.
+CLOSE_SERVICE_RESTART = 4012
+#: No link to the broker can be had now (the broker is unreachable): try again later.
+CLOSE_TRY_AGAIN_LATER = 4013
 
 #: A ``since`` above any message id: the history answer then holds only the sequence.
 _NEWEST = 2**53
 
-#: The WebSocket close code for a browser whose credentials were revoked: "policy violation".
-CLOSE_POLICY_VIOLATION = 1008
 #: Seconds between checks that the access policy has not changed under the browsers.
 ENFORCE_INTERVAL = 0.25
 _ALLOW_ALL = AccessPolicy()
@@ -368,7 +373,7 @@ class Bridge:
                                each.principal.username)
                 self._end_subscriptions(each, each.queues)
                 self.send(each, error_frame("credentials revoked"))
-                self._enqueue(Outgoing(b"", close=CLOSE_POLICY_VIOLATION), (each,))
+                self._enqueue(Outgoing(b"", close=CLOSE_CREDENTIALS), (each,))
                 continue
             ended = sorted(name for name in each.queues if not policy.allows(each, "subscribe", name))  # type: ignore[arg-type]
             self._end_subscriptions(each, ended)

@@ -21,7 +21,7 @@ from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 from .. import conf
 from ..access import Principal
 from ..auth.authenticator import TooManyFailures, throttled_authenticate, user_principal
-from .bridge import CLOSE_POLICY_VIOLATION, Bridge, BridgeError, Browser
+from .bridge import CLOSE_CREDENTIALS, CLOSE_TRY_AGAIN_LATER, Bridge, BridgeError, Browser
 from .daphne import direct_writer
 from .links import get_bridge
 from .protocol import (
@@ -43,9 +43,6 @@ __all__ = ["CoreMQConsumer", "RAW_SEND"]
 RAW_SEND = "coremq.send"
 
 logger = logging.getLogger("coremq.websocket")
-
-#: Close code when no bridge can be had (the broker is unreachable): "try again later".
-CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class CoreMQConsumer(AsyncWebsocketConsumer):
@@ -82,7 +79,7 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         if principal is None:
             logger.warning("WebSocket from %s refused: its token does not log in", self.scope.get("client"))
             await self.send(text_data=_dumps(error_frame("authentication failed")))
-            await self.close(CLOSE_POLICY_VIOLATION)
+            await self.close(CLOSE_CREDENTIALS)
             return
         # The server's own send (see routing.RawSendMiddleware), and under daphne a direct writer.
         send = self.scope.get(RAW_SEND, self.base_send)

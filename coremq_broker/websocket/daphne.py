@@ -14,20 +14,37 @@ without limit, so a browser whose socket holds more than ``max_buffer``
 bytes unsent is a slow consumer and is cut off (it reconnects and catches up
 from history), as the broker does with TCP clients.
 
+On shutdown, daphne's reactor drops every connection without writing what
+it still holds, so a browser would see no close frame (code 1006) and could
+not tell a restart from a network fault. :func:`close_on_shutdown` closes the
+bridge first, from a reactor shutdown trigger, and waits (at most
+:data:`CLOSE_HANDSHAKE_TIMEOUT`) for the browsers to answer their close frames.
+
 Nothing here imports Twisted or daphne; it recognises their objects when
 they are already loaded, so it is inert everywhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-__all__ = ["DirectWriter", "direct_writer"]
+if TYPE_CHECKING:
+    from .bridge import Bridge
 
-#: autobahn's ``WebSocketProtocol.STATE_OPEN``.
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "DirectWriter", "close_on_shutdown", "direct_writer"]
+
+logger = logging.getLogger("coremq.websocket")
+
+#: autobahn's ``WebSocketProtocol.STATE_CLOSED`` and ``STATE_OPEN``.
+_STATE_CLOSED = 0
 _STATE_OPEN = 3
+
+#: Seconds a web process that shuts down waits for its browsers to answer their close frames.
+CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 
 class DirectWriter:
@@ -71,8 +88,8 @@ class DirectWriter:
         self.transport.abortConnection()
 
 
-def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | None:
-    """A :class:`DirectWriter` when ``send`` is daphne's own, else None (use ASGI)."""
+def _protocol(send: Callable[..., Any]) -> Any:
+    """daphne's ``WebSocketProtocol`` behind ``send`` when ``send`` is daphne's own, else None."""
     if not isinstance(send, functools.partial) or len(send.args) != 1:
         return None
     if getattr(send.func, "__qualname__", "") != "Server.handle_reply":
@@ -80,6 +97,14 @@ def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | N
     protocol = send.args[0]
     ws_protocol = sys.modules.get("daphne.ws_protocol")
     if ws_protocol is None or not isinstance(protocol, ws_protocol.WebSocketProtocol):
+        return None
+    return protocol
+
+
+def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | None:
+    """A :class:`DirectWriter` when ``send`` is daphne's own, else None (use ASGI)."""
+    protocol = _protocol(send)
+    if protocol is None:
         return None
     transport = protocol.transport
     if getattr(transport, "TLS", True) or not all(hasattr(transport, name) for name in _TRANSPORT_ATTRIBUTES):
@@ -89,3 +114,45 @@ def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | N
 
 #: What :class:`DirectWriter` uses of a ``twisted.internet.tcp`` connection.
 _TRANSPORT_ATTRIBUTES = ("socket", "write", "abortConnection", "disconnecting", "_tempDataLen", "dataBuffer", "offset")
+
+
+def close_on_shutdown(bridge: "Bridge") -> None:
+    """Under a running Twisted reactor (daphne), close ``bridge`` before the reactor shuts down.
+
+    Every browser then gets its close frame (``CLOSE_SERVICE_RESTART``) and
+    the reactor waits until each has answered, or for
+    :data:`CLOSE_HANDSHAKE_TIMEOUT`, before it drops the connections. The
+    trigger goes when the bridge closes for another reason. Elsewhere (no
+    reactor, or one that is not running) this does nothing.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    defer = sys.modules.get("twisted.internet.defer")
+    if reactor is None or defer is None or not getattr(reactor, "running", False):
+        return
+
+    fired = False
+
+    def before_shutdown() -> Any:
+        nonlocal fired
+        fired = True
+        return defer.Deferred.fromFuture(asyncio.ensure_future(_close_and_wait(bridge)))
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+    def forget() -> None:
+        if not fired:
+            reactor.removeSystemEventTrigger(trigger)
+
+    bridge.on_close.append(forget)
+
+
+async def _close_and_wait(bridge: "Bridge") -> None:
+    protocols = [p for p in (_protocol(browser.send) for browser in list(bridge.browsers.values())) if p is not None]
+    try:
+        await bridge.close()
+    except Exception:
+        logger.exception("WebSocket bridge: closing on shutdown failed")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLOSE_HANDSHAKE_TIMEOUT
+    while any(protocol.state != _STATE_CLOSED for protocol in protocols) and loop.time() < deadline:
+        await asyncio.sleep(0.01)

@@ -34,6 +34,7 @@ from ..publishing import client_options
 from ..registry import Connection
 from ..version import VERSION
 from .bridge import Bridge, BrokerLink
+from .daphne import close_on_shutdown
 
 if TYPE_CHECKING:
     from ..config import BrokerConfig
@@ -314,6 +315,7 @@ async def open_bridge(config: "BrokerConfig | None" = None) -> Bridge:
     except BaseException:
         await bridge.close()
         raise
+    close_on_shutdown(bridge)  # under daphne: browsers get their close frame before the reactor stops
     logger.info("WebSocket bridge %s (%s link)", bridge.connection_id, link.kind)
     return bridge
 

@@ -22,7 +22,7 @@ from django.test import Client
 from django.utils import timezone
 
 from coremq_broker.models import ApiToken, PermissionRule
-from coremq_broker.websocket.bridge import CLOSE_POLICY_VIOLATION
+from coremq_broker.websocket.bridge import CLOSE_CREDENTIALS
 from coremq_broker.websocket.links import close_bridges, get_bridge
 from coremq_client import AsyncMessageQueue
 from security_world import CASES, FAST_HASHERS, Secured, make_world, migrated_world, run_coremq, secured  # noqa: F401
@@ -127,11 +127,11 @@ async def test_token_in_the_query_or_an_auth_request(secured: Secured, open_sock
 
 
 async def test_a_token_that_does_not_log_in_is_refused(secured: Secured, open_socket: Open) -> None:
-    """A wrong, expired or revoked ?token= gets "authentication failed" and a close with code 1008."""
+    """A wrong, expired or revoked ?token= gets "authentication failed" and a close with code 4008."""
     for token in ("cmq_wrong", secured.world.expired_token, secured.world.revoked_token):
         socket, first = await open_socket(path=f"/ws/coremq/?token={token}")
         assert first == {"type": "error", "error": "authentication failed", "ref": None}
-        assert await next_frame(socket) == {"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION}
+        assert await next_frame(socket) == {"type": "websocket.close", "code": CLOSE_CREDENTIALS}
 
 
 async def test_revoking_a_token_closes_its_browsers_within_a_second(secured: Secured, open_socket: Open) -> None:
@@ -141,7 +141,7 @@ async def test_revoking_a_token_closes_its_browsers_within_a_second(secured: Sec
     started = time.monotonic()
     await sync_to_async(ApiToken.objects.filter(pk=secured.world.alice_token_id).update)(revoked=timezone.now())
     assert (await next_frame(socket, timeout=2))["error"] == "credentials revoked"
-    assert await next_frame(socket) == {"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION}
+    assert await next_frame(socket) == {"type": "websocket.close", "code": CLOSE_CREDENTIALS}
     assert time.monotonic() - started < 1.0
 
 

@@ -212,7 +212,7 @@ async def test_messages_arrive_in_order(in_process_broker, open_browser, tcp_cli
 
 
 async def test_broker_shutdown_closes_browsers_with_a_reason(in_process_broker, open_browser) -> None:
-    """When the broker closes, each browser gets an error frame, then a close with code 1012 (service restart)."""
+    """When the broker closes, each browser gets an error frame, then a close with code 4012 (the broker is restarting)."""
     browser = await open_browser("/ws/coremq/?queues=q")
     await browser.receive_type("subscribed")
     await in_process_broker.close()
