@@ -17,7 +17,6 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from .models import ApiToken, PermissionRule, QueueSetting
-from .queue_settings import is_glob
 
 
 @admin.register(QueueSetting)

@@ -17,12 +17,11 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from coremq_client.codec import FrameParser
 from security_world import PASSWORDS, Server, World, _env, migrated_world
@@ -164,3 +163,94 @@ def test_relogin_as_a_weaker_user_ends_the_subscriptions_it_may_not_hold(site: S
     assert bob.read()[1]["response"] == "OK: Message sent"
     queue, message = client.read()
     assert (queue, message["n"]) == ("news.eu", 2)  # the subscription bob may hold goes on; "secret" ended
+
+
+# -- WebSocket ----------------------------------------------------------------------------
+
+async def _ws_auth(site: Site, token: str, source: str) -> dict:
+    """Open a WebSocket from ``source``, send an ``auth`` request with ``token``; its answer."""
+    async with ws_connect(f"ws://127.0.0.1:{site.web_port}/ws/coremq/", origin=f"http://127.0.0.1:{site.web_port}",
+                          local_addr=(source, 0), open_timeout=30) as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+        await ws.send(json.dumps({"action": "auth", "token": token, "ref": 1}))
+        return json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+
+async def _ws_query_token(site: Site, token: str, source: str) -> tuple[list[dict], int | None]:
+    """Open a WebSocket with ``?token=`` from ``source``; the frames it got and its close code."""
+    frames = []
+    async with ws_connect(f"ws://127.0.0.1:{site.web_port}/ws/coremq/?token={token}",
+                          origin=f"http://127.0.0.1:{site.web_port}", local_addr=(source, 0), open_timeout=30) as ws:
+        try:
+            async for text in ws:
+                frames.append(json.loads(text))
+        except ConnectionClosed:
+            pass  # closed with a code of its own (docs/websocket.md)
+    return frames, ws.close_code
+
+
+def test_websocket_auth_goes_through_the_same_throttle(site: Site) -> None:
+    """WebSocket auth requests are counted with TCP logins: parallel guesses are checked LIMIT times, then refused."""
+    before = site.status()
+    wrong = "cmq_" + "x" * 43
+
+    async def guesses() -> list[dict]:
+        return await asyncio.gather(*(_ws_auth(site, wrong, "127.0.0.4") for _ in range(10)))
+
+    answers = asyncio.run(guesses())
+    errors = [frame.get("error") for frame in answers]
+    assert all(frame["type"] == "error" and frame["ref"] == 1 for frame in answers)
+    assert errors.count("authentication failed") == LIMIT
+    assert errors.count("too many failed authentications") == 10 - LIMIT
+    assert site.status()["auth_failures"] - before["auth_failures"] == LIMIT  # the broker's own counters
+    tcp = From("127.0.0.4", site.port)  # the same address over TCP is blocked too
+    tcp.send(tcp.id, {"coremq_auth": {"token": site.world.alice_token}})
+    assert answer(tcp) == BLOCKED
+    frames, code = asyncio.run(_ws_query_token(site, site.world.alice_token, "127.0.0.4"))
+    assert [frame.get("error") for frame in frames] == ["authentication failed"] and code not in (None, 1000)
+    assert asyncio.run(_ws_auth(site, site.world.alice_token, "127.0.0.14"))["type"] == "authenticated"
+
+
+# -- the Origin check ---------------------------------------------------------------------
+
+def handshake(site: Site, origin: str | None, *, host: str | None = None, extra: str = "") -> int:
+    """The HTTP status of a WebSocket handshake to the web side with these headers (101: accepted)."""
+    host = host or f"127.0.0.1:{site.web_port}"
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /ws/coremq/ HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               + (f"Origin: {origin}\r\n" if origin is not None else "") + extra + "\r\n")
+    with socket.create_connection(("127.0.0.1", site.web_port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_origin_must_match_scheme_host_and_port(site: Site) -> None:
+    """Only the site's own origin (scheme, host and port) or CSRF_TRUSTED_ORIGINS may open the WebSocket."""
+    web = site.web_port
+    assert handshake(site, f"http://127.0.0.1:{web}") == 101
+    assert handshake(site, f"http://127.0.0.1:{web + 1}") == 403          # another port
+    assert handshake(site, f"https://127.0.0.1:{web}") == 403             # another scheme
+    assert handshake(site, "http://127.0.0.1") == 403                     # port 80
+    assert handshake(site, f"http://localhost:{web}") == 403              # another host, though in ALLOWED_HOSTS
+    assert handshake(site, None) == 403
+    assert handshake(site, "null") == 403
+    assert handshake(site, f"http://evil.example:{web}", host=f"evil.example:{web}") == 403  # Host not allowed
+    assert handshake(site, f"http://localhost:{web}", host=f"localhost:{web}") == 101
+
+
+def test_trusted_origins_and_a_tls_proxy(site: Site) -> None:
+    """CSRF_TRUSTED_ORIGINS count with their port; behind a TLS proxy (SECURE_PROXY_SSL_HEADER) the origin is https."""
+    web = site.web_port
+    assert handshake(site, TRUSTED) == 101
+    assert handshake(site, "https://app.example.test") == 403             # port 443, not 8443
+    assert handshake(site, "http://app.example.test:8443") == 403
+    proxied = "X-Forwarded-Proto: https\r\n"
+    assert handshake(site, f"https://127.0.0.1:{web}", extra=proxied) == 101
+    assert handshake(site, f"http://127.0.0.1:{web}", extra=proxied) == 403
