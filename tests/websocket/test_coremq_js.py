@@ -174,3 +174,27 @@ def test_reconnect_delays_double_with_jitter_up_to_the_maximum(page: Any) -> Non
     assert len(delays) == len(steps)
     for delay, step in zip(delays, steps):
         assert round(step / 2) <= delay <= step
+
+
+def test_close_codes_decide_whether_to_reconnect(page: Any) -> None:
+    """4012 and 4013 are reconnected after; 4008 (after its error frame) emits "revoked" and stays closed."""
+    outcome = page.evaluate("""async () => {
+        window.mq = new CoreMQ("ws://example.test/ws/coremq/", { minDelay: 1, maxDelay: 4 });
+        mq.on("revoked", (value) => events.push(["revoked", value]));
+        const subscribed = mq.subscribe("q");
+        for (const [n, code] of [[0, 4012], [1, 4013]]) {
+            const socket = await nextSocket(n);
+            socket.deliver({ type: "welcome", connection_id: "b/" + n, epoch: "e1" });
+            socket.drop(code);
+        }
+        const last = await nextSocket(2);
+        last.deliver({ type: "welcome", connection_id: "b/2", epoch: "e1" });
+        last.deliver({ type: "error", error: "credentials revoked", ref: null });
+        last.drop(4008);
+        let rejected = null;
+        try { await subscribed; } catch (error) { rejected = error.message; }
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        return [socket(3) === undefined, mq.state, events, rejected];
+    }""")
+    assert outcome == [True, "closed", [["revoked", {"code": 4008, "reason": "", "error": "credentials revoked"}]],
+                       "credentials revoked"]

@@ -7,6 +7,7 @@
  *   const { id } = await mq.publish("chat", { text: "hello" });
  *   mq.on("state", (state) => ...);         // connecting, open, reconnecting, closed
  *   mq.on("gap", ({ queue, from, to }) => ...);   // messages that could not be recovered
+ *   mq.on("revoked", ({ code, error }) => ...);    // credentials revoked or refused: closed for good
  *
  * It reconnects by itself (exponential backoff with jitter), subscribes again,
  * and fetches from history what it missed meanwhile, per queue, from the last
@@ -16,6 +17,11 @@
  */
 (function (global) {
   "use strict";
+
+  // Close codes the server sends (docs/websocket.md). Every other close is reconnected after.
+  const CLOSE_CREDENTIALS = 4008;   // credentials revoked, or ?token= refused: reconnecting cannot help
+  const CLOSE_RESTART = 4012;       // the broker (or its web process) is restarting: reconnect
+  const CLOSE_TRY_LATER = 4013;     // the broker cannot be reached now: reconnect after a delay
 
   const DEFAULTS = {
     minDelay: 250,      // ms before the first reconnection attempt (then doubled each time)
@@ -56,13 +62,17 @@
       this._attempt = 0;
       this._retryTimer = null;
       this._welcomed = false;       // a welcome came before: the next one is a resumption
+      this._lastError = null;       // the last error frame without a ref on this socket (why it closes)
       for (const queue of this.options.queues) this.subscribe(queue);
       this._open();
     }
 
     // -- events ------------------------------------------------------------------
 
-    /** Listen to "state", "open", "close", "reconnecting", "gap", "reset", "direct", "message", "error". */
+    /**
+     * Listen to "state", "open", "close", "reconnecting", "gap", "reset", "direct", "message", "error",
+     * and "revoked" ({code, reason, error}: the server closed with 4008; the client stays closed).
+     */
     on(event, listener) {
       if (!this._listeners.has(event)) this._listeners.set(event, new Set());
       this._listeners.get(event).add(listener);
@@ -165,6 +175,7 @@
         return;
       }
       this._socket = socket;
+      this._lastError = null;
       socket.onmessage = (event) => this._onFrame(event.data);
       socket.onclose = (event) => this._onClose(socket, event);
       socket.onerror = () => {};  // a close event follows with what can be known
@@ -174,10 +185,19 @@
       if (socket !== this._socket) return;
       this._socket = null;
       this.connectionId = null;
-      this._failPending(new CoreMQError("connection lost"), false);
+      const revoked = event.code === CLOSE_CREDENTIALS && this.state !== "closed";
+      const error = this._lastError;
+      this._failPending(new CoreMQError(revoked ? error || "credentials revoked" : "connection lost"), revoked);
       this._emit("close", { code: event.code, reason: event.reason });
       for (const entry of this._queues.values()) entry.replay = null;
-      if (this.state !== "closed") this._retry();
+      if (revoked) {
+        // The same credentials would be refused again: stay closed; the page decides what to do.
+        clearTimeout(this._retryTimer);
+        this._setState("closed");
+        this._emit("revoked", { code: event.code, reason: event.reason, error });
+      } else if (this.state !== "closed") {
+        this._retry();
+      }
     }
 
     _retry() {
@@ -396,6 +416,7 @@
       const request = frame.ref != null ? this._pending.get(frame.ref) : null;
       const error = new CoreMQError(frame.error, frame);
       if (!request) {
+        if (frame.ref == null) this._lastError = frame.error;
         this._emit("error", error);
         return;
       }
@@ -458,6 +479,9 @@
   }
 
   CoreMQ.CoreMQError = CoreMQError;
+  CoreMQ.CLOSE_CREDENTIALS = CLOSE_CREDENTIALS;
+  CoreMQ.CLOSE_RESTART = CLOSE_RESTART;
+  CoreMQ.CLOSE_TRY_LATER = CLOSE_TRY_LATER;
   global.CoreMQ = CoreMQ;
   if (typeof module !== "undefined" && module.exports) module.exports = CoreMQ;
 })(typeof window !== "undefined" ? window : globalThis);

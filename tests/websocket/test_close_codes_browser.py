@@ -1,0 +1,92 @@
+"""coremq.js in Chromium acting on the close codes of a real run_coremq: 4008 ends it, 4012 is reconnected after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coremq_client import MessageQueue
+
+from tabs import issue_token, revoke_token
+from webservers import Servers, free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+WAIT = 30_000  # ms: how long a page may take to show something (a wait, not a measurement)
+
+# A client of the page's own server, its events recorded in window.events, its sockets counted.
+CLIENT = """(url) => {
+    window.events = [];
+    window.got = [];
+    window.sockets = 0;
+    const Native = window.WebSocket;
+    window.WebSocket = class extends Native {
+        constructor(...args) { super(...args); window.sockets += 1; }
+    };
+    window.mq = new CoreMQ(url, { minDelay: 20, maxDelay: 100 });
+    for (const name of ["state", "close", "revoked", "gap", "reset"]) {
+        mq.on(name, (value) => events.push([name, value]));
+    }
+    mq.subscribe("q", (message, meta) => got.push([meta.id, message]));
+}"""
+
+
+def client_page(new_page: Any, web_port: int, query: str = "") -> Any:
+    """A page of the server's origin with coremq.js loaded and a client of /ws/coremq/<query> made."""
+    page = new_page(f"http://127.0.0.1:{web_port}/static/coremq/coremq.js")
+    page.add_script_tag(url="/static/coremq/coremq.js")
+    page.evaluate(CLIENT, f"/ws/coremq/{query}")
+    return page
+
+
+def events(page: Any, name: str) -> list[Any]:
+    return page.evaluate("(name) => events.filter(([n]) => n === name).map(([, v]) => v)", name)
+
+
+def test_coremq_js_stops_reconnecting_on_4008_and_emits_revoked(servers: Servers, new_page: Any,
+                                                                 e2e_database: Path) -> None:
+    """Revoked credentials (or a refused ?token=) close with 4008: coremq.js emits "revoked" and stays closed."""
+    secret, token_id = issue_token(e2e_database, "dora")
+    port, web_port = free_port(), free_port()
+    servers.run_coremq(port, web_port)
+    page = client_page(new_page, web_port, f"?token={secret}")
+    page.wait_for_function("mq.state === 'open' && mq._queues.get('q').settled", timeout=WAIT)
+    refused = client_page(new_page, web_port, "?token=cmq_wrong")
+    revoke_token(e2e_database, token_id)
+    for tab, error in ((page, "credentials revoked"), (refused, "authentication failed")):
+        tab.wait_for_function("events.some(([name]) => name === 'revoked')", timeout=WAIT)
+        assert events(tab, "revoked") == [{"code": 4008, "reason": "", "error": error}]
+        tab.wait_for_timeout(1000)  # ample for a reconnection at maxDelay 100 ms, were one made
+        assert tab.evaluate("[mq.state, window.sockets]") == ["closed", 1]
+        assert events(tab, "state")[-1] == "closed" and tab.errors == []
+
+
+def test_every_tab_recovers_after_an_administrator_disconnects_the_bridge(servers: Servers, new_page: Any,
+                                                                         e2e_database: Path) -> None:
+    """The in-process bridge disconnected by an administrator: tabs get 4012, reconnect by themselves, miss nothing."""
+    staff, _ = issue_token(e2e_database, "admin-browser", staff=True)
+    port, web_port = free_port(), free_port()
+    servers.run_coremq(port, web_port)
+    tabs = [client_page(new_page, web_port) for _ in range(2)]
+    for tab in tabs:
+        tab.wait_for_function("mq.state === 'open' && mq._queues.get('q').settled", timeout=WAIT)
+    with MessageQueue("127.0.0.1", port, token=staff) as admin:
+        admin.publish("q", "before")
+        for tab in tabs:
+            tab.wait_for_function("got.length === 1", timeout=WAIT)
+        status = admin.status(connections=True)
+        [bridge] = [c["id"] for c in status["connection_list"] if c["transport"] == "websocket-bridge"]
+        admin.admin("disconnect", connection=bridge)
+        admin.publish("q", "while reconnecting")
+        for tab in tabs:
+            tab.wait_for_function("events.some(([name, value]) => name === 'close' && value.code === 4012)",
+                                  timeout=WAIT)
+            tab.wait_for_function("mq.state === 'open' && mq.connectionId !== null", timeout=WAIT)
+        admin.publish("q", "after")
+    for tab in tabs:
+        tab.wait_for_function("got.length === 3", timeout=WAIT)
+        assert tab.evaluate("got") == [[1, "before"], [2, "while reconnecting"], [3, "after"]]
+        assert events(tab, "gap") == [] and events(tab, "revoked") == [] and tab.errors == []
+        assert tab.evaluate("window.sockets") == 2
