@@ -163,7 +163,7 @@ class ControlRequests:
                 messages = messages[:limit]
                 more[name] = True
             history[name] = [self.codec.loads(body) for body in messages]
-            sequence[name] = {"first": queue.first_id, "last": queue.last_stored_id}
+            sequence[name] = queue.sequence()
         reply: dict[str, Any] = {"history": history, "sequence": sequence}
         if more:
             reply["more"] = more

@@ -269,6 +269,15 @@ class Queue:
         """The id of the newest message kept: ``last_id`` less durable writes still in flight."""
         return self.history[-1][0] if self.history else self.last_id
 
+    def sequence(self) -> dict[str, Any]:
+        """The queue's entry in a history reply's ``sequence``: ``first`` id in history, ``last`` id stored,
+        and ``continued: true`` when its ids go on from an earlier run of the broker (restored durable
+        history), so that a client's ids of before a restart still compare with the new ones."""
+        entry: dict[str, Any] = {"first": self.first_id, "last": self.last_stored_id}
+        if self.last_stored_id > self.published:  # its numbering did not start at 1 in this run
+            entry["continued"] = True
+        return entry
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
