@@ -31,7 +31,7 @@ def test_acknowledged_messages_survive_kill_9(tmp_path):
         client = RawClient(restarted.host, restarted.port)
         reply = client.control({"coremq_gethistory": ["orders"]})
         assert [m["n"] for m in reply["history"]["orders"]] == list(range(60))
-        assert reply["sequence"]["orders"] == {"first": 1, "last": 60}
+        assert reply["sequence"]["orders"] == {"first": 1, "last": 60, "continued": True}
         client.send("orders", {"n": 60})
         assert client.read()[1]["id"] == 61
         client.close()

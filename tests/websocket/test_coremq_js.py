@@ -96,15 +96,36 @@ def test_reports_a_gap_when_history_moved_on(page: Any) -> None:
 
 
 def test_new_epoch_rereads_history_and_skips_what_it_saw(page: Any) -> None:
-    """After a broker restart (new epoch) ids start again: the whole history is read, new messages delivered."""
+    """After a broker restart (new epoch) a queue not `continued` starts again at 1: its whole new history is read."""
     start(page)
     page.evaluate("socket(0).deliver(message('q', 1, 100)); socket(0).deliver(message('q', 2, 101))")
     reconnect(page, 1, epoch="e2")
+    assert page.evaluate("socket(1).request('history').since") == {"q": 2}
+    page.evaluate("""socket(1).answer('history', { type: 'history', history: { q: [] },
+                                                     sequence: { q: { first: 1, last: 2 } } })""")
     assert page.evaluate("socket(1).request('history').since") == {"q": None}
     page.evaluate("""socket(1).answer('history', { type: 'history',
                         history: { q: [message('q', 1, 200), message('q', 2, 201)] }, sequence: { q: { first: 1, last: 2 } } })""")
     assert page.evaluate("got") == [[1, False], [2, False], [1, True], [2, True]]
     assert page.evaluate("events.filter(([name]) => name === 'reset').length") == 1
+
+
+def test_new_epoch_continued_queue_resumes_without_duplicates(page: Any) -> None:
+    """After a restart a queue whose answer says `continued` (durable) resumes from its last id: nothing twice."""
+    start(page)
+    page.evaluate("for (const id of [1, 2, 3, 4, 5]) socket(0).deliver(message('q', id))")
+    reconnect(page, 1, epoch="e2")
+    assert page.evaluate("socket(1).request('history').since") == {"q": 5}
+    page.evaluate("""
+        socket(1).deliver(message('q', 7, 300));
+        socket(1).answer('history', { type: 'history', history: { q: [message('q', 6, 200)] },
+                                      sequence: { q: { first: 1, last: 6, continued: true } } });
+        socket(1).deliver(message('q', 8, 301));
+    """)
+    assert page.evaluate("got") == [[1, False], [2, False], [3, False], [4, False], [5, False],
+                                    [6, True], [7, False], [8, False]]
+    assert page.evaluate("socket(1).sent.filter((frame) => frame.action === 'history').length") == 1
+    assert page.evaluate("events.filter(([name]) => name === 'gap')") == []
 
 
 def test_a_hole_in_live_messages_is_filled_from_history(page: Any) -> None:

@@ -68,12 +68,18 @@ class Servers:
         self.database = database
         self.started: list[Server] = []
 
-    def run_coremq(self, port: int, web_port: int | None = None, *, max_write_buffer: int | None = None) -> Server:
-        """``manage.py run_coremq --port P`` with ``--web-port W``, or ``--no-web`` without one."""
+    def run_coremq(self, port: int, web_port: int | None = None, *, max_write_buffer: int | None = None,
+                   durable_path: Path | None = None) -> Server:
+        """``manage.py run_coremq --port P`` with ``--web-port W``, or ``--no-web`` without one.
+
+        With ``durable_path`` every queue is durable, its history kept in that file.
+        """
         args = [sys.executable, "manage.py", "run_coremq", "--port", str(port)]
         args += ["--no-web"] if web_port is None else ["--web-port", str(web_port)]
         ready = "CoreMQ web app on" if web_port is not None else "CoreMQ broker listening on"
         env = {} if max_write_buffer is None else {"COREMQ_E2E_MAX_WRITE_BUFFER": str(max_write_buffer)}
+        if durable_path is not None:
+            env["COREMQ_E2E_DURABLE_PATH"] = str(durable_path)
         return self._start(Server(args, broker_port=port, database=self.database, ready=ready, env=env))
 
     def daphne(self, port: int, web_port: int) -> Server:

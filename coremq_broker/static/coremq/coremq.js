@@ -249,25 +249,42 @@
       for (const request of unsent) this._transmit(request);
     }
 
-    /** Ask for what each queue missed since its last message; hold live messages until the answer. */
+    /**
+     * Ask for what each queue missed since its last message; hold live messages until the answer.
+     * After a broker restart (a new epoch) a queue whose answer says `continued` (a durable queue)
+     * kept its numbering and resumes the same way; the others' ids started again at 1, and their
+     * whole new history is read in a second request.
+     */
     _resume(epochChanged) {
       const since = {};
       for (const [queue, entry] of this._queues) {
         const position = entry.last ?? entry.baseline;
         if (position == null) continue;  // never positioned: nothing to resume from
-        since[queue] = epochChanged ? null : position;
+        since[queue] = position;
         entry.replay = [];
       }
       const names = Object.keys(since);
       if (!names.length) return;
+      const failed = (queues) => (error) => {
+        for (const queue of queues) this._flushReplay(queue);
+        if (error.frame) this._emit("error", error);
+      };
       this._request({ action: "history", queues: names, since }, true).then(
         (answer) => {
-          for (const queue of names) this._replay(queue, answer, since[queue], epochChanged);
+          const restarted = [];
+          for (const queue of names) {
+            const sequence = (answer.sequence || {})[queue] || {};
+            if (epochChanged && !sequence.continued) restarted.push(queue);
+            else this._replay(queue, answer, since[queue], false);
+          }
+          if (!restarted.length) return;
+          const whole = Object.fromEntries(restarted.map((queue) => [queue, null]));
+          this._request({ action: "history", queues: restarted, since: whole }, true).then(
+            (again) => { for (const queue of restarted) this._replay(queue, again, null, true); },
+            failed(restarted),
+          );
         },
-        (error) => {
-          for (const queue of names) this._flushReplay(queue);
-          if (error.frame) this._emit("error", error);
-        },
+        failed(names),
       );
     }
 
@@ -283,8 +300,9 @@
         }
         fresh = entries.filter((item) => item.id > (entry.last ?? since));
       } else {
-        // The broker restarted: ids start again at 1 (or go on, for a durable queue). A message
-        // was seen if its id and its send time are both no later than those of the last one seen.
+        // The queue's ids started again at 1 (its broker restarted and it is not durable). A
+        // message was seen if its id and its send time are both no later than those of the last
+        // one seen (which only a broker that says nothing of `continued` can give).
         const seen = (item) => entry.last != null && item.id <= entry.last && item.sent <= entry.lastSent;
         fresh = entries.filter((item) => !seen(item));
         const first = fresh[0];
@@ -293,6 +311,7 @@
         }
         entry.last = null;
         entry.lastSent = null;
+        entry.baseline = sequence.last ?? 0;  // the new numbering's position until a message comes
       }
       for (const item of fresh) this._deliver(queue, entry, item, true);
       this._flushReplay(queue);
