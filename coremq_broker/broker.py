@@ -15,7 +15,6 @@ import os
 import ssl as ssl_module
 import time
 import uuid
-from itertools import repeat
 from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
@@ -25,6 +24,7 @@ from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal
 from .config import BrokerConfig
 from .control import ControlRequests, RequestError
+from .limits import Bounds, LimitExceeded, keep, keep_run
 from .durable import UNAVAILABLE, HistoryStore
 from .version import PROTOCOL_VERSION, VERSION
 from .registry import Connection, Queue, QueueSettings, Registry, splice_stamps
@@ -77,7 +77,8 @@ class Broker(ControlRequests):
         self.auth_failures = FailureTracker(limit=self.config.max_auth_failures)
         self.ssl = ssl if ssl is not None else tls_context(self.config)
         default = QueueSettings.from_config(self.config)
-        self.registry = Registry(queue_settings or (lambda name: default))
+        self.bounds = Bounds(self.config, default)
+        self.registry = Registry(queue_settings or (lambda name: default), self.bounds)
         self.host = self.config.host
         self.port = self.config.port
         self._server: asyncio.base_events.Server | None = None
@@ -103,6 +104,7 @@ class Broker(ControlRequests):
 
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
+        self.bounds.start(self._loop, self.registry)
         if self._durable_all or os.path.exists(self.config.durable_path):
             await self._restore_durable_history()
         Broker._running = self
@@ -133,6 +135,7 @@ class Broker(ControlRequests):
                 await self._closed.wait()
             return
         self._closing = True
+        self.bounds.stop()
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         if self._server is not None:
             self._server.close()
@@ -218,6 +221,12 @@ class Broker(ControlRequests):
                 "response": f"ERROR: too many connections: limit is {self.config.max_connections}"}))
             connection.close()
             return
+        refusal = self.bounds.admit(connection)
+        if refusal is not None:
+            logger.warning("refused a connection from %s: %s", connection.peer, refusal)
+            self.send_error(connection, refusal)
+            connection.close()
+            return
         connection.publish_limit = self.config.max_publish_rate
         self.registry.add(connection)
         logger.info("connection %s from %s (%s)", connection.id, connection.peer, connection.transport_name)
@@ -232,6 +241,7 @@ class Broker(ControlRequests):
 
     def connection_lost(self, connection: Connection, reason: str = "") -> None:
         self.registry.remove(connection)
+        self.bounds.release(connection)
         logger.info("connection %s closed%s", connection.id, f": {reason}" if reason else "")
 
     def schedule_flush(self, connection: Connection) -> None:
@@ -396,7 +406,7 @@ class Broker(ControlRequests):
                 self._control(connection, message)
             else:
                 self._publish(connection, name, message, len(body))
-        except (RequestError, InvalidQueueName, MessageError) as exc:
+        except (RequestError, InvalidQueueName, MessageError, LimitExceeded) as exc:
             self.registry.errors += 1
             logger.warning("connection %s (%s): %s", connection.id, connection.peer, exc)
             self._reply_error(connection, str(exc), queue=name)
@@ -416,7 +426,7 @@ class Broker(ControlRequests):
         queue.last_publish = now
         if count == 1:  # one message in flight: the fewest calls
             body = splice_stamps(bodies[0], stamps, first_id)
-            queue.history.append((first_id, body, None))
+            keep(self.bounds, self.registry, queue, (first_id, body, None))
             if queue.subscribers:
                 self._pend(queue, b"+%d %s %s" % (queue.name_length + len(body), queue.name_bytes, body), 1,
                            connection)
@@ -426,11 +436,7 @@ class Broker(ControlRequests):
                 size = connection.reply_size + len(str(first_id)) + len(str(first_request))
                 replies.append(connection.reply_format % (size, first_id, first_request))
             return
-        history = queue.history
-        kept = history.maxlen if history.maxlen is not None else count
-        if kept:
-            start = max(0, count - kept)
-            history.extend(zip(range(first_id + start, first_id + count), bodies[start:], repeat(stamps)))
+        keep_run(self.bounds, self.registry, queue, first_id, bodies, stamps)
         if queue.subscribers:
             # One format per frame, whose size is known but for the body: the digits of the id
             # are tracked, not counted.
@@ -645,7 +651,7 @@ class Broker(ControlRequests):
 
     def _fan_out(self, queue: Queue, message_id: int, stored: dict, body: bytes, sender: Connection | None) -> None:
         """Keep the message (``stored``, encoded as ``body``) in history and queue it for this iteration's fan-out."""
-        queue.history.append((message_id, body, None))
+        keep(self.bounds, self.registry, queue, (message_id, body, None))
         queue.published += 1
         queue.last_publish = stored[P.SENT]
         if queue.subscribers:

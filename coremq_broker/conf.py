@@ -78,7 +78,7 @@ _OPTIONAL_TEXT = ("STATUS_TOKEN", "CLIENT_TOKEN", "CLIENT_USERNAME", "CLIENT_PAS
 KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
 _PORTS = frozenset({"PORT", "WEB_PORT"})
 #: Limits whose zero switches them off (see BrokerConfig) instead of being a mistake.
-_ZERO_MEANS_NO_LIMIT = frozenset({"MAX_PUBLISH_RATE"})
+_ZERO_MEANS_NO_LIMIT = frozenset({"MAX_PUBLISH_RATE", "MAX_CONNECTIONS_PER_ADDRESS", "MAX_QUEUES"})
 #: Text settings with a fixed set of values. The slow consumer policies are the
 #: admin's (QueueSetting.SLOW_CONSUMER_POLICIES; a test keeps the two equal);
 #: DURABLE_SYNCHRONOUS is SQLite's ``PRAGMA synchronous`` and goes into SQL.

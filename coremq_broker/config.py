@@ -52,6 +52,19 @@ class BrokerConfig:
     max_connections_per_user: int = 100
     max_publish_rate: int = 0
     max_auth_failures: int = 10
+    #: Bounds on what clients can make the broker hold (coremq_broker/limits.py,
+    #: docs/security.md): seconds from the welcome to a TCP client's first frame,
+    #: and to finish a frame once started; anonymous connections per client
+    #: address (0: no limit); queues in all (connections' id queues not
+    #: counted); bytes held in all histories (past it the oldest messages of the
+    #: least recently published queues go); seconds after which a queue with no
+    #: subscribers, no history and default settings is forgotten.
+    first_frame_timeout: float = 30.0
+    frame_timeout: float = 30.0
+    max_connections_per_address: int = 100
+    max_queues: int = 100_000
+    max_history_bytes: int = 256 * 2**20
+    queue_idle_timeout: float = 300.0
     #: TLS on the TCP listener: certificate and key files (PEM).
     tls_cert: str = ""
     tls_key: str = ""

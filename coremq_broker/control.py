@@ -13,11 +13,12 @@ import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from coremq_client import protocol as P
-from coremq_client.codec import validate_queue_name
+from coremq_client.codec import encode_frame, validate_queue_name
 from coremq_client.errors import CoreMQError
 
 from .access import peer_address
-from .registry import Connection
+from .limits import Bounds, history_reply, recount
+from .registry import Connection, splice_stamps
 from .version import VERSION
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class ControlRequests:
 
     config: "BrokerConfig"
     registry: "Registry"
+    bounds: Bounds
     access: "AccessPolicy"
     authenticator: "Callable[[dict], Awaitable[Principal | None]] | None"
     auth_failures: "FailureTracker"
@@ -110,6 +112,7 @@ class ControlRequests:
         held = sum(1 for name in connection.subscriptions if self.registry.owner_of(name) != connection.id)
         if held + len(new) > limit:
             raise RequestError(f"too many subscriptions: limit is {limit} per connection")
+        self.bounds.admit_queue(self.registry, len({name for name in new if name not in self.registry.queues}))
         for name in new:
             self.registry.subscribe(connection, name)
         self._reply(connection, {"response": P.OK_SUBSCRIBE})
@@ -134,7 +137,8 @@ class ControlRequests:
 
         ``sequence`` gives each queue's first id in history and the last id
         stored (a durable message counts once it is on disk); ``more`` names the
-        queues whose answer ``limit`` cut short.
+        queues whose answer ``limit`` or the frame limit cut short: the client
+        asks again from the last id it got (coremq_broker/limits.py).
         """
         if isinstance(value, dict):
             since = value
@@ -147,27 +151,16 @@ class ControlRequests:
             since = {}
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise RequestError(f"history limit must be a positive integer, got {limit!r}")
-        history: dict[str, list[dict]] = {}
-        sequence: dict[str, dict[str, int | None]] = {}
-        more: dict[str, bool] = {}
+        asked = []
         for name in names:
             self._check_private(connection, "history", name)
             self._check(connection, "history", name)
-            queue = self.registry.queues.get(name)
-            if queue is None:
-                history[name] = []
-                sequence[name] = {"first": None, "last": 0}
-                continue
-            messages = queue.history_since(since.get(name))
-            if limit is not None and len(messages) > limit:
-                messages = messages[:limit]
-                more[name] = True
-            history[name] = [self.codec.loads(body) for body in messages]
-            sequence[name] = queue.sequence()
-        reply: dict[str, Any] = {"history": history, "sequence": sequence}
-        if more:
-            reply["more"] = more
-        self._reply(connection, reply)
+            asked.append((name, self.registry.queues.get(name), since.get(name)))
+        # No reply is larger than a frame: what does not fit is named in "more", for the next page.
+        body = history_reply(asked, limit=limit, room=self.config.max_frame_size - connection.id_length,
+                             request=connection.requests, dumps=self.codec.dumps, splice=splice_stamps,
+                             bounds=self.bounds)
+        connection.send(encode_frame(connection.id, body))
 
     def _auth(self, connection: Connection, value: Any) -> None:
         """Authenticate off the loop; the connection's requests wait for the answer.
@@ -211,8 +204,8 @@ class ControlRequests:
                 await asyncio.sleep(self.auth_failures.delay(attempt.address, attempt.username))  # slows guessing
                 self._reply(connection, {"response": "ERROR: authentication failed"}, request)
                 return
-            limit = self.config.max_connections_per_user
             succeeded = True
+            limit = self.config.max_connections_per_user
             same_user = sum(1 for other in self.registry.connections.values()
                             if other is not connection and other.principal.username == principal.username)
             if same_user >= limit:
@@ -223,13 +216,13 @@ class ControlRequests:
                 return
             connection.principal = principal
             logger.info("connection %s authenticated as %r", connection.id, principal.username)
-            self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
             self.enforce(connection)  # type: ignore[attr-defined]  # the new user may not hold every subscription
+            self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
                                      "staff": principal.is_staff}, request)
         finally:
-            connection.authenticating = False
             if succeeded:
                 self.auth_failures.settle(attempt, True)
+            connection.authenticating = False
             connection.release()
             held, connection.held_frames = connection.held_frames, []
             if held and not connection.closing:
@@ -268,6 +261,7 @@ class ControlRequests:
             purged = len(queue.history) if queue is not None else 0
             if queue is not None:
                 queue.history.clear()
+                recount(self.bounds, queue)
                 if self._store is not None:
                     self._store.purge(queue.name)  # its durable history too
             return {"response": "OK: Purged", "purged": purged}
@@ -287,8 +281,8 @@ class ControlRequests:
             "version": VERSION,
             "role": "master",
             **self.registry.describe(),
-        }
             **self.auth_failures.describe(),  # failed logins, refused attempts, blocked addresses and users
+        }
         # The durable history's writer: "ok", "unavailable" (with its error), or "unused" until a durable
         # queue needs it (HistoryStore.describe).
         status["durable"] = (self._store.describe() if self._store is not None
@@ -301,3 +295,5 @@ class ControlRequests:
             status["rate_in_series"] = self.registry.rate_in.series()
             status["rate_out_series"] = self.registry.rate_out.series()
         return status
+
+

@@ -17,6 +17,7 @@ from coremq_client.codec import split_address
 from coremq_client.protocol import OK_SENT
 
 from .access import ANONYMOUS, Principal
+from .limits import Bounds, recount
 
 if TYPE_CHECKING:
     from .config import BrokerConfig
@@ -224,7 +225,7 @@ class Queue:
     """
 
     __slots__ = ("name", "name_bytes", "name_length", "frame_format", "owner", "subscribers", "history", "last_id",
-                 "published", "last_publish", "settings", "plain", "rate", "pending")
+                 "published", "last_publish", "settings", "plain", "rate", "pending", "history_bytes")
 
     def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
         self.name = name
@@ -246,6 +247,7 @@ class Queue:
         # Frames published in this loop iteration, fanned out together at its end:
         # (frames, how many, the subscriber that must not get them: their sender, or None).
         self.pending: list[tuple[bytes, int, Connection | None]] = []
+        self.history_bytes = 0  # what its history holds, as counted by limits.Bounds
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """Take new settings; a shorter history keeps the newest messages."""
@@ -285,6 +287,7 @@ class Queue:
             "subscribers": len(self.subscribers),
             "history": len(self.history),
             "history_capacity": self.history.maxlen,
+            "history_bytes": self.history_bytes,
             "last_id": self.last_id,
             "published": self.published,
             "last_publish": self.last_publish,
@@ -295,8 +298,10 @@ class Queue:
 class Registry:
     """Every live connection and queue of one broker."""
 
-    def __init__(self, queue_settings: Callable[[str], QueueSettings]) -> None:
+    def __init__(self, queue_settings: Callable[[str], QueueSettings], bounds: Bounds | None = None) -> None:
         self.queue_settings = queue_settings
+        #: The bounds on queues and history bytes (coremq_broker/limits.py).
+        self.bounds = bounds if bounds is not None else Bounds()
         self.connections: dict[str, Connection] = {}
         self.queues: dict[str, Queue] = {}
         self.started = time.time()
@@ -326,6 +331,7 @@ class Registry:
             if queue is not None:
                 if queue.owner == connection.id:
                     del self.queues[name]
+                    self.bounds.forget_history(queue)
                 else:
                     queue.subscribers.pop(connection, None)
         connection.subscriptions.clear()
@@ -357,6 +363,8 @@ class Registry:
         queue = self.queues.get(name)
         if queue is None:
             owner = self.owner_of(name)
+            if owner != name:  # a connection's id queue is bounded by MAX_CONNECTIONS
+                self.bounds.admit_queue(self)
             queue = self.queues[name] = Queue(name, self.queue_settings(name), owner=owner)
             if owner is not None:
                 self.subscribe(self.connections[owner], name)
@@ -381,6 +389,7 @@ class Registry:
             self.queue_settings = queue_settings
         for queue in self.queues.values():
             queue.apply_settings(self.queue_settings(queue.name))
+            recount(self.bounds, queue)
 
     def public_queues(self) -> Iterator[Queue]:
         return (queue for queue in self.queues.values() if queue.owner is None)
@@ -397,6 +406,7 @@ class Registry:
             "errors": self.errors,
             "denials": self.denials,
             "slow_consumers": self.slow_consumers,
+            **self.bounds.describe(),
             "dead_letters": self.dead_letters,
             "rate_in": self.rate_in.rate(),
             "rate_out": self.rate_out.rate(),

@@ -23,6 +23,7 @@ from coremq_client import protocol as P
 from coremq_client.codec import Frame, FrameParser
 from coremq_client.errors import ProtocolError
 
+from .limits import FrameDeadline
 from .registry import Connection
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class TcpConnection(asyncio.Protocol, Connection):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.deadline = FrameDeadline(self.broker.bounds, self, asyncio.get_running_loop())
         self.broker.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -72,6 +74,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         parser.receive_data(data)
         broker = self.broker
         events = parser.events()
+        self.deadline.read(parser.mid_frame, events)  # the first frame and a started one have deadlines
         if parser.clean:  # frames only, the usual case
             broker.handle_frames(self, events)  # type: ignore[arg-type]
             return
@@ -98,6 +101,7 @@ class TcpConnection(asyncio.Protocol, Connection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.deadline.cancel()
         self._out.clear()
         self._out_bytes = 0
         self.broker.connection_lost(self, str(exc) if exc else "")

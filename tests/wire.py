@@ -17,8 +17,11 @@ from coremq_client.errors import ProtocolError
 class RawClient:
     """A blocking socket plus a frame parser; ``welcome()`` has been read on return."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 5.0, read_welcome: bool = True) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, *, timeout: float = 5.0, read_welcome: bool = True,
+                 source: str | None = None) -> None:
+        # ``source``: the local address to connect from (any 127.x.y.z reaches a loopback listener on Linux).
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.parser = FrameParser(max_frame_size=2**31)
         self.pending: list[Frame] = []
         self.id = ""

@@ -339,10 +339,22 @@ class Bridge:
         for name in since:
             self._check_private(browser, "history", name)
         reply = await self.link.history(since)
-        history = reply.get("history") or {}
+        sequence = reply.get("sequence", {})
+        history = {name: list(messages) for name, messages in (reply.get("history") or {}).items()}
+        # The broker pages a long history by size (no reply is larger than a frame): the queues named
+        # in "more" are asked again from the last id each one got, until the history is whole.
+        while isinstance(reply.get("more"), dict) and reply["more"]:
+            after = {name: history[name][-1].get(P.ID) if history.get(name) else since.get(name)
+                     for name in reply["more"]}
+            reply = await self.link.history(after)
+            pages = reply.get("history") or {}
+            if not any(pages.values()):
+                break  # the broker always sends something with "more"; never loop on nothing
+            for name, messages in pages.items():
+                history.setdefault(name, []).extend(messages)
         return {
             "history": {name: [message_entry(m) for m in messages] for name, messages in history.items()},
-            "sequence": reply.get("sequence", {}),
+            "sequence": sequence,
         }
 
     def check(self, browser: Browser, action: str, queues: Iterable[str]) -> None:

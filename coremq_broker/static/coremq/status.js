@@ -279,6 +279,11 @@
     setField("auth_failures", fmt.int(b.auth_failures || 0));
     setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
     setField("slow_consumers", fmt.int(b.slow_consumers));
+    setField("history_bytes", fmt.bytes(b.history_bytes || 0));
+    setField("history_detail", `of ${fmt.bytes(b.history_bytes_limit)}, ${fmt.int(b.history_evicted || 0)} evicted`);
+    setField("timeouts", fmt.int(b.timeouts || 0));
+    setField("bounds_refused", fmt.int((b.refused_per_address || 0) + (b.queues_refused || 0)));
+    setField("bounds_detail", `${fmt.int(b.refused_per_address || 0)} per address, ${fmt.int(b.queues_refused || 0)} new queues`);
     setField("buffered", fmt.bytes(buffered));
     renderDurable(b.durable || { state: "unused" });
     text("#cmq-server", `${b.server} on ${b.address}`);
