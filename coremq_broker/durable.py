@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["HistoryStore", "StoredHistory", "DurableHistoryError", "unwritable", "UNAVAILABLE"]
@@ -166,14 +167,17 @@ class HistoryStore:
     def load(self) -> StoredHistory:
         """Read what the file holds (blocking: call it in an executor); raise :class:`DurableHistoryError`.
 
-        A file that can be read but not written (a read-only disk) is read
-        read-only; the writer then reports why it cannot write.
+        A file that SQLite can open read-only only (its permissions) is read
+        so, and the writer then reports why it cannot write. On a read-only
+        disk SQLite cannot open a WAL database at all (it needs its ``-shm``
+        file): that raises, rather than start with the numbering back at 1.
         """
         try:
             db = self._connect()
         except sqlite3.Error as exc:
             try:
-                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                db = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro", uri=True,
+                                     check_same_thread=False)
                 db.execute("SELECT count(*) FROM history").fetchone()
             except sqlite3.Error:
                 raise DurableHistoryError(f"cannot read the durable history {self.path}: {_reason(exc, self.path)}"
@@ -195,10 +199,6 @@ class HistoryStore:
         self._thread.start()
 
     # -- the loop's side -------------------------------------------------
-
-    @property
-    def available(self) -> bool:
-        return self.error is None
 
     def refusal(self) -> str | None:
         """Why a durable publish must be refused now, without a write (an ``ERROR:``'s text), or None.
@@ -387,7 +387,9 @@ class HistoryStore:
             if state.db is None:
                 state.db = self._connect()
             self._commit(state, batch)
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # the disk's errors, and any other: the writer must not die of it
+            if not isinstance(exc, (sqlite3.Error, OSError)):
+                logger.exception("durable history: unexpected error in a commit")
             self._fail(state, batch, _reason(exc, self.path))
         else:
             state.delay = FIRST_RETRY
@@ -438,7 +440,7 @@ class HistoryStore:
             state.db.execute("BEGIN")
             state.db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
             state.db.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # as in _handle: whatever it is, retry later
             self._rollback(state)
             reason = _reason(exc, self.path)
             state.delay = min(state.delay * 2, self.retry_max)

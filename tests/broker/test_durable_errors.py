@@ -7,6 +7,7 @@ bounded, and the store recovers by itself once the disk takes writes again.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
@@ -208,7 +209,8 @@ def test_read_only_directory_is_reported_at_start_and_recovers_when_writable(rea
         assert client.read()[1]["id"] == 1
     finally:
         running.stop()
-    assert HistoryStore(str(path)).load() == {"orders": [(1, HistoryStore(str(path)).load()["orders"][0][1])]}
+    saved = HistoryStore(str(path)).load()
+    assert list(saved) == ["orders"] and [(i, json.loads(body)["n"]) for i, body in saved["orders"]] == [(1, 1)]
 
 
 def test_durable_queue_on_a_read_only_disk_answers_instead_of_hanging(read_only_disk: Path) -> None:
@@ -238,3 +240,26 @@ def test_unreadable_existing_history_stops_the_start(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(DurableHistoryError, match="cannot read the durable history"):
         BrokerThread(durable_config(path))
+
+
+def test_python_client_raises_the_refusal_and_publishes_again_after_recovery(small_disk: Path) -> None:
+    """MessageQueue.publish on a full disk raises ServerError naming the reason; once freed it returns the next id."""
+    from coremq_client.errors import ServerError
+    from coremq_client.sync_client import MessageQueue
+
+    running = BrokerThread(durable_config(small_disk / "history.sqlite3"))
+    try:
+        with MessageQueue(running.host, running.port) as client:
+            assert client.publish("orders", {"n": 0})["id"] == 1
+            filler = fill(small_disk)
+            with pytest.raises(ServerError) as raised:
+                client.publish("orders", {"n": 1, "pad": "x" * 10_000})
+            assert raised.value.reason.startswith("durable history unavailable: database or disk is full")
+            filler.unlink()
+            deadline = time.monotonic() + 15
+            while client.status()["durable"]["state"] != "ok":
+                assert time.monotonic() < deadline, "the durable history did not recover"
+                time.sleep(0.05)
+            assert client.publish("orders", {"n": 2})["id"] == 2
+    finally:
+        running.stop()
