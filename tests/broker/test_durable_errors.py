@@ -121,7 +121,7 @@ def test_full_disk_fails_publishes_then_recovers_when_space_returns(small_disk: 
 
 
 def test_fire_and_forget_flood_on_a_full_disk_stays_bounded(small_disk: Path) -> None:
-    """30,000 publishes without replies on a full disk: 30,000 ERRORs, no write held, RSS bounded, no id used."""
+    """30,000 publishes without replies on a full disk: 30,000 ERRORs, no write held, RSS bounded, no id used up."""
     path = small_disk / "history.sqlite3"
     # At most 2,000 writes wait for the disk: those read before the broker learns that it is full.
     broker = start(port=0, durable_all=True, durable_path=str(path), log_level="ERROR", durable_max_pending=2000)
@@ -129,7 +129,7 @@ def test_fire_and_forget_flood_on_a_full_disk_stays_bounded(small_disk: Path) ->
         publisher = RawClient(broker.host, broker.port, timeout=30)
         publisher.send("ticks", {"n": 0})
         assert publisher.read()[1]["id"] == 1
-        fill(small_disk)
+        filler = fill(small_disk)
         publisher.control({"coremq_options": {"reply": False}})
         rss_before = resident_kib(broker.pid)
         errors: list[str] = []
@@ -154,6 +154,12 @@ def test_fire_and_forget_flood_on_a_full_disk_stays_bounded(small_disk: Path) ->
         assert growth_mib < 32, f"the broker grew by {growth_mib:.1f} MiB"
         sequence = history(publisher, "ticks")[1]
         assert (sequence["first"], sequence["last"]) == (1, 1)
+        # The ids of the writes that were in flight were given back: the next stored message is 2.
+        filler.unlink()
+        publisher.control({"coremq_options": {"reply": True}})
+        wait_for_state(publisher, "ok")
+        publisher.send("ticks", {"n": 30_001})
+        assert publisher.read()[1]["id"] == 2
     finally:
         broker.stop()
 
