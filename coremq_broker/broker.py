@@ -87,6 +87,10 @@ class Broker(ControlRequests):
         self._dirty_queues: list[Queue] = []
         self._flush_scheduled = False
         self._counted_in = 0
+        #: Flushes so far: a connection counts the bytes it reads per turn (max_read_per_iteration).
+        self.turn = 0
+        self._spent: list[Connection] = []  # connections not read until this turn's output is written
+        self._max_blob = self.config.max_fanout_blob
         self._open_access = type(self.access) is AccessPolicy
         self._durable_all = self.config.durable_all
         # Stamps are spliced into what the decoder took only if that is strict UTF-8 JSON.
@@ -129,7 +133,13 @@ class Broker(ControlRequests):
         await self._closed.wait()
 
     async def close(self, timeout: float | None = None) -> None:
-        """Stop accepting, say BYE to every client, flush, close. Idempotent."""
+        """Stop accepting and reading, answer what was read, say BYE to every client, close gracefully. Idempotent.
+
+        Each connection's write side is shut down behind its BYE and its
+        unread input is discarded until the client closes (see
+        ``TcpConnection.shutdown``); connections left after ``timeout``
+        seconds are aborted.
+        """
         if self._closing:
             if self._closed is not None:
                 await self._closed.wait()
@@ -139,14 +149,17 @@ class Broker(ControlRequests):
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         if self._server is not None:
             self._server.close()
+        for connection in list(self.registry.connections.values()):
+            connection.hold()  # what was read is answered below; nothing more is taken
         if self._store is not None:
             # Commit what is queued; the loop delivers and acknowledges it meanwhile.
             await asyncio.get_running_loop().run_in_executor(None, self._store.close)
             await asyncio.sleep(0)
+        self._flush_dirty()  # this iteration's deliveries go out before the BYEs
         connections = list(self.registry.connections.values())
         for connection in connections:
             self._send(connection, {"response": P.BYE})
-            connection.close()
+            connection.shutdown()
         deadline = time.monotonic() + timeout
         while self.registry.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -250,59 +263,124 @@ class Broker(ControlRequests):
         if not self._flush_scheduled:
             self._schedule()
 
+    def read_budget_spent(self, connection: Connection) -> None:
+        """``connection`` read ``max_read_per_iteration`` bytes and holds reading: ``turn_over()`` it after the flush."""
+        self._spent.append(connection)
+        if not self._flush_scheduled:
+            self._schedule()
+
     def _schedule(self) -> None:
         assert self._loop is not None
         self._flush_scheduled = True
         self._loop.call_soon(self._flush_dirty)
 
     def _flush_dirty(self) -> None:
-        """Once per loop iteration: fan each queue's new messages out as one blob, then write.
+        """Once per loop iteration: fan each queue's new messages out, write, then read again.
 
         A subscriber gets the concatenated frames of everything published to a
-        queue in this iteration in one append, so fan-out costs one append per
-        subscriber per iteration, not per message.
+        queue in this iteration in one append (or a few, of at most
+        ``max_fanout_blob`` bytes each), so fan-out costs one append per
+        subscriber per iteration, not per message. Connections whose read
+        budget is spent are read again once their output has been written.
+
+        No delivery or flush that raises stops the others: it is logged and
+        counted (``delivery_errors``), and the flag that schedules this method
+        is always cleared.
         """
-        queues, self._dirty_queues = self._dirty_queues, []
-        now = time.time()
-        delivered = 0
-        for queue in queues:
-            delivered += self._fan_out_pending(queue, now)
-        registry = self.registry
-        registry.messages_out += delivered
-        registry.rate_out.add(now, delivered)
-        registry.rate_in.add(now, registry.messages_in - self._counted_in)
-        self._counted_in = registry.messages_in
-        dirty, self._dirty = self._dirty, []
-        for connection in dirty:
-            connection.flush()
-        self._flush_scheduled = False
-        if self._dirty or self._dirty_queues:  # a flush published more (an in-process bridge)
-            self._schedule()
+        try:
+            queues, self._dirty_queues = self._dirty_queues, []
+            now = time.time()
+            delivered = 0
+            for queue in queues:
+                try:
+                    delivered += self._fan_out_pending(queue, now)
+                except Exception:
+                    self._output_failed(None, f"the fan-out of queue {queue.name!r}")
+            registry = self.registry
+            registry.messages_out += delivered
+            registry.rate_out.add(now, delivered)
+            registry.rate_in.add(now, registry.messages_in - self._counted_in)
+            self._counted_in = registry.messages_in
+            dirty, self._dirty = self._dirty, []
+            for connection in dirty:
+                try:
+                    connection.flush()
+                except Exception:
+                    self._output_failed(connection, "a flush")
+        finally:
+            self._flush_scheduled = False
+            self.turn += 1
+            spent, self._spent = self._spent, []
+            for connection in spent:
+                try:
+                    connection.turn_over()  # type: ignore[attr-defined]  # only TcpConnection spends a budget
+                except Exception:
+                    self._output_failed(connection, "resuming its reading")
+            if self._dirty or self._dirty_queues or self._spent:  # a flush published more (an in-process bridge)
+                self._schedule()
+
+    def _output_failed(self, connection: Connection | None, what: str) -> None:
+        """Log (with its traceback the 1st, 10th, 100th... time per connection) and count an output that raised."""
+        self.registry.delivery_errors += 1
+        if connection is None:
+            logger.exception("%s failed; the other deliveries go on", what)
+            return
+        connection.delivery_errors += 1
+        count = connection.delivery_errors
+        if count == 10 ** (len(str(count)) - 1):
+            logger.exception("connection %s (%s): %s failed (%d time(s) so far); the other deliveries go on",
+                             connection.id, connection.peer, what, count)
 
     def _fan_out_pending(self, queue: Queue, now: float) -> int:
+        """Hand this iteration's frames of ``queue`` to its subscribers; hold the publishers of congested ones."""
         entries, queue.pending = queue.pending, []
         if len(entries) == 1:
-            blob, count, skip = entries[0]
+            queue.rate.add(now, entries[0][1])
+            groups = [entries] if len(entries[0][0]) <= self._max_blob else _pieces(entries, self._max_blob)
+        else:
+            queue.rate.add(now, sum([entry[1] for entry in entries]))
+            groups = _pieces(entries, self._max_blob)
+        subscribers = tuple(queue.subscribers)  # a delivery may end a subscription
+        delivered = 0
+        congested: list[Connection] = []
+        for group in groups:
+            delivered += self._deliver_group(queue, group, subscribers, congested)
+        if congested:
+            senders = {entry[3] for entry in entries if entry[3] is not None}
+            for subscriber in dict.fromkeys(congested):
+                for sender in senders:
+                    subscriber.hold_publisher(sender, queue.name)
+        return delivered
+
+    def _deliver_group(self, queue: Queue, entries: list[tuple[bytes, int, Connection | None, Connection | None]],
+                       subscribers: tuple[Connection, ...], congested: list[Connection]) -> int:
+        """Deliver ``entries`` joined to ``subscribers``; add the congested ones to ``congested``."""
+        if len(entries) == 1:
+            blob, count, skip, _ = entries[0]
             skipping = {skip} if skip is not None else None
         else:
             blob = b"".join([entry[0] for entry in entries])
             count = sum([entry[1] for entry in entries])
             skipping = {entry[2] for entry in entries if entry[2] is not None} or None
-        queue.rate.add(now, count)
         delivered = 0
-        for subscriber in queue.subscribers:
-            if skipping is not None and subscriber in skipping:
-                # A publisher subscribed to its own queue (without echo) skips its own frames.
-                mine = [entry for entry in entries if entry[2] is not subscriber]
-                if mine:
-                    subscriber.deliver(b"".join([entry[0] for entry in mine]))
+        for subscriber in subscribers:
+            try:
+                if skipping is not None and subscriber in skipping:
+                    # A publisher subscribed to its own queue (without echo) skips its own frames.
+                    mine = [entry for entry in entries if entry[2] is not subscriber]
+                    if not mine:
+                        continue
+                    data = b"".join([entry[0] for entry in mine])
                     n = sum([entry[1] for entry in mine])
-                    subscriber.messages_out += n
-                    delivered += n
-            else:
-                subscriber.deliver(blob)
-                subscriber.messages_out += count
-                delivered += count
+                else:
+                    data = blob
+                    n = count
+                if subscriber.deliver(data):
+                    congested.append(subscriber)
+                subscriber.messages_out += n
+                delivered += n
+            except Exception:
+                self._output_failed(subscriber, f"a delivery on queue {queue.name!r}")
         return delivered
 
     # -- frames ----------------------------------------------------------
@@ -482,7 +560,7 @@ class Broker(ControlRequests):
             self._dirty_queues.append(queue)
             if not self._flush_scheduled:
                 self._schedule()
-        pending.append((blob, count, skip))
+        pending.append((blob, count, skip, sender))
 
     def _check_publish(self, connection: Connection, name: str) -> None:
         """The access policy's word on publishing to ``name``, remembered per connection."""
@@ -658,6 +736,52 @@ class Broker(ControlRequests):
             self._pend(queue, encode_frame(queue.name, body), 1, sender)
         else:
             queue.rate.add(queue.last_publish)  # with subscribers, counted per batch at the fan-out
+
+
+def _pieces(entries: list[tuple[bytes, int, Connection | None, Connection | None]],
+            limit: int) -> list[list[tuple[bytes, int, Connection | None, Connection | None]]]:
+    """``entries`` in groups whose frames add up to at most ``limit`` bytes, in order.
+
+    An entry larger than ``limit`` is cut at frame boundaries (a frame larger
+    than ``limit`` goes alone).
+    """
+    groups: list[list[tuple[bytes, int, Connection | None, Connection | None]]] = []
+    group: list[tuple[bytes, int, Connection | None, Connection | None]] = []
+    size = 0
+    for entry in entries:
+        blob = entry[0]
+        if len(blob) > limit:
+            if group:
+                groups.append(group)
+                group, size = [], 0
+            groups.extend([(piece, count, entry[2], entry[3])] for piece, count in _cut(blob, limit))
+            continue
+        if group and size + len(blob) > limit:
+            groups.append(group)
+            group, size = [], 0
+        group.append(entry)
+        size += len(blob)
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _cut(blob: bytes, limit: int) -> list[tuple[bytes, int]]:
+    """A run of frames this broker encoded, in pieces of at most ``limit`` bytes (whole frames), with their counts."""
+    pieces = []
+    start = position = 0
+    count = 0
+    end = len(blob)
+    while position < end:
+        space = blob.index(b" ", position)
+        following = space + 1 + int(blob[position + 1 : space])
+        if following - start > limit and count:
+            pieces.append((blob[start:position], count))
+            start, count = position, 0
+        position = following
+        count += 1
+    pieces.append((blob[start:], count))
+    return pieces
 
 
 def _power_of_ten_above(number: int) -> int:

@@ -31,8 +31,9 @@ class BrokerConfig:
     max_queue_name_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH
     #: Queues one connection may subscribe to.
     max_subscriptions: int = 1000
-    #: A connection whose unsent output passes this many bytes is a slow
-    #: consumer; ``slow_consumer_policy`` says what happens to it.
+    #: The hard limit: a connection whose unsent output (its own buffer,
+    #: beside the socket's) passes this many bytes is a slow consumer at once;
+    #: ``slow_consumer_policy`` says what happens to it.
     max_write_buffer: int = 8 * 2**20
     #: What happens to a slow consumer: "disconnect" or "drop" (its oldest messages).
     slow_consumer_policy: str = "disconnect"
@@ -41,6 +42,17 @@ class BrokerConfig:
     #: connection's requests until the socket drains below ``write_low``.
     write_high: int = 64 * 2**10
     write_low: int = 16 * 2**10
+    #: Flow control (docs/reliability.md). A subscriber whose socket is over
+    #: ``write_high`` holds the publishers of what it is sent (they are not
+    #: read) until it drains below ``write_low``; one that has not drained for
+    #: ``slow_consumer_timeout`` seconds while holding them is a slow consumer.
+    #: ``max_read_per_iteration`` bytes are read from one connection per loop
+    #: iteration (plus the rest of the read that crosses it) before its output
+    #: is written, and one iteration's fan-out to a queue is handed to each
+    #: subscriber in pieces of at most ``max_fanout_blob`` bytes (whole frames).
+    slow_consumer_timeout: float = 2.0
+    max_read_per_iteration: int = 256 * 2**10
+    max_fanout_blob: int = 2**20
     #: Limits: connections in all and per authenticated user, publishes per
     #: second per connection (0, the default, sets none: one connection cannot
     #: outrun the broker here, and a limit would cap honest throughput; set one

@@ -147,19 +147,23 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0
+        self.delivery_errors = 0  # deliveries or flushes to it that raised (see Broker._flush_dirty)
         self.closing = False
 
     def send(self, data: bytes) -> None:  # pragma: no cover - interface
         """Queue ``data``, one or more whole frames, for the peer; only appends to a buffer."""
         raise NotImplementedError
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes) -> bool:
         """Like :meth:`send`, for the broker's fan-out at the end of a loop iteration.
 
         A transport may write ``data`` at once here when nothing else waits to
-        be sent, which saves buffering it until the flush that follows.
+        be sent, which saves buffering it until the flush that follows. It
+        returns True while the connection is congested (flow control: the
+        broker then holds the publishers of ``data`` with :meth:`hold_publisher`).
         """
         self.send(data)
+        return False
 
     def may_publish(self) -> bool:
         """Count a publish against ``publish_limit`` per second; False when over it.
@@ -182,6 +186,13 @@ class Connection:
 
     def release(self) -> None:
         """Undo one :meth:`hold`."""
+
+    def hold_publisher(self, publisher: "Connection", queue: str) -> None:
+        """Flow control: hold ``publisher`` (of ``queue``) until this congested connection drains."""
+
+    def shutdown(self) -> None:
+        """Close gracefully on the broker's shutdown, after its BYE was sent."""
+        self.close()
 
     def flush(self) -> None:
         """Hand what :meth:`send` buffered to the transport (called once per loop turn)."""
@@ -244,9 +255,9 @@ class Queue:
         self.published = 0
         self.last_publish: float | None = None
         self.rate = RateCounter()
-        # Frames published in this loop iteration, fanned out together at its end:
-        # (frames, how many, the subscriber that must not get them: their sender, or None).
-        self.pending: list[tuple[bytes, int, Connection | None]] = []
+        # Frames published in this loop iteration, fanned out together at its end: (frames,
+        # how many, the subscriber that must not get them: their sender, or None; their sender).
+        self.pending: list[tuple[bytes, int, Connection | None, Connection | None]] = []
         self.history_bytes = 0  # what its history holds, as counted by limits.Bounds
 
     def apply_settings(self, settings: QueueSettings) -> None:
@@ -311,6 +322,8 @@ class Registry:
         self.errors = 0
         self.denials = 0
         self.slow_consumers = 0
+        #: Deliveries and flushes that raised: logged and skipped, the others went on.
+        self.delivery_errors = 0
         #: Point-to-point messages dropped because their connection is closed.
         self.dead_letters = 0
         self.rate_in = RateCounter()
@@ -406,6 +419,7 @@ class Registry:
             "errors": self.errors,
             "denials": self.denials,
             "slow_consumers": self.slow_consumers,
+            "delivery_errors": self.delivery_errors,
             **self.bounds.describe(),
             "dead_letters": self.dead_letters,
             "rate_in": self.rate_in.rate(),

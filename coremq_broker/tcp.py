@@ -4,11 +4,26 @@ Output is coalesced: :meth:`TcpConnection.send` appends to a list and the
 broker flushes every connection that has output once per loop iteration, so a
 burst of deliveries costs one ``write`` per connection, not one per message.
 
-Output is bounded. While the socket is over its high-water mark (asyncio's
-``pause_writing``) frames wait in the connection's own buffer and the
-connection's requests are not read; past ``max_write_buffer`` the connection
-is a slow consumer and the queue's policy applies: ``disconnect`` or ``drop``
-(the oldest undelivered messages, with a notice naming the ids dropped).
+Work per loop iteration is bounded: past ``max_read_per_iteration`` bytes in
+one iteration a connection is not read again until the broker has written
+out what those bytes made (:meth:`Broker.read_budget_spent`).
+
+Output is bounded, and flow control keeps it so (docs/reliability.md). While
+the socket is over its high-water mark (asyncio's ``pause_writing``) frames
+wait in the connection's own buffer and the connection's requests are not
+read; a subscriber in that state is *congested*, and the broker holds the
+publishers whose messages it was sent (:meth:`TcpConnection.hold_publisher`)
+until it drains below the low-water mark. A congested subscriber that does
+not drain within ``slow_consumer_timeout`` while holding publishers, or whose
+own buffer passes ``max_write_buffer`` (the hard limit), is a slow consumer
+and the queue's policy applies: ``disconnect``, or ``drop``: it holds nobody
+any more and loses its oldest undelivered messages past the hard limit, with
+a notice naming the ids dropped, until it catches up.
+
+On the broker's shutdown a connection is closed gracefully
+(:meth:`TcpConnection.shutdown`): its write side is shut down after the BYE,
+and its input is read and discarded until the client closes, so that the
+kernel never answers unread input with a reset that destroys the BYE.
 """
 
 from __future__ import annotations
@@ -35,6 +50,9 @@ logger = logging.getLogger("coremq.broker")
 
 # Seconds a closing connection may take to drain before it is aborted.
 _CLOSE_GRACE = 5.0
+# Seconds without input after which a connection shut down by the broker is
+# closed although its client has not closed its side (the input is drained).
+_LINGER = 1.0
 
 
 class TcpConnection(asyncio.Protocol, Connection):
@@ -51,6 +69,22 @@ class TcpConnection(asyncio.Protocol, Connection):
         self._writing_paused = False
         self._holds = 0
         self._gaps: dict[str, list[bytes]] = {}  # queue -> [first, last] frame dropped
+        # Work per loop iteration: bytes read in the broker's flush turn ``_read_turn``.
+        self._read_budget = broker.config.max_read_per_iteration
+        self._read_turn = -1
+        self._read_in_turn = 0
+        self._budget_spent = False
+        # Flow control: congested = writing paused and neither judged slow (lagging) nor closing.
+        self._timeout = broker.config.slow_consumer_timeout
+        self._congested = False
+        self._lagging = False
+        self._behind_since = 0.0  # loop time the socket went over its high-water mark
+        self._holding: dict[Connection, None] = {}  # publishers held until this connection drains
+        self._holding_for: set[str] = set()  # the queues they published to
+        self._judge_handle: asyncio.TimerHandle | None = None
+        self._draining = False  # shut down by the broker: input is read and discarded
+        self._last_input = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -63,16 +97,32 @@ class TcpConnection(asyncio.Protocol, Connection):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.deadline = FrameDeadline(self.broker.bounds, self, asyncio.get_running_loop())
+        self._loop = self.broker.loop or asyncio.get_running_loop()  # the broker's (a stand-in in bench.inproc)
+        self.deadline = FrameDeadline(self.broker.bounds, self, self._loop)
         self.broker.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            if self._draining:  # shut down: read to keep the kernel from resetting, and discard
+                self.bytes_in += len(data)
+                self._last_input = self._loop.time()  # type: ignore[union-attr]
             return
-        self.bytes_in += len(data)
+        size = len(data)
+        self.bytes_in += size
+        broker = self.broker
+        if self._read_turn != broker.turn:
+            self._read_turn = broker.turn
+            self._read_in_turn = size
+        else:
+            self._read_in_turn += size
+        if self._read_in_turn >= self._read_budget and not self._budget_spent:
+            # Enough for this iteration: no more reads (uvloop would go on for up
+            # to 32 of them) until the broker has written out what these made.
+            self._budget_spent = True
+            self.hold()
+            broker.read_budget_spent(self)
         parser = self.parser
         parser.receive_data(data)
-        broker = self.broker
         events = parser.events()
         self.deadline.read(parser.mid_frame, events)  # the first frame and a started one have deadlines
         if parser.clean:  # frames only, the usual case
@@ -94,6 +144,8 @@ class TcpConnection(asyncio.Protocol, Connection):
             broker.handle_frames(self, frames)
 
     def eof_received(self) -> bool:
+        if self._draining:
+            return False  # the client has read our BYE and closed: close, no reset
         if self.parser.mid_frame:
             logger.warning("connection %s (%s) closed in the middle of a frame (%d bytes pending)",
                            self.id, self.peer, self.parser.buffered)
@@ -101,6 +153,8 @@ class TcpConnection(asyncio.Protocol, Connection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self._congested = False
+        self._release_publishers()
         self.deadline.cancel()
         self._out.clear()
         self._out_bytes = 0
@@ -110,22 +164,101 @@ class TcpConnection(asyncio.Protocol, Connection):
         # The peer reads slower than we write: keep output in our own bounded
         # buffer and stop taking its requests, whose replies would add to it.
         self._writing_paused = True
+        self._behind_since = self._loop.time()  # type: ignore[union-attr]
+        self._congested = not self._lagging and not self.closing
         self.hold()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._congested = False
         self.release()
-        self.flush()
+        self.flush()  # may go over the high-water mark again: pause_writing, from now
+        if not self._writing_paused:
+            self._caught_up()
 
     def hold(self) -> None:
+        if self.closing:
+            return
         self._holds += 1
-        if self._holds == 1 and self.transport is not None and not self.closing:
+        if self._holds == 1 and self.transport is not None:
             self.transport.pause_reading()
 
     def release(self) -> None:
+        if self.closing:
+            return
         self._holds -= 1
-        if self._holds == 0 and self.transport is not None and not self.closing:
+        if self._holds == 0 and self.transport is not None:
             self.transport.resume_reading()
+
+    def turn_over(self) -> None:
+        """The broker has written out this iteration's output: read again if the budget held reading."""
+        if self._budget_spent:
+            self._budget_spent = False
+            self.release()
+
+    # -- flow control ------------------------------------------------------
+
+    def hold_publisher(self, publisher: Connection, queue: str) -> None:
+        """Stop reading ``publisher``, whose messages to ``queue`` wait in this congested connection's output.
+
+        It is read again when this connection drains below the low-water mark,
+        is judged a slow consumer, or closes.
+        """
+        if publisher is self:  # its own requests are held while it is paused already
+            return
+        holding = self._holding
+        if publisher not in holding:
+            holding[publisher] = None
+            publisher.hold()
+        self._holding_for.add(queue)
+        if self._judge_handle is None:
+            self._judge_handle = self._loop.call_at(  # type: ignore[union-attr]
+                self._behind_since + self._timeout, self._judge)
+
+    def _judge(self) -> None:
+        """The slow-consumer judgement: still congested, holding publishers, not drained for the timeout."""
+        self._judge_handle = None
+        if not self._congested or not self._holding:
+            return
+        due = self._behind_since + self._timeout
+        if self._loop.time() < due:  # type: ignore[union-attr]  # it drained and fell behind again since
+            self._judge_handle = self._loop.call_at(due, self._judge)  # type: ignore[union-attr]
+            return
+        queues = sorted(self._holding_for)
+        registry = self.broker.registry
+        policies = {registry.queues[name].settings.slow_consumer_policy if name in registry.queues
+                    else "disconnect" for name in queues}
+        registry.slow_consumers += 1
+        if policies == {"drop"}:
+            logger.warning("connection %s (%s) is a slow consumer: it has not drained for %.1fs (%d bytes unsent, "
+                           "queues %s); its publishers go on and its oldest messages past %d bytes are dropped",
+                           self.id, self.peer, self._timeout, self.buffered, ", ".join(queues), self._max_out)
+            self._lag()
+        else:
+            self._disconnect_slow(f"it has not drained for {self._timeout:.1f}s (queues {', '.join(queues)})")
+
+    def _lag(self) -> None:
+        """Judged slow under ``drop``: hold nobody; the hard limit drops its oldest messages until it catches up."""
+        self._lagging = True
+        self._congested = False
+        self._release_publishers()
+
+    def _caught_up(self) -> None:
+        """Drained below the low-water mark with nothing of its own buffered: release what it held."""
+        if self._lagging:
+            logger.info("connection %s (%s) has caught up", self.id, self.peer)
+            self._lagging = False
+        self._release_publishers()
+
+    def _release_publishers(self) -> None:
+        if self._judge_handle is not None:
+            self._judge_handle.cancel()
+            self._judge_handle = None
+        if self._holding:
+            holding, self._holding = self._holding, {}
+            self._holding_for.clear()
+            for publisher in holding:
+                publisher.release()
 
     # -- Connection --------------------------------------------------------
 
@@ -138,20 +271,26 @@ class TcpConnection(asyncio.Protocol, Connection):
         out.append(frame)
         self._out_bytes += len(frame)
         if self._out_bytes > self._max_out:
-            self._overflow(frame)
+            transport = self.transport
+            if self._writing_paused or transport is None or transport.is_closing():
+                self._overflow(frame)
+            else:  # one iteration's burst to a socket that takes data: to the socket with it now
+                self.flush()
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes) -> bool:
+        """Send ``data``; return whether this connection is congested (its publishers are to be held)."""
         if self._out or self._writing_paused or self.closing or self._gaps or self.transport is None:
             self.send(data)  # behind what waits, or into the bounded buffer, or dropped when closing
-            return
-        self.bytes_out += len(data)
-        self.transport.write(data)
+        else:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+        return self._congested
 
     def flush(self) -> None:
-        """Write what :meth:`send` collected, unless the socket is over its high-water mark."""
+        """Write what :meth:`send` collected, and a drop notice, unless the socket is over its high-water mark."""
         out = self._out
         transport = self.transport
-        if not out or self._writing_paused or transport is None or transport.is_closing():
+        if (not out and not self._gaps) or self._writing_paused or transport is None or transport.is_closing():
             return
         if self._gaps:
             out.appendleft(self._gap_notice())
@@ -178,6 +317,44 @@ class TcpConnection(asyncio.Protocol, Connection):
         self.flush()
         self._close_within(_CLOSE_GRACE)
 
+    def shutdown(self) -> None:
+        """Close gracefully on the broker's shutdown, once the BYE has been sent.
+
+        Everything pending goes to the socket and the write side is shut down
+        behind it; then input is read and discarded until the client closes
+        its side (or is quiet for a second with all our output taken), and the
+        connection closes. Closing with unread input would make the kernel
+        reset the connection and destroy the replies and the BYE still queued.
+        The broker aborts what is left at its shutdown timeout.
+        """
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        self._release_publishers()
+        self._writing_paused = False
+        self._congested = False
+        self.flush()
+        self.closing = True
+        self._draining = True
+        self.deadline.cancel()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._holds = 0
+        transport.resume_reading()
+        assert self._loop is not None
+        self._last_input = self._loop.time()
+        self._loop.call_later(_LINGER, self._linger)
+
+    def _linger(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        if transport.get_write_buffer_size() == 0 and now - self._last_input >= _LINGER:
+            transport.close()  # nothing unread, nothing unsent: no reset
+        else:
+            self._loop.call_at(max(now + 0.05, self._last_input + _LINGER), self._linger)  # type: ignore[union-attr]
+
     def abort(self) -> None:
         """Drop the connection and everything still buffered for it."""
         if self.transport is not None:
@@ -185,6 +362,8 @@ class TcpConnection(asyncio.Protocol, Connection):
 
     def _close_within(self, grace: float) -> None:
         self.closing = True
+        self._congested = False
+        self._release_publishers()
         assert self.transport is not None
         self.transport.close()
         asyncio.get_running_loop().call_later(grace, self.abort)
@@ -192,19 +371,23 @@ class TcpConnection(asyncio.Protocol, Connection):
     # -- slow consumers ----------------------------------------------------
 
     def _overflow(self, frame: bytes) -> None:
+        """The hard limit: output of its own past ``max_write_buffer`` while the socket is over its high-water mark."""
         registry = self.broker.registry
         queue = registry.queues.get(_frame_queue(frame))
         policy = queue.settings.slow_consumer_policy if queue is not None else "disconnect"
-        registry.slow_consumers += 1
         if policy == "drop":
+            if not self._lagging:  # judged here rather than by the timeout: counted once
+                registry.slow_consumers += 1
+                self._lag()
             self._drop_oldest()
         else:
-            self._disconnect_slow()
+            registry.slow_consumers += 1
+            self._disconnect_slow(f"its output passed MAX_WRITE_BUFFER ({self._max_out} bytes)")
 
-    def _disconnect_slow(self) -> None:
+    def _disconnect_slow(self, why: str) -> None:
         assert self.transport is not None
-        logger.warning("connection %s (%s) is a slow consumer: %d bytes unsent; disconnecting",
-                       self.id, self.peer, self.buffered)
+        logger.warning("connection %s (%s) is a slow consumer: %s; %d bytes unsent; disconnecting",
+                       self.id, self.peer, why, self.buffered)
         self._out.clear()
         self._out_bytes = 0
         # The ERROR goes behind what the socket already holds; if the peer
