@@ -29,6 +29,8 @@ ACTIONS = ("publish", "subscribe", "history")
 POLICIES = ("open", "authenticated", "deny")
 #: Queue names whose matching rules a policy remembers (past it, it starts again).
 MATCH_CACHE_SIZE = 10_000
+#: Characters of a username that a login throttle keeps (Django's own limit is 150).
+MAX_USERNAME_KEY = 256
 #: The reserved pattern of a rule about connection ids (direct messages), not about queue names.
 CONNECTIONS = "@connections"
 #: A connection id as the broker makes them (``Broker.new_connection_id``: a UUID4 in lower case).
@@ -216,7 +218,8 @@ class FailureTracker:
 
     @staticmethod
     def keys(address: str, username: str | None = None) -> tuple[str, ...]:
-        return (f"address:{address}",) + ((f"user:{username}",) if username else ())
+        """The counters of an attempt; a username is cut to :data:`MAX_USERNAME_KEY` characters."""
+        return (f"address:{address}",) + ((f"user:{username[:MAX_USERNAME_KEY]}",) if username else ())
 
     def _recent(self, key: str, now: float) -> list[float]:
         stamps = self._stamps.get(key)
