@@ -4,7 +4,9 @@
 :func:`client_frame` makes a masked frame; :class:`WebSocket` is one asyncio
 connection that does the opening handshake (with an ``Origin``, as browsers
 do) and hands every text frame's payload to a callback, unparsed, so that the
-same generator drives CoreMQ's endpoint and the Channels peer alike.
+same generator drives CoreMQ's endpoint and its peers alike. Once set up, a
+connection can hand its raw bytes to ``raw`` instead, unparsed
+(:mod:`bench.wsverify` checks them against the other subscribers').
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class WebSocket(asyncio.Protocol):
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
+        self.raw: Callable[[bytes], None] | None = None
         self._head = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,6 +119,13 @@ class WebSocket(asyncio.Protocol):
             data = rest
             if not data:
                 return
+        if self.raw is not None:
+            self.raw(data)
+        else:
+            self.dispatch(data)
+
+    def dispatch(self, data: bytes) -> None:
+        """Parse received bytes into frames: text to ``on_text``, pings answered, a close noted."""
         on_text = self.on_text
         for opcode, payload in self.reader.feed(data):
             if opcode == TEXT:
