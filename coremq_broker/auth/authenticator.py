@@ -19,6 +19,8 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.contrib.auth import authenticate as django_authenticate
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils import timezone
 
 from coremq_client.errors import CoreMQError
@@ -59,6 +61,13 @@ def login_throttle() -> FailureTracker:
     if _web_throttle is None:
         _web_throttle = FailureTracker(limit=conf.get_config().max_auth_failures)
     return _web_throttle
+
+
+@receiver(setting_changed)
+def _reset_web_throttle(*, setting: str, **kwargs: Any) -> None:
+    global _web_throttle
+    if setting == conf.SETTING:
+        _web_throttle = None  # a new limit applies from the next login
 
 
 async def throttled_authenticate(credentials: dict[str, Any], host: str) -> Principal | None:

@@ -1,4 +1,5 @@
-"""The ``@connections`` rule for direct messages: connection ids and their sub-addresses, no queue name.
+"""The ``@connections`` rule for direct messages (connection ids and their sub-addresses, no queue name),
+and the login throttle of a web process that does not run the broker.
 
 The broker runs on the test's loop with ``run_coremq``'s pieces and follows
 the admin's tables (the ``secured`` fixture), under ``DEFAULT_POLICY = "deny"``.
@@ -17,10 +18,11 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 
 from coremq_broker.access import CONNECTIONS, Rule
+from coremq_broker.auth.authenticator import login_throttle
 from coremq_broker.models import PermissionRule
 from coremq_client.errors import PermissionDenied
 from security_world import Secured, secured, until  # noqa: F401  (secured: a fixture)
-from test_security_websocket import Open, ask, open_socket  # noqa: F401  (open_socket: a fixture)
+from test_security_websocket import Open, ask, open_socket, remote_broker  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 
@@ -106,3 +108,18 @@ async def test_migration_turns_the_documented_glob_into_connections() -> None:
         return forward + [PermissionRule.objects.get(pk=rule.pk).pattern]
 
     assert await sync_to_async(migrate)() == [CONNECTIONS, "a-*", "*-*-*-*-*"]
+
+
+# -- a web process of its own: the WebSocket logins' throttle is its own ----------------------------
+
+
+async def test_a_separate_web_process_throttles_its_browsers_logins(remote_broker: int, open_socket: Open,
+                                                                    settings) -> None:
+    """Without the broker in-process, browsers' token logins go through a throttle of the web process's own."""
+    settings.COREMQ = {**settings.COREMQ, "MAX_AUTH_FAILURES": 3}
+    sockets = [(await open_socket())[0] for _ in range(5)]
+    answers = await asyncio.gather(*(ask(socket, {"action": "auth", "token": "cmq_" + "x" * 43})
+                                     for socket in sockets))
+    errors = sorted(answer["error"] for answer in answers)
+    assert errors == ["authentication failed"] * 3 + ["too many failed authentications"] * 2
+    assert login_throttle().describe() == {"auth_failures": 3, "auth_refused": 2, "auth_blocked": 1}
