@@ -26,6 +26,7 @@ from .errors import (
     PermissionDenied,
     ProtocolError,
     ServerError,
+    SlowConsumer,
     Timeout,
 )
 from .protocol import Delivery, Gap
@@ -51,5 +52,6 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "ServerError",
+    "SlowConsumer",
     "Timeout",
 ]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol, TypeVar
 
 from .codec import validate_queue_name
-from .errors import ConnectionClosed, CoreMQError, FrameTooLarge, MessageError, ProtocolError, ServerError
+from .errors import ConnectionClosed, CoreMQError, FrameTooLarge, MessageError, ProtocolError, ServerError, SlowConsumer
 from .protocol import OPTION_ECHO, OPTION_REPLY, Bye, ClientProtocol, Delivery, Gap, Reply, Welcome, error_for, unwrap
-from .resume import Item, Resumer
+from .resume import Item, Resumer, bounds
 
 __all__ = [
     "ConnectCallback",
@@ -27,6 +27,7 @@ __all__ = [
     "GapCallback",
     "GapReporter",
     "JSONObject",
+    "MAX_PENDING",
     "PendingReplies",
     "Routed",
     "SessionState",
@@ -38,7 +39,9 @@ __all__ = [
     "history_messages",
     "notify_connected",
     "remaining",
+    "check_max_pending",
     "oversized_resyncs",
+    "resume_batch",
     "resume_reply",
     "route",
     "settle",
@@ -51,6 +54,12 @@ logger = logging.getLogger("coremq_client")
 
 #: How many unclaimed errors a client keeps in ``errors`` for inspection.
 RECENT_ERRORS = 100
+
+#: The default ``max_pending``: deliveries a client keeps for the application to
+#: receive before its reader stops reading the socket (TCP then pushes back on
+#: the broker, whose slow-consumer policy decides). Also the most live
+#: deliveries held per queue while it is resynced.
+MAX_PENDING = 10_000
 
 ErrorCallback = Callable[[CoreMQError], Any]
 #: Called with the welcome object of every new connection (the first and each reconnect).
@@ -71,6 +80,13 @@ def deadline_after(seconds: float | None) -> float | None:
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (never negative), or None for "no limit"."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def check_max_pending(max_pending: int | None) -> None:
+    """Raise ValueError unless ``max_pending`` is None (no bound) or a positive int."""
+    if max_pending is not None and (isinstance(max_pending, bool) or not isinstance(max_pending, int)
+                                    or max_pending < 1):
+        raise ValueError(f"max_pending must be a positive int or None, not {max_pending!r}")
 
 
 def check_backoff(backoff: float, max_backoff: float) -> None:
@@ -242,12 +258,14 @@ class PendingReplies(Generic[F]):
 class Routed:
     """One batch of received events, sorted for the front end to act on in this order.
 
-    Act on :attr:`deliveries` and :attr:`errors` first, then :func:`settle` the
+    Act on :attr:`stream` and :attr:`errors` first, then :func:`settle` the
     replies: a caller woken by its reply then finds every message and every
     error that arrived before that reply already queued or reported.
     """
 
-    deliveries: list[Delivery] = field(default_factory=list)
+    #: Deliveries and the broker's drop notices (unnumbered replies with ``dropped``), in the
+    #: order received: a notice tells where in the stream the dropped messages belonged.
+    stream: list[Delivery | Reply] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     #: Errors that answer no request: unnumbered ``ERROR:`` notices, bad frames.
     errors: list[CoreMQError] = field(default_factory=list)
@@ -261,9 +279,12 @@ def route(events: Iterable[Welcome | Reply | Delivery | Bye | ProtocolError]) ->
     routed = Routed()
     for event in events:
         if isinstance(event, Delivery):
-            routed.deliveries.append(event)
+            routed.stream.append(event)
         elif isinstance(event, Reply):
-            routed.replies.append(event)
+            if event.request is None and isinstance(event.message.get("dropped"), dict):
+                routed.stream.append(event)
+            else:
+                routed.replies.append(event)
         elif isinstance(event, Bye):
             routed.ended, routed.orderly = ConnectionClosed("the broker closed the connection (BYE)"), True
             break
@@ -285,6 +306,48 @@ def settle(replies: Iterable[Reply], pending: PendingReplies[Any], report: Calla
     for reply in replies:
         if not pending.resolve(reply) and reply.error is not None:
             report(error_for(reply.error, reply.request))
+
+
+def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: Routed, subscribed: Iterable[str],
+                 *, echo: bool) -> tuple[list[Item], list[dict[str, int]], list[Reply]]:
+    """The resume's part of one batch: ``(items to act on in order, history requests to send, other replies)``.
+
+    Live deliveries go through the resumer in the order received; a drop
+    notice starts a resync of its ``subscribed`` queues (its error, a
+    :class:`SlowConsumer`, joins ``routed.errors``); the replies to the
+    resume's history requests (``resyncs``, by number) are taken by the
+    resumer. Each request is ``{queue: since}``, to be sent with
+    ``limit=RESUME_PAGE`` and registered in ``resyncs``. The other replies are
+    returned for :func:`settle`.
+    """
+    items: list[Item] = []
+    requests: list[dict[str, int]] = []
+    for event in routed.stream:
+        if isinstance(event, Delivery):
+            items += resumer.accept(event)
+            continue
+        dropped: dict[str, Any] = event.message["dropped"]
+        gaps, since = resumer.dropped(dropped, subscribed)
+        items += gaps
+        if since:
+            requests.append(since)
+        routed.errors.append(SlowConsumer(event.error or "slow consumer: messages dropped",
+                                          {queue: bounds(value if isinstance(value, dict) else {})
+                                           for queue, value in dropped.items()}))
+    replies = []
+    for reply in routed.replies:
+        resumed = resume_reply(resumer, resyncs, reply, echo=echo)
+        if resumed is None:
+            replies.append(reply)
+            continue
+        got, again, refused = resumed
+        if refused is not None:
+            routed.errors.append(refused)
+        items += got
+        if again:
+            requests.append(again)
+    items += oversized_resyncs(resumer, resyncs, routed.errors, echo=echo)
+    return items, requests, replies
 
 
 def resume_reply(resumer: Resumer, requests: dict[int, dict[str, int]], reply: Reply, *, echo: bool

@@ -27,6 +27,7 @@ class ClientState:
 
     _conn: Any
     _ended: Any
+    _deliveries: Any  # queue.Queue or asyncio.Queue
     _welcome: "Welcome | None"
     _state: "SessionState"
     _resumer: "Resumer"
@@ -84,6 +85,11 @@ class ClientState:
     def last_ids(self) -> dict[str, int]:
         """The ``coremq_id`` of the last message delivered per queue (a copy)."""
         return self._resumer.last_ids
+
+    @property
+    def pending(self) -> int:
+        """How many received messages wait for ``receive()`` (at most about ``max_pending``)."""
+        return self._deliveries.qsize()
 
     @property
     def errors(self) -> list[CoreMQError]:

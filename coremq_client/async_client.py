@@ -23,20 +23,21 @@ from ._common import (
     GapCallback,
     GapReporter,
     JSONObject,
+    MAX_PENDING,
     PendingReplies,
     Routed,
     SessionState,
     backoff_delays,
     check_backoff,
+    check_max_pending,
     credentials_from,
     deadline_after,
     handshake_reply,
     history_messages,
     logger,
     notify_connected,
-    oversized_resyncs,
     remaining,
-    resume_reply,
+    resume_batch,
     route,
     settle,
     since_map,
@@ -77,8 +78,10 @@ class _Connection:
 class AsyncMessageQueue(ClientState):
     """An asyncio CoreMQ client that reconnects by itself; see :class:`~coremq_client.MessageQueue`.
 
-    Same constructor and semantics, logging in and resuming without loss
-    included; every request is a coroutine. ``on_error``, ``on_connect`` and
+    Same constructor and semantics, logging in, resuming without loss,
+    ``max_pending`` and the repair of dropped messages included (the reader
+    task stops reading while ``max_pending`` messages wait for
+    :meth:`receive`); every request is a coroutine. ``on_error``, ``on_connect`` and
     ``on_gap`` may be plain functions or coroutine functions (then they run
     as tasks). Use from one event loop only.
     """
@@ -106,8 +109,10 @@ class AsyncMessageQueue(ClientState):
         on_error: ErrorCallback | None = None,
         on_connect: ConnectCallback | None = None,
         on_gap: GapCallback | None = None,
+        max_pending: int | None = MAX_PENDING,
     ) -> None:
         check_backoff(backoff, max_backoff)
+        check_max_pending(max_pending)
         self._credentials = credentials_from(token, username, password)
         self.host = host
         self.port = port
@@ -119,13 +124,15 @@ class AsyncMessageQueue(ClientState):
         self.codec = JSONCodec(encoder, decoder)
         self.max_frame_size = max_frame_size
         self.ssl = ssl
+        self.max_pending = max_pending
         self._state = SessionState(queues, options)
-        self._resumer = Resumer(enabled=resume)
+        self._resumer = Resumer(enabled=resume, max_held=max_pending)
         self._reporter = ErrorReporter(on_error)
         self._gap_reporter = GapReporter(on_gap)
         self._on_connect = on_connect
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._deliveries: asyncio.Queue[Any] = asyncio.Queue()
+        self._room = asyncio.Event()  # set by receive(): the reader waits on it while max_pending messages wait
         self._connect_lock = asyncio.Lock()
         self._stop = asyncio.Event()  # set by close(); wakes backoff sleeps
         self._changed = asyncio.Event()  # set (and replaced) whenever _conn or _ended changes
@@ -371,6 +378,7 @@ class AsyncMessageQueue(ClientState):
             self._act(routed, conn)
             if routed.ended is not None:
                 return routed.ended, routed.orderly
+            await self._wait_for_room()
             try:
                 data = await conn.reader.read(_READ_SIZE)
             except OSError as exc:
@@ -379,22 +387,20 @@ class AsyncMessageQueue(ClientState):
                 return ConnectionClosed("connection closed"), self._stop.is_set()
             routed = route(conn.protocol.receive_data(data))
 
+    async def _wait_for_room(self) -> None:
+        """While ``max_pending`` messages wait for receive(), do not read (TCP pushes back on the broker)."""
+        limit = self.max_pending
+        while limit is not None and self._deliveries.qsize() >= limit and not self._stop.is_set():
+            self._room.clear()
+            await self._room.wait()
+
     def _act(self, routed: Routed, conn: _Connection) -> None:
-        """Deliver, report and settle one batch; the resume's history replies go to the resumer."""
-        for delivery in routed.deliveries:
-            self._dispatch(self._resumer.accept(delivery))
-        replies = []
-        for reply in routed.replies:
-            resumed = resume_reply(self._resumer, conn.resyncs, reply, echo=self._state.echo)
-            if resumed is None:
-                replies.append(reply)
-                continue
-            items, again, refused = resumed
-            if refused is not None:
-                routed.errors.append(refused)
-            self._dispatch(items)
-            self._resync(conn, again)
-        self._dispatch(oversized_resyncs(self._resumer, conn.resyncs, routed.errors, echo=self._state.echo))
+        """Deliver, report and settle one batch; the resume's history replies and drop notices go to the resumer."""
+        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state.queues,
+                                                echo=self._state.echo)
+        self._dispatch(items)
+        for since in requests:
+            self._resync(conn, since)
         for error in routed.errors:
             self._report(error)
         settle(replies, conn.pending, self._report)
@@ -549,6 +555,7 @@ class AsyncMessageQueue(ClientState):
                 item = await self._deliveries.get()
         except TimeoutError:
             return None
+        self._room.set()
         if item is _END:
             self._deliveries.put_nowait(_END)
             raise ConnectionClosed(str(self._ended))
@@ -576,6 +583,7 @@ class AsyncMessageQueue(ClientState):
     async def close(self) -> None:
         """Close the connection and stop reconnecting. Idempotent; see :meth:`MessageQueue.close`."""
         self._stop.set()
+        self._room.set()
         conn, task = self._conn, self._reader_task
         if conn is not None and not conn.writer.is_closing():
             if conn.writer.can_write_eof():

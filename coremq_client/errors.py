@@ -11,6 +11,7 @@ The tree::
     ├── InvalidQueueName (ValueError)       empty, whitespace, too long
     ├── ServerError                         the broker answered "ERROR: ..." (carries .reason, .request)
     │   ├── PermissionDenied (PermissionError)
+    │   ├── SlowConsumer                    the broker dropped messages this client read too slowly (.dropped)
     │   └── AuthenticationFailed            the credentials were refused; not retried by reconnect
     ├── ConnectionClosed (ConnectionError)  the connection is gone (BYE, EOF or a socket error)
     └── Timeout (TimeoutError)              no answer within the time allowed
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidQueueName",
     "ServerError",
     "PermissionDenied",
+    "SlowConsumer",
     "AuthenticationFailed",
     "ConnectionClosed",
     "Timeout",
@@ -94,6 +96,21 @@ class ServerError(CoreMQError):
 
 class PermissionDenied(ServerError, PermissionError):
     """The broker refused an action on a queue."""
+
+
+class SlowConsumer(ServerError):
+    """``ERROR: slow consumer: messages dropped``: the broker dropped messages this connection read too slowly.
+
+    ``dropped`` maps each queue to the ``(first, last)`` ``coremq_id`` dropped
+    (None where the broker could not tell). A client that resumes fetches them
+    from history and reports as a :class:`~coremq_client.protocol.Gap` only
+    what history no longer holds; this error tells that the application is
+    slower than its publishers.
+    """
+
+    def __init__(self, reason: str, dropped: dict[str, tuple[int | None, int | None]]) -> None:
+        super().__init__(reason)
+        self.dropped = dropped
 
 
 class AuthenticationFailed(ServerError):

@@ -18,6 +18,21 @@ What can no longer be delivered is reported as a :class:`~coremq_client.protocol
   stored message with that id is not the one delivered (its ``coremq_sent``
   differs). The client then asks for the new numbering's whole history.
 
+The broker's slow-consumer policy ``drop`` has the same cure: when it drops
+messages a connection read too slowly, it says which ids
+(``{"dropped": {queue: {"first", "last"}}}``); :meth:`Resumer.dropped` starts
+the same resync of those queues on the live connection, so the dropped
+messages are fetched from history and delivered in order, and only those
+history no longer holds become a gap. A drop noticed while a queue is being
+resynced asks for one more history reply once the current one is complete,
+since that reply may have been taken before the drop.
+
+While a queue is resynced, at most ``max_held`` live deliveries are held
+for it; later ones are let go: the history reply that ends the resync holds
+them too (it is taken after they were published, and the newest messages
+leave a history last), unless they already left the history: then they are
+part of the gap it reports.
+
 A queue with nothing delivered yet is *probed*: ``since`` is :data:`PROBE`,
 so the reply holds no messages, only the sequence, whose ``last`` becomes
 the point to resume from (no live delivery is held or dropped because of it).
@@ -38,7 +53,7 @@ from typing import Any, Iterable, Mapping
 
 from .protocol import Delivery, Gap
 
-__all__ = ["PROBE", "RESUME_PAGE", "Item", "Resumer"]
+__all__ = ["PROBE", "RESUME_PAGE", "Item", "Resumer", "bounds"]
 
 #: ``since`` that asks for no stored message, only the queue's sequence.
 PROBE = 2**53 - 1
@@ -69,14 +84,18 @@ class Resumer:
     """The per-queue marks, held deliveries and pending gaps of one client.
 
     With ``enabled`` false it only records the last id delivered per queue
-    (:attr:`last_ids`) and passes every delivery through.
+    (:attr:`last_ids`), passes every delivery through and reports dropped
+    ids as gaps. ``max_held`` bounds the live deliveries held per queue
+    while it is resynced (None: no bound).
     """
 
-    def __init__(self, *, enabled: bool = True) -> None:
+    def __init__(self, *, enabled: bool = True, max_held: int | None = None) -> None:
         self.enabled = enabled
+        self.max_held = max_held
         self._lock = threading.Lock()
         self._marks: dict[str, _Mark] = {}
         self._held: dict[str, list[Delivery]] = {}  # queues being resynced: live deliveries held meanwhile
+        self._drops: dict[str, int | None] = {}  # dropped while resynced: the last id dropped (None: unknown)
         self._restarted: set[str] = set()  # numbering restarted; asking for the new one
         self._gaps: dict[str, Gap] = {}  # reported, to mark the queue's next delivery with
         self._watch: dict[str, int] = {}  # history was empty: the next id expected live
@@ -108,6 +127,7 @@ class Resumer:
                 self._held.pop(queue, None)
                 self._gaps.pop(queue, None)
                 self._watch.pop(queue, None)
+                self._drops.pop(queue, None)
                 self._restarted.discard(queue)
 
     def plan(self, queues: Iterable[str]) -> dict[str, int]:
@@ -126,11 +146,52 @@ class Resumer:
                 if mark is None:
                     since[queue] = PROBE
                     continue
-                self._held.setdefault(queue, [])
-                # One message early: the delivered one comes back and is recognised (or not: a restart).
-                fingerprint = mark.delivered and mark.sent is not None and mark.id > 0
-                since[queue] = mark.id - 1 if fingerprint else mark.id
+                self._drops.pop(queue, None)  # this request is taken after any drop noticed
+                since[queue] = self._resync(queue, mark)
         return since
+
+    def dropped(self, notice: Mapping[str, Any], subscribed: Iterable[str]) -> tuple[list[Item], dict[str, int]]:
+        """The broker dropped these ids (``{queue: {"first": id, "last": id}}``, a drop notice's ``dropped``).
+
+        Returns the gaps to report (when resume is off, and for queues not
+        in ``subscribed``, such as the connection's private ``<id>/...``
+        queues: their dropped ids are lost) and ``{queue: since}`` to ask
+        history for, as
+        :meth:`plan` does: live deliveries of those queues are held from now
+        until the reply is given to :meth:`history` or :meth:`failed`.
+        Queues already being resynced get one more history request when
+        their current one completes.
+        """
+        items: list[Item] = []
+        since: dict[str, int] = {}
+        resumed = set(subscribed) if self.enabled else set()
+        with self._lock:
+            for queue, span in notice.items():
+                first, last = bounds(span if isinstance(span, dict) else {})
+                if queue not in resumed:
+                    if first is not None and last is not None:
+                        items.append(self._gap(Gap(queue, first, last)))
+                    continue
+                if queue in self._held:
+                    earlier = self._drops.get(queue, 0)
+                    self._drops[queue] = None if last is None or earlier is None else max(earlier, last)
+                    continue
+                mark = self._marks.get(queue)
+                if mark is None:
+                    if first is None:
+                        continue  # nothing to resume from; the notice itself is reported as an error
+                    mark = self._marks[queue] = _Mark(first - 1, delivered=False)
+                elif mark.delivered and last is not None and last <= mark.id:
+                    continue  # already delivered (from a history reply)
+                since[queue] = self._resync(queue, mark)
+        return items, since
+
+    def _resync(self, queue: str, mark: _Mark) -> int:
+        """Start holding ``queue``'s live deliveries; the ``since`` to ask its history for."""
+        self._held.setdefault(queue, [])
+        # One message early: the delivered one comes back and is recognised (or not: a restart).
+        fingerprint = mark.delivered and mark.sent is not None and mark.id > 0
+        return mark.id - 1 if fingerprint else mark.id
 
     def accept(self, delivery: Delivery) -> list[Item]:
         """A live delivery: ``[]`` if it is held or a duplicate, else itself (marked with a gap before it).
@@ -143,7 +204,10 @@ class Resumer:
             return [delivery]
         with self._lock:
             if self._held and queue in self._held:
-                self._held[queue].append(delivery)
+                held = self._held[queue]
+                if self.max_held is None or len(held) < self.max_held:
+                    held.append(delivery)
+                # else let go: the history reply that ends the resync holds it (the newest leave history last)
                 return []
             mark = self._marks.get(queue)
             if mark is None:
@@ -182,7 +246,7 @@ class Resumer:
         with self._lock:
             for queue, asked in since.items():
                 position = sequence.get(queue)
-                first, last = _bounds(position if isinstance(position, dict) else {})
+                first, last = bounds(position if isinstance(position, dict) else {})
                 if asked == PROBE:
                     if queue not in self._marks and last is not None:
                         self._marks[queue] = _Mark(last, delivered=False)
@@ -197,14 +261,17 @@ class Resumer:
                     self._marks[queue] = _Mark(0, delivered=False)
                     again[queue] = 0
                     continue
-                if more.get(queue) and messages:
-                    # One page of a longer history: deliver it, keep holding the live
-                    # deliveries, and ask for the next page from where this one ended.
+                behind = self._behind_drop(queue, last)
+                if (more.get(queue) and messages) or behind:
+                    # One page of a longer history (or a reply that may predate a drop):
+                    # deliver it, keep holding the live deliveries, and ask for the
+                    # next page from where this one ended.
                     before = self._marks[queue].id
                     items += self._merge(queue, messages, first, last, echo)
-                    if self._marks[queue].id > before:
+                    if self._marks[queue].id > before or behind:
                         again[queue] = self._marks[queue].id
                         continue
+                self._drops.pop(queue, None)
                 items += self._merge(queue, messages + self._held.pop(queue), first, last, echo)
         return items, again
 
@@ -224,6 +291,19 @@ class Resumer:
         return items
 
     # -- under the lock -----------------------------------------------------------
+
+    def _behind_drop(self, queue: str, last: int | None) -> bool:
+        """True if a drop was noticed during this resync and the reply (sequence ``last``) may predate it.
+
+        Forgets the drop: the next request is taken after it, so its reply covers it.
+        """
+        if queue not in self._drops:
+            return False
+        dropped = self._drops[queue]
+        if dropped is not None and last is not None and last >= dropped:
+            return False
+        del self._drops[queue]
+        return True
 
     def _numbering_restarted(self, queue: str, messages: list[Delivery], last: int | None) -> bool:
         if queue in self._restarted:
@@ -286,8 +366,8 @@ class Resumer:
         return isinstance(sender, str) and sender.partition("/")[0] in self._own
 
 
-def _bounds(position: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """``(first, last)`` of a history reply's sequence entry, None where absent or not an int."""
+def bounds(position: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``(first, last)`` of a history reply's sequence entry or a drop notice's span, None where absent or not an int."""
     first, last = position.get("first"), position.get("last")
     return (first if isinstance(first, int) else None), (last if isinstance(last, int) else None)
 

@@ -26,20 +26,21 @@ from ._common import (
     GapCallback,
     GapReporter,
     JSONObject,
+    MAX_PENDING,
     PendingReplies,
     Routed,
     SessionState,
     backoff_delays,
     check_backoff,
+    check_max_pending,
     credentials_from,
     deadline_after,
     handshake_reply,
     history_messages,
     logger,
     notify_connected,
-    oversized_resyncs,
     remaining,
-    resume_reply,
+    resume_batch,
     route,
     settle,
     since_map,
@@ -127,6 +128,21 @@ class MessageQueue(ClientState):
     messages published while disconnected are simply not delivered (as in
     2015); :attr:`last_ids` is kept either way.
 
+    **A slow application.** At most ``max_pending`` messages (default
+    :data:`~coremq_client._common.MAX_PENDING`, 10,000; None: no bound) wait
+    for :meth:`receive`; then the reader thread stops reading the socket
+    until the application takes some (it may hold one more read beyond:
+    64 KiB of messages, or one history page of ``RESUME_PAGE`` messages).
+    TCP then pushes back on the broker, and the queue's slow-consumer policy
+    decides: ``disconnect`` cuts the connection (the client reconnects and
+    resumes from history), ``drop`` drops messages and says which
+    (:class:`SlowConsumer` to ``on_error``); the client fetches those from
+    history like after a reconnect, and reports as a :class:`Gap` only what
+    history no longer holds (with ``resume=False``: all of them). Replies
+    wait behind the messages too: do not wait for a reply in the only thread
+    that calls :meth:`receive` while ``max_pending`` messages are waiting.
+    :attr:`pending` tells how many wait.
+
     Always :meth:`close` the client (or use ``with``): its reader thread keeps
     it alive otherwise.
     """
@@ -154,8 +170,10 @@ class MessageQueue(ClientState):
         on_error: ErrorCallback | None = None,
         on_connect: ConnectCallback | None = None,
         on_gap: GapCallback | None = None,
+        max_pending: int | None = MAX_PENDING,
     ) -> None:
         check_backoff(backoff, max_backoff)
+        check_max_pending(max_pending)
         self._credentials = credentials_from(token, username, password)
         self.host = host
         self.port = port
@@ -167,12 +185,15 @@ class MessageQueue(ClientState):
         self.codec = JSONCodec(encoder, decoder)
         self.max_frame_size = max_frame_size
         self.ssl = ssl
+        self.max_pending = max_pending
         self._state = SessionState(queues, options)
-        self._resumer = Resumer(enabled=resume)
+        self._resumer = Resumer(enabled=resume, max_held=max_pending)
         self._reporter = ErrorReporter(on_error)
         self._gap_reporter = GapReporter(on_gap)
         self._on_connect = on_connect
         self._deliveries: queue_module.Queue[Any] = queue_module.Queue()
+        self._room = threading.Condition()  # the reader waits on it while max_pending messages wait
+        self._reader_waits = False
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._stop = threading.Event()  # set by close(); wakes backoff sleeps
@@ -423,6 +444,7 @@ class MessageQueue(ClientState):
             self._act(routed, conn)
             if routed.ended is not None:
                 return routed.ended, routed.orderly
+            self._wait_for_room()
             try:
                 data = conn.sock.recv(_READ_SIZE)
             except TimeoutError:
@@ -433,23 +455,24 @@ class MessageQueue(ClientState):
                 return ConnectionClosed("connection closed"), self._stop.is_set()
             routed = route(conn.protocol.receive_data(data))
 
+    def _wait_for_room(self) -> None:
+        """While ``max_pending`` messages wait for receive(), do not read (TCP pushes back on the broker)."""
+        limit = self.max_pending
+        if limit is None or self._deliveries.qsize() < limit:
+            return
+        with self._room:
+            self._reader_waits = True  # before looking: receive() then cannot miss waking us
+            while self._deliveries.qsize() >= limit and not self._stop.is_set():
+                self._room.wait()
+            self._reader_waits = False
+
     def _act(self, routed: Routed, conn: _Connection) -> None:
-        """Deliver, report and settle one batch; the resume's history replies go to the resumer."""
-        for delivery in routed.deliveries:
-            self._dispatch(self._resumer.accept(delivery))
-        replies = []
-        for reply in routed.replies:
-            resumed = resume_reply(self._resumer, conn.resyncs, reply, echo=self._state.echo)
-            if resumed is None:
-                replies.append(reply)
-                continue
-            items, again, refused = resumed
-            if refused is not None:
-                routed.errors.append(refused)
-            self._dispatch(items)
-            if again:
-                self._resync_later(conn, again)
-        self._dispatch(oversized_resyncs(self._resumer, conn.resyncs, routed.errors, echo=self._state.echo))
+        """Deliver, report and settle one batch; the resume's history replies and drop notices go to the resumer."""
+        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state.queues,
+                                                echo=self._state.echo)
+        self._dispatch(items)
+        for since in requests:
+            self._resync_later(conn, since)
         for error in routed.errors:
             self._reporter.report(error)
         settle(replies, conn.pending, self._reporter.report)
@@ -660,6 +683,9 @@ class MessageQueue(ClientState):
             item = self._deliveries.get(timeout=timeout)
         except queue_module.Empty:
             return None
+        if self._reader_waits:
+            with self._room:
+                self._room.notify()
         if item is _END:
             self._deliveries.put(_END)  # wake the next waiter too
             raise ConnectionClosed(str(self._ended))
@@ -694,6 +720,8 @@ class MessageQueue(ClientState):
             self._stop.set()
             self._cond.notify_all()  # a reader waiting for credentials
             conn, reader = self._conn, self._reader
+        with self._room:
+            self._room.notify_all()  # a reader waiting for the application to receive
         if conn is not None:
             try:
                 conn.sock.shutdown(socket.SHUT_WR)

@@ -77,7 +77,7 @@ def test_route_keeps_order_and_stops_at_bye():
     """Deliveries, replies and errors are sorted in order; nothing after a BYE is acted on."""
     events = [Delivery("q", "m1"), Reply(1, {}), FrameTooLarge(10, 5), Bye(), Delivery("q", "late")]
     routed = route(events)
-    assert [d.message for d in routed.deliveries] == ["m1"]
+    assert [d.message for d in routed.stream] == ["m1"]
     assert [r.request for r in routed.replies] == [1]
     assert isinstance(routed.errors[0], FrameTooLarge)
     assert routed.orderly and isinstance(routed.ended, ConnectionClosed)
