@@ -18,7 +18,7 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 from coremq_client import protocol as P
-from coremq_client.codec import MAX_NESTING, check_nesting, encode_frame, validate_queue_name
+from coremq_client.codec import NESTING_CHECK_FROM, check_nesting, encode_frame, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError, ProtocolError
 
 from .access import ANONYMOUS, AccessPolicy, FailureTracker, Principal
@@ -431,7 +431,7 @@ class Broker(ControlRequests):
                 connection.messages_in -= len(frames) - index
                 break
             try:  # the door: what passes can be encoded again by every path that may carry it
-                if len(body) > MAX_NESTING:
+                if len(body) >= NESTING_CHECK_FROM:
                     check_nesting(body)
                 message = loads(body)
             except MessageError as exc:

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_QUEUE_NAME_LENGTH",
     "MAX_NESTING",
+    "NESTING_CHECK_FROM",
     "Frame",
     "FrameParser",
     "JSONCodec",
@@ -60,6 +61,8 @@ DEFAULT_MAX_QUEUE_NAME_LENGTH = 200
 #: back-ends) must be able to re-encode it inside its own envelopes, and orjson writes at most 254
 #: levels (the stdlib's limit is the interpreter's recursion limit, lower under a deep stack).
 MAX_NESTING = 128
+#: The shortest JSON text that can nest deeper than MAX_NESTING: each level takes two bytes.
+NESTING_CHECK_FROM = 2 * (MAX_NESTING + 1)
 
 # The longest length field we parse at all; longer headers are garbage.
 _MAX_LENGTH_DIGITS = 20
@@ -142,10 +145,11 @@ def nesting_depth(body: bytes) -> int:
 def check_nesting(body: bytes, limit: int = MAX_NESTING) -> None:
     """Raise :class:`MessageError` if ``body``'s JSON nests deeper than ``limit`` levels.
 
-    Cheap for what is well within the bound: a text with no more than
+    Cheap for what is well within the bound: a text shorter than
+    ``2 * (limit + 1)`` bytes (each level takes two) or with no more than
     ``limit`` brackets is not scanned at all.
     """
-    if len(body) > limit and body.count(b"[") + body.count(b"{") > limit:
+    if len(body) >= 2 * (limit + 1) and body.count(b"[") + body.count(b"{") > limit:
         depth = nesting_depth(body)
         if depth > limit:
             raise MessageError(f"JSON nested {depth} levels deep, limit is {limit}")
