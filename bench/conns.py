@@ -107,7 +107,8 @@ async def conns_run(target: Target, settings: ConnsSettings) -> ConnsResult:
             try:
                 async with asyncio.timeout(settings.timeout):
                     _, link = await loop.create_connection(
-                        lambda: Link(wire.idle(index), f"{target.label} idle[{index}]"), HOST, target.port)
+                        lambda: Link(wire.idle(index), f"{target.label} idle[{index}]"), HOST, target.port,
+                        local_addr=source_address(index))
                     links.append(link)
                     await link.ready
             except (ConnectionError, OSError, TimeoutError) as exc:

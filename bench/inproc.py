@@ -79,11 +79,23 @@ class _Loop:
     def call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         self.ready.append(lambda: callback(*args))
 
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> "_Timer":
+        """Timers (a connection's frame deadlines) never fire here: a measurement is over long before."""
+        return _Timer()
+
     def run_once(self) -> None:
         while self.ready:
             ready, self.ready = self.ready, []
             for callback in ready:
                 callback()
+
+
+class _Timer:
+    def cancel(self) -> None:
+        pass
 
 
 def _connect(broker: Broker) -> tuple[TcpConnection, _CountingTransport]:

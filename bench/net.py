@@ -14,9 +14,22 @@ from typing import Callable, Sequence
 
 from .handshake import Handshake
 
-__all__ = ["Link", "open_links", "close_links", "new_event_loop"]
+__all__ = ["Link", "open_links", "close_links", "new_event_loop", "source_address"]
 
 HOST = "127.0.0.1"
+
+#: Connections per source address. Many clients come from many addresses, and a broker may
+#: bound the connections of one (CoreMQ: MAX_CONNECTIONS_PER_ADDRESS, 100 anonymous ones by
+#: default): the generator spreads its connections over loopback addresses to stay below that.
+PER_SOURCE = 64
+
+
+def source_address(index: int, host: str = HOST) -> tuple[str, int] | None:
+    """The local address for connection ``index`` to ``host``: 127.1.x.y, ``PER_SOURCE`` per address (loopback only)."""
+    if not host.startswith("127."):
+        return None
+    block = index // PER_SOURCE
+    return f"127.1.{block // 250 % 256}.{block % 250 + 1}", 0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -133,7 +146,8 @@ async def open_links(
     async def one(index: int, handshake: Handshake) -> Link:
         async with gate:
             async with asyncio.timeout(timeout):
-                _, link = await loop.create_connection(lambda: Link(handshake, f"{name}[{index}]"), host, port)
+                _, link = await loop.create_connection(lambda: Link(handshake, f"{name}[{index}]"), host, port,
+                                                       local_addr=source_address(index, host))
                 links.append(link)
                 return await link.ready
 

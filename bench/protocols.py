@@ -135,6 +135,10 @@ class CoreMQWire(Wire):
     def publisher(self, index: int) -> Handshake:
         return self._setup(None)
 
+    def idle(self, index: int) -> Handshake:
+        # One request answered: CoreMQ closes a connection that sends no frame within FIRST_FRAME_TIMEOUT.
+        return self._setup({"coremq_options": {}})
+
     def publish_frame(self, topic: str) -> Callable[[bytes], bytes]:
         return lambda body: encode_frame(topic, body)
 

@@ -8,7 +8,6 @@ broker's process; other processes ask for it with a status request.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -16,19 +15,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from coremq_client.codec import split_address
 from coremq_client.protocol import OK_SENT
 
-from .access import ANONYMOUS, Principal
+from .access import ANONYMOUS, Principal, is_connection_address
 from .limits import Bounds, recount
 
 if TYPE_CHECKING:
     from .config import BrokerConfig
 
-__all__ = ["CONNECTION_ID", "Connection", "Queue", "Registry", "QueueSettings", "RateCounter", "splice_stamps"]
-
-#: The shape of every connection id a broker gives (``Broker.new_connection_id``): a UUID4 in lower
-#: case. A name of this shape, alone or before a ``/``, is a connection's address and never a public
-#: queue, so an id stays private after its connection closed without the broker keeping a list of
-#: closed ids (which clients could grow without bound).
-CONNECTION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+__all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter", "splice_stamps"]
 
 # The reply to a publish, formatted rather than encoded: it is sent once per publish.
 _OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % OK_SENT.encode()
@@ -363,10 +356,12 @@ class Registry:
 
         Such a name is refused as a subscription or history target and what is
         published to it is dropped: ids are not secret, so a newcomer must not
-        be able to take over a closed connection's messages.
+        be able to take over a closed connection's messages. Any name of the
+        form the broker gives ids (:func:`~coremq_broker.access.is_connection_address`)
+        is an address, so no list of closed ids is kept, which clients could
+        grow without bound.
         """
-        prefix = split_address(name)[0]
-        return prefix not in self.connections and CONNECTION_ID.fullmatch(prefix) is not None
+        return split_address(name)[0] not in self.connections and is_connection_address(name)
 
     def queue(self, name: str) -> Queue:
         """The queue called ``name``, created on first use.
