@@ -239,6 +239,8 @@ class Bridge:
         if browsers is None:
             browsers = self._route(queue)
             if not browsers:
+                if queue.startswith(self._private_prefix):
+                    self.dead_letters += 1  # to a browser that has closed, or to no browser's address
                 return
         self.delivered_count += len(browsers)
         self._enqueue(Outgoing(self.codec.dumps(message_frame(queue, stored))), browsers)
@@ -463,10 +465,7 @@ class Bridge:
         if queue.startswith(self._private_prefix):
             number = browser_number(queue[len(self._private_prefix):])
             browser = self.browsers.get(number) if number is not None else None
-            if browser is None:
-                self.dead_letters += 1
-                return ()
-            return (browser,)
+            return (browser,) if browser is not None else ()
         local = self._local.get(queue)
         if not local:
             return ()
