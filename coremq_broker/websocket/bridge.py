@@ -245,6 +245,20 @@ class Bridge:
         self.delivered_count += len(browsers)
         self._enqueue(Outgoing(self.codec.dumps(message_frame(queue, stored))), browsers)
 
+    def dropped(self, queue: str, first: int | None, last: int | None) -> None:
+        """The broker dropped ids ``first``..``last`` of ``queue`` on their way to this bridge (a slow link).
+
+        Every local subscriber gets a ``dropped`` frame where the messages would
+        have been; ``coremq.js`` fetches them from history and reports as a gap
+        only what history no longer holds.
+        """
+        browsers = self._fanout.get(queue)
+        if browsers is None:
+            browsers = self._route(queue)
+        if browsers:
+            frame = {"type": "dropped", "queue": queue, "first": first, "last": last}
+            self._enqueue(Outgoing(self.codec.dumps(frame)), browsers)
+
     def lost(self, reason: str) -> None:
         """The link can never deliver again: tell every browser and close it (they reconnect to a new bridge)."""
         if self.closed:
