@@ -185,7 +185,7 @@ class RemoteLink(BrokerLink):
         # resume=False: each browser resumes from its own last ids (coremq.js), after the new welcome.
         self.client = AsyncMessageQueue(host, port, options={P.OPTION_ECHO: True}, timeout=timeout,
                                         reconnect=True, resume=False, on_connect=self._on_connect,
-                                        **client_options)
+                                        on_gap=self._on_gap, **client_options)
         self._bridge: Bridge | None = None
         self._started: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -212,6 +212,11 @@ class RemoteLink(BrokerLink):
         task = asyncio.ensure_future(self._welcome_browsers(connection_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _on_gap(self, gap: P.Gap) -> None:
+        """The broker dropped messages this link read too slowly: the browsers fetch them from history."""
+        if self._bridge is not None and not gap.reset:
+            self._bridge.dropped(gap.queue, gap.first_missing, gap.last_missing)
 
     async def _welcome_browsers(self, connection_id: str) -> None:
         try:

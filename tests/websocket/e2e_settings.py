@@ -5,6 +5,7 @@ demo's counter view and separate daphne processes use to reach it; so the
 tests give the port to both through ``COREMQ_E2E_PORT``.
 """
 
+import json
 import os
 
 from coremq_project.settings import *  # noqa: F401,F403
@@ -15,3 +16,5 @@ if os.environ.get("COREMQ_E2E_MAX_WRITE_BUFFER"):  # the slow-consumer bound, sm
     COREMQ["MAX_WRITE_BUFFER"] = int(os.environ["COREMQ_E2E_MAX_WRITE_BUFFER"])
 if os.environ.get("COREMQ_E2E_DURABLE_PATH"):  # every queue durable, its history in this file
     COREMQ.update(DURABLE_ALL=True, DURABLE_PATH=os.environ["COREMQ_E2E_DURABLE_PATH"])
+if os.environ.get("COREMQ_E2E_COREMQ"):  # any other COREMQ keys, as JSON
+    COREMQ.update(json.loads(os.environ["COREMQ_E2E_COREMQ"]))

@@ -6,14 +6,21 @@ from typing import Any
 
 __all__ = ["CLIENT", "client_page", "events", "settled"]
 
-# A client of the page's own server, its events recorded in window.events, its sockets counted.
+# A client of the page's own server: its events recorded in window.events, its sockets and dropped frames counted.
 CLIENT = """(url) => {
     window.events = [];
     window.got = [];
     window.sockets = 0;
+    window.droppedFrames = 0;
     const Native = window.WebSocket;
     window.WebSocket = class extends Native {
-        constructor(...args) { super(...args); window.sockets += 1; }
+        constructor(...args) {
+            super(...args);
+            window.sockets += 1;
+            this.addEventListener("message", (event) => {
+                if (JSON.parse(event.data).type === "dropped") window.droppedFrames += 1;
+            });
+        }
     };
     window.mq = new CoreMQ(url, { minDelay: 20, maxDelay: 100 });
     for (const name of ["state", "close", "revoked", "gap", "reset"]) {

@@ -219,3 +219,28 @@ def test_close_codes_decide_whether_to_reconnect(page: Any) -> None:
     }""")
     assert outcome == [True, "closed", [["revoked", {"code": 4008, "reason": "", "error": "credentials revoked"}]],
                        "credentials revoked"]
+
+
+def test_dropped_ids_are_fetched_from_history_and_only_the_lost_ones_are_a_gap(page: Any) -> None:
+    """A dropped frame makes the client fetch those ids (live ones wait); a gap names only what history lost."""
+    start(page)
+    page.evaluate("""
+        socket(0).deliver(message('q', 1)); socket(0).deliver(message('q', 2));
+        socket(0).deliver({ type: 'dropped', queue: 'q', first: 3, last: 6 });
+        socket(0).deliver(message('q', 7));
+    """)
+    assert page.evaluate("socket(0).request('history').since") == {"q": 2}
+    page.evaluate("""socket(0).answer('history', { type: 'history', history: { q: [5, 6, 7].map((id) => message('q', id)) },
+                                                     sequence: { q: { first: 5, last: 7 } } });
+                     socket(0).deliver(message('q', 8));""")
+    assert page.evaluate("got") == [[1, False], [2, False], [5, True], [6, True], [7, True], [8, False]]
+    assert page.evaluate("events.filter(([name]) => name === 'gap')") == [["gap", {"queue": "q", "from": 3, "to": 4}]]
+
+
+def test_a_drop_of_ids_already_delivered_asks_nothing(page: Any) -> None:
+    """A dropped frame for ids the page already has (or a queue it dropped) fetches nothing."""
+    start(page)
+    page.evaluate("socket(0).deliver(message('q', 1)); socket(0).deliver(message('q', 2))")
+    page.evaluate("socket(0).deliver({ type: 'dropped', queue: 'q', first: 1, last: 2 })")
+    page.evaluate("socket(0).deliver({ type: 'dropped', queue: 'other', first: 1, last: 9 })")
+    assert page.evaluate("socket(0).request('history')") is None

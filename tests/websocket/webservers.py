@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -69,10 +70,11 @@ class Servers:
         self.started: list[Server] = []
 
     def run_coremq(self, port: int, web_port: int | None = None, *, max_write_buffer: int | None = None,
-                   durable_path: Path | None = None) -> Server:
+                   durable_path: Path | None = None, coremq: dict | None = None) -> Server:
         """``manage.py run_coremq --port P`` with ``--web-port W``, or ``--no-web`` without one.
 
-        With ``durable_path`` every queue is durable, its history kept in that file.
+        With ``durable_path`` every queue is durable, its history kept in that file; ``coremq``
+        adds settings.COREMQ keys.
         """
         args = [sys.executable, "manage.py", "run_coremq", "--port", str(port)]
         args += ["--no-web"] if web_port is None else ["--web-port", str(web_port)]
@@ -80,13 +82,16 @@ class Servers:
         env = {} if max_write_buffer is None else {"COREMQ_E2E_MAX_WRITE_BUFFER": str(max_write_buffer)}
         if durable_path is not None:
             env["COREMQ_E2E_DURABLE_PATH"] = str(durable_path)
+        if coremq:
+            env["COREMQ_E2E_COREMQ"] = json.dumps(coremq)
         return self._start(Server(args, broker_port=port, database=self.database, ready=ready, env=env))
 
-    def daphne(self, port: int, web_port: int) -> Server:
+    def daphne(self, port: int, web_port: int, *, coremq: dict | None = None) -> Server:
         """``daphne coremq_project.asgi:application``: a web process of its own, linked to the broker on ``port``."""
         args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
                 "coremq_project.asgi:application"]
-        return self._start(Server(args, broker_port=port, database=self.database, http_port=web_port))
+        env = {"COREMQ_E2E_COREMQ": json.dumps(coremq)} if coremq else {}
+        return self._start(Server(args, broker_port=port, database=self.database, http_port=web_port, env=env))
 
     def _start(self, server: Server) -> Server:
         self.started.append(server)

@@ -226,6 +226,7 @@
         case "message": this._onMessage(frame); break;
         case "welcome": this._onWelcome(frame); break;
         case "error": this._onError(frame); break;
+        case "dropped": this._onDropped(frame); break;
         default: this._settle(frame);
       }
     }
@@ -322,12 +323,32 @@
       if (!entry || !entry.replay) return;
       const held = entry.replay;
       entry.replay = null;
-      for (const frame of held) this._onMessage(frame, false);  // a hole left now is a gap
+      for (const frame of held) {
+        if (frame.type === "dropped") this._onDropped(frame);
+        else this._onMessage(frame, false);  // a hole left now is a gap
+      }
     }
 
-    /** A live message skipped ids: hold it and fetch the missing ones from history first. */
+    /**
+     * The server dropped ids `first`..`last` of a queue on their way to this page (its link to the
+     * broker was too slow): fetch them from history, holding what comes meanwhile; only what history
+     * no longer holds becomes a gap. Arriving while history is being fetched, it waits its turn.
+     */
+    _onDropped(frame) {
+      const entry = this._queues.get(frame.queue);
+      if (!entry) return;
+      if (entry.replay) {
+        entry.replay.push(frame);
+        return;
+      }
+      const position = entry.last ?? entry.baseline;
+      if (position == null || frame.last == null || frame.last <= position) return;  // nothing this page lacks
+      if (this.state === "open") this._fill(frame.queue, entry, position, null);
+    }
+
+    /** A live message skipped ids (or some were dropped): hold it and fetch the missing ones from history first. */
     _fill(queue, entry, position, frame) {
-      entry.replay = [frame];
+      entry.replay = frame ? [frame] : [];
       this._request({ action: "history", queues: [queue], since: { [queue]: position } }, true).then(
         (answer) => this._replay(queue, answer, position, false),
         () => this._flushReplay(queue),
