@@ -180,7 +180,7 @@ class ControlRequests:
         attempt = self.auth_failures.begin(address, username)
         if attempt is None:
             logger.warning("connection %s: %s is blocked after repeated failed authentications%s",
-                           connection.id, address, f" (or user {username!r} is)" if username else "")
+                           connection.id, address, f" (or user {username[:64]!r} is)" if username else "")
             connection.close("too many failed authentications")
             return
         connection.hold()
@@ -200,7 +200,7 @@ class ControlRequests:
             if principal is None or self.access.is_revoked(principal):
                 self.auth_failures.settle(attempt, False)
                 logger.warning("connection %s (%s): authentication failed for %r", connection.id, connection.peer,
-                               credentials.get("username") or "a token")
+                               str(credentials.get("username") or "a token")[:64])
                 await asyncio.sleep(self.auth_failures.delay(attempt.address, attempt.username))  # slows guessing
                 self._reply(connection, {"response": "ERROR: authentication failed"}, request)
                 return

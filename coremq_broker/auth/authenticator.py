@@ -90,7 +90,7 @@ async def throttled_authenticate(credentials: dict[str, Any], host: str) -> Prin
     finally:
         throttle.settle(attempt, principal is not None)
     if principal is None:
-        logger.warning("%s: authentication failed for %r", host, username or "a token")
+        logger.warning("%s: authentication failed for %r", host, str(username or "a token")[:64])
         await asyncio.sleep(throttle.delay(attempt.address, attempt.username))  # slows guessing down
     return principal
 
