@@ -57,9 +57,10 @@ class BrokerConfig:
     #: second per connection (0, the default, sets none: one connection cannot
     #: outrun the broker here, and a limit would cap honest throughput; set one
     #: where clients are not trusted, see docs/security.md), failed
-    #: authentications per address
-    #: (each failure doubles the wait before the next answer; past the limit
-    #: within five minutes the address is refused).
+    #: authentications per address and per username, TCP and WebSocket alike
+    #: (an attempt counts before it is checked; each failure doubles the wait
+    #: before its answer; past the limit within five minutes further attempts
+    #: are refused unchecked: access.FailureTracker).
     max_connections: int = 20_000
     max_connections_per_user: int = 100
     max_publish_rate: int = 0
