@@ -238,8 +238,11 @@ def keep(bounds: Bounds, registry: "Registry", queue: "Queue", entry: tuple[int,
     if len(history) == history.maxlen:  # the deque drops its oldest entry, or keeps none (maxlen 0)
         size = size - len(history[0][1]) - HISTORY_ENTRY_BYTES if history else 0
     history.append(entry)
-    if size:
-        bounds.held(registry, queue, size)
+    if size:  # as Bounds.held, spelled out: this runs once per message of the single-publish path
+        queue.history_bytes += size
+        bounds.history_bytes += size
+        if bounds.history_bytes > bounds.max_history_bytes:
+            bounds.trim_history(registry)
 
 
 def keep_run(bounds: Bounds, registry: "Registry", queue: "Queue", first_id: int, bodies: list[bytes],
@@ -277,13 +280,14 @@ def recount(bounds: Bounds, queue: "Queue") -> None:
 class FrameDeadline:
     """The input deadlines of one TCP connection: its first frame, then each frame it starts.
 
-    The transport calls :meth:`read` after every read with whether its parser
-    is left inside a frame and whether the read completed any. One timer at a
-    time, re-armed from its own callback: the per-read cost is a few
+    The transport calls :meth:`read` after a read with whether its parser is
+    left inside a frame and whether the read completed any; it may skip the
+    call when the read ended on a frame's end and :attr:`active` is false. One
+    timer at a time, re-armed from its own callback: the per-read cost is a few
     assignments, not a timer.
     """
 
-    __slots__ = ("bounds", "connection", "loop", "_timer", "_started", "_first")
+    __slots__ = ("bounds", "connection", "loop", "active", "_timer", "_started", "_first")
 
     def __init__(self, bounds: Bounds, connection: "Connection", loop: asyncio.AbstractEventLoop) -> None:
         self.bounds = bounds
@@ -291,6 +295,8 @@ class FrameDeadline:
         self.loop = loop
         self._first = True  # no frame yet: the welcome's deadline runs
         self._started: float | None = loop.time()  # since when the deadline runs (None: between frames)
+        #: False between frames once the first came: a read that ends on a frame's end needs no call.
+        self.active = True
         self._timer: asyncio.TimerHandle | None = None
         self._arm(bounds.first_frame_timeout)
 
@@ -306,6 +312,7 @@ class FrameDeadline:
                 self._arm(self.bounds.frame_timeout)
         elif not self._first:
             self._started = None  # between frames: no deadline (a lapsing timer finds nothing to do)
+        self.active = self._first or self._started is not None
 
     def cancel(self) -> None:
         if self._timer is not None:

@@ -124,7 +124,9 @@ class TcpConnection(asyncio.Protocol, Connection):
         parser = self.parser
         parser.receive_data(data)
         events = parser.events()
-        self.deadline.read(parser.mid_frame, events)  # the first frame and a started one have deadlines
+        deadline = self.deadline  # the first frame and a started one have deadlines
+        if deadline.active or parser.mid_frame:
+            deadline.read(parser.mid_frame, events)
         if parser.clean:  # frames only, the usual case
             broker.handle_frames(self, events)  # type: ignore[arg-type]
             return
