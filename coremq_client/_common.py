@@ -308,12 +308,12 @@ def settle(replies: Iterable[Reply], pending: PendingReplies[Any], report: Calla
             report(error_for(reply.error, reply.request))
 
 
-def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: Routed, subscribed: Iterable[str],
-                 *, echo: bool) -> tuple[list[Item], list[dict[str, int]], list[Reply]]:
+def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: Routed, state: SessionState
+                 ) -> tuple[list[Item], list[dict[str, int]], list[Reply]]:
     """The resume's part of one batch: ``(items to act on in order, history requests to send, other replies)``.
 
     Live deliveries go through the resumer in the order received; a drop
-    notice starts a resync of its ``subscribed`` queues (its error, a
+    notice starts a resync of its queues that ``state`` subscribes to (its error, a
     :class:`SlowConsumer`, joins ``routed.errors``); the replies to the
     resume's history requests (``resyncs``, by number) are taken by the
     resumer. Each request is ``{queue: since}``, to be sent with
@@ -322,12 +322,13 @@ def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: R
     """
     items: list[Item] = []
     requests: list[dict[str, int]] = []
+    echo = state.echo
     for event in routed.stream:
         if isinstance(event, Delivery):
             items += resumer.accept(event)
             continue
         dropped: dict[str, Any] = event.message["dropped"]
-        gaps, since = resumer.dropped(dropped, subscribed)
+        gaps, since = resumer.dropped(dropped, state.queues)
         items += gaps
         if since:
             requests.append(since)

@@ -396,8 +396,7 @@ class AsyncMessageQueue(ClientState):
 
     def _act(self, routed: Routed, conn: _Connection) -> None:
         """Deliver, report and settle one batch; the resume's history replies and drop notices go to the resumer."""
-        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state.queues,
-                                                echo=self._state.echo)
+        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state)
         self._dispatch(items)
         for since in requests:
             self._resync(conn, since)

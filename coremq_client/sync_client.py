@@ -132,7 +132,7 @@ class MessageQueue(ClientState):
     :data:`~coremq_client._common.MAX_PENDING`, 10,000; None: no bound) wait
     for :meth:`receive`; then the reader thread stops reading the socket
     until the application takes some (it may hold one more read beyond:
-    64 KiB of messages, or one history page of ``RESUME_PAGE`` messages).
+    64 KiB of messages, or one history reply: ``RESUME_PAGE`` messages per queue).
     TCP then pushes back on the broker, and the queue's slow-consumer policy
     decides: ``disconnect`` cuts the connection (the client reconnects and
     resumes from history), ``drop`` drops messages and says which
@@ -468,8 +468,7 @@ class MessageQueue(ClientState):
 
     def _act(self, routed: Routed, conn: _Connection) -> None:
         """Deliver, report and settle one batch; the resume's history replies and drop notices go to the resumer."""
-        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state.queues,
-                                                echo=self._state.echo)
+        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state)
         self._dispatch(items)
         for since in requests:
             self._resync_later(conn, since)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coremq_client._common import Routed, resume_batch, route
+from coremq_client._common import Routed, SessionState, resume_batch, route
 from coremq_client.errors import SlowConsumer
 from coremq_client.protocol import Delivery, Gap, Reply
 from coremq_client.resume import Resumer
@@ -118,12 +118,12 @@ def test_resume_batch_resyncs_and_reports_a_slow_consumer_with_the_ids():
     drop = Reply(None, {"response": "ERROR: slow consumer: messages dropped", "dropped": notice("q", 2, 3)})
     routed = route([live("q", 1), drop, live("q", 4)])
     resyncs: dict[int, dict[str, int]] = {}
-    items, requests, replies = resume_batch(resumer, resyncs, routed, ["q"], echo=False)
+    items, requests, replies = resume_batch(resumer, resyncs, routed, SessionState(["q"]))
     assert ids(items) == [1] and requests == [{"q": 0}] and replies == []
     [error] = routed.errors
     assert isinstance(error, SlowConsumer) and error.dropped == {"q": (2, 3)}
     assert error.reason == "slow consumer: messages dropped" and error.request is None
     resyncs[7] = requests[0]
     answer = Routed(replies=[Reply(7, reply("q", [1, 2, 3, 4], 1, 4))])
-    items, requests, replies = resume_batch(resumer, resyncs, answer, ["q"], echo=False)
+    items, requests, replies = resume_batch(resumer, resyncs, answer, SessionState(["q"]))
     assert ids(items) == [2, 3, 4] and requests == [] and replies == [] and resyncs == {}
