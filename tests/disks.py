@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-__all__ = ["mounted_tmpfs", "fill"]
+__all__ = ["mounted_tmpfs", "remount", "fill"]
 
 
 def _mount_command() -> list[str]:
@@ -38,6 +38,12 @@ def mounted_tmpfs(directory: Path, *, size: str = "2m", read_only: bool = False)
     finally:
         # Lazily: a broker thread that a failed test left behind may still hold a file open.
         subprocess.run([*_mount_command()[:-1], "umount", "-l", str(directory)], check=True)
+
+
+def remount(directory: Path, *, read_only: bool) -> None:
+    """Make the tmpfs on ``directory`` read-only or writable again."""
+    subprocess.run([*_mount_command(), "-o", "remount,ro" if read_only else "remount,rw", str(directory)],
+                   check=True)
 
 
 def fill(directory: Path) -> Path:

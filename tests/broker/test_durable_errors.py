@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from coremq_broker import start
 from coremq_broker.config import BrokerConfig
 from coremq_broker.durable import DurableHistoryError, HistoryStore, unwritable
 from coremq_broker.registry import QueueSettings
-from disks import fill, mounted_tmpfs
+from disks import fill, mounted_tmpfs, remount
 from wire import RawClient
 
 UNAVAILABLE = "ERROR: durable history unavailable: "
@@ -209,7 +208,7 @@ def test_read_only_directory_is_reported_at_start_and_recovers_when_writable(rea
         reply = client.read()[1]
         assert reply["response"].startswith(UNAVAILABLE) and "Read-only file system" in reply["response"]
 
-        subprocess.run(["mount", "-o", "remount,rw", str(read_only_disk)], check=True)
+        remount(read_only_disk, read_only=False)
         wait_for_state(client, "ok")
         client.send("orders", {"n": 1})
         assert client.read()[1]["id"] == 1
