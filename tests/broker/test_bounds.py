@@ -394,3 +394,34 @@ async def test_a_browser_gets_a_paged_history_whole():
         await browser.disconnect()
         await close_bridges()
         await broker.close()
+
+
+def test_bounds_are_checked_settings():
+    """Each bound is a COREMQ key with its default; 0 switches off the per-address and queue limits; a 0 deadline is coremq.E004."""
+    from django.test import override_settings
+
+    from coremq_broker import conf
+
+    bounds = {"FIRST_FRAME_TIMEOUT": 2.5, "FRAME_TIMEOUT": 4, "MAX_CONNECTIONS_PER_ADDRESS": 0, "MAX_QUEUES": 0,
+              "MAX_HISTORY_BYTES": 2**20, "QUEUE_IDLE_TIMEOUT": 60}
+    with override_settings(COREMQ=bounds):
+        assert conf.setting_errors() == []
+        config = conf.get_config()
+        assert (config.first_frame_timeout, config.frame_timeout, config.max_connections_per_address,
+                config.max_queues, config.max_history_bytes, config.queue_idle_timeout) == (2.5, 4, 0, 0, 2**20, 60)
+    for name in ("FIRST_FRAME_TIMEOUT", "FRAME_TIMEOUT", "MAX_HISTORY_BYTES", "QUEUE_IDLE_TIMEOUT"):
+        with override_settings(COREMQ={name: 0}):
+            assert [error.id for error in conf.setting_errors()] == ["coremq.E004"], name
+    with override_settings(COREMQ={"MAX_QUEUES": "many"}):
+        assert [error.id for error in conf.setting_errors()] == ["coremq.E003"]
+
+
+def test_no_per_address_limit_when_it_is_zero():
+    """MAX_CONNECTIONS_PER_ADDRESS = 0 lets any number of anonymous connections come from one address."""
+    with running(max_connections_per_address=0) as broker:
+        clients = [RawClient(broker.host, broker.port) for _ in range(120)]
+        try:
+            assert all(client.welcome["response"].startswith("OK: Welcome") for client in clients)
+        finally:
+            for client in clients:
+                client.close()
