@@ -194,10 +194,11 @@ class FailureTracker:
     """Login attempts per address and per username within a window, and the delay a failure earns.
 
     An attempt counts as a failure from the moment :meth:`begin` lets it
-    through, before the credentials are checked, and is settled afterwards: a failure stays
-    counted, a success takes back its own attempt (and forgives its own
-    username's earlier failures, never those of other accounts from the same
-    address). So however many attempts run at once, at most ``limit`` are
+    through, before the credentials are checked, and is settled afterwards:
+    a failure stays counted, a success takes back its own attempt and nothing
+    else (not the failures of other accounts from its address, nor the
+    attempts under way for its username from elsewhere). So however many
+    attempts run at once, at most ``limit`` are
     checked per address, and per username, in ``window`` seconds; the others
     are refused unchecked. Each failure doubles the wait before the answer
     (from ``base`` up to ``ceiling`` seconds). At most ``max_keys`` addresses
@@ -252,9 +253,6 @@ class FailureTracker:
             self.failures += 1
             return
         for key in self.keys(attempt.address, attempt.username):
-            if key.startswith("user:"):
-                self._stamps.pop(key, None)
-                continue
             stamps = self._stamps.get(key)
             if stamps and attempt.began in stamps:
                 stamps.remove(attempt.began)

@@ -100,7 +100,7 @@ def test_failure_tracker_doubles_and_blocks():
     tracker.settle(pending[1], False)
     tracker.settle(pending[2], False)
     assert tracker.delay("a") == pytest.approx(0.3) and tracker.blocked("a") and not tracker.blocked("b")
-    tracker.settle(pending[3], True)  # a success takes back its own attempt only (and bob's failures)
+    tracker.settle(pending[3], True)  # a success takes back its own attempt only
     assert tracker.delay("a") == pytest.approx(0.3) and not tracker.blocked("a")
     assert tracker.describe() == {"auth_failures": 3, "auth_refused": 1, "auth_blocked": 0}
     assert tracker.begin("a") is not None and tracker.blocked("a") and tracker.describe()["auth_blocked"] == 1

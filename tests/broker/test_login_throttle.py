@@ -61,3 +61,15 @@ def test_ipv6_addresses_count_per_64_network() -> None:
     assert peer_address("2001:db8:1:3::5") != peer_address("2001:db8:1:2::5")
     assert peer_address("::ffff:192.0.2.7") == "192.0.2.7" and peer_address("192.0.2.8") == "192.0.2.8"
     assert peer_address("a-unix-socket") == "a-unix-socket"
+
+
+def test_a_users_success_does_not_reopen_the_username() -> None:
+    """Guesses for alice from elsewhere stay counted when alice herself logs in meanwhile."""
+    tracker = FailureTracker(limit=3)
+    guesses = [tracker.begin(f"10.0.1.{n}", "alice") for n in range(2)]
+    alice = tracker.begin("10.0.0.1", "alice")
+    assert alice is not None and tracker.begin("10.0.1.9", "alice") is None
+    tracker.settle(alice, True)
+    for guess in guesses:
+        tracker.settle(guess, False)  # type: ignore[arg-type]
+    assert tracker.begin("10.0.1.9", "alice") is not None and tracker.begin("10.0.1.10", "alice") is None
