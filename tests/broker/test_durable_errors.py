@@ -247,14 +247,15 @@ def test_unreadable_existing_history_stops_the_start(tmp_path: Path) -> None:
         BrokerThread(durable_config(path))
 
 
-def test_python_client_raises_the_refusal_and_publishes_again_after_recovery(small_disk: Path) -> None:
-    """MessageQueue.publish on a full disk raises ServerError naming the reason; once freed it returns the next id."""
+def test_python_clients_see_the_refusal_and_no_gap(small_disk: Path) -> None:
+    """MessageQueue: publish on a full disk raises ServerError; the subscriber then gets the next id with no gap, live and resumed."""
     from coremq_client.errors import ServerError
     from coremq_client.sync_client import MessageQueue
 
     running = BrokerThread(durable_config(small_disk / "history.sqlite3"))
     try:
-        with MessageQueue(running.host, running.port) as client:
+        with MessageQueue(running.host, running.port, queues=["orders"]) as subscriber, \
+                MessageQueue(running.host, running.port) as client:
             assert client.publish("orders", {"n": 0})["id"] == 1
             filler = fill(small_disk)
             with pytest.raises(ServerError) as raised:
@@ -266,5 +267,15 @@ def test_python_client_raises_the_refusal_and_publishes_again_after_recovery(sma
                 assert time.monotonic() < deadline, "the durable history did not recover"
                 time.sleep(0.05)
             assert client.publish("orders", {"n": 2})["id"] == 2
+            first, second = subscriber.receive(5), subscriber.receive(5)
+            assert [(d.id, d.message["n"], d.gap) for d in (first, second)] == [(1, 0, None), (2, 2, None)]
+
+            running.restart()  # the subscriber resumes from id 2 on the restarted broker
+            publisher = RawClient(running.host, running.port)
+            publisher.send("orders", {"n": 3})
+            assert publisher.read()[1]["id"] == 3
+            third = subscriber.receive(10)
+            assert (third.id, third.message["n"], third.gap) == (3, 3, None)
+            assert list(subscriber.gaps) == []
     finally:
         running.stop()
