@@ -196,11 +196,13 @@ class Broker(ControlRequests):
         path = self.config.durable_path
         store = HistoryStore(path)
         saved = await self._loop.run_in_executor(None, store.load) if os.path.exists(path) else {}
+        limit, self.bounds.max_queues = self.bounds.max_queues, 0  # durable queues come back whatever MAX_QUEUES says
         for name, rows in saved.items():
             queue = self.registry.queue(name)
             for message_id, body in rows:
                 keep(self.bounds, self.registry, queue, (message_id, body, None))
             queue.last_id = rows[-1][0]
+        self.bounds.max_queues = limit
         if saved:
             logger.info("restored the durable history of %d queue(s) from %s", len(saved), path)
         self._history_store()

@@ -76,7 +76,7 @@ class BrokerConfig:
     frame_timeout: float = 30.0
     max_connections_per_address: int = 100
     max_queues: int = 100_000
-    max_history_bytes: int = 256 * 2**20
+    max_history_bytes: int = 64 * 2**20
     queue_idle_timeout: float = 300.0
     #: TLS on the TCP listener: certificate and key files (PEM).
     tls_cert: str = ""

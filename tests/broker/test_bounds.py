@@ -425,3 +425,21 @@ def test_no_per_address_limit_when_it_is_zero():
         finally:
             for client in clients:
                 client.close()
+
+
+def test_durable_queues_come_back_past_the_queue_limit(tmp_path):
+    """A restart restores every durable queue even past MAX_QUEUES (within its history bytes); new queues are then refused."""
+    path = str(tmp_path / "history.sqlite3")
+    with running(durable_all=True, durable_path=path) as broker:
+        client = RawClient(broker.host, broker.port)
+        for name in "abcde":
+            assert publish(client, name, {"n": 1})["response"] == "OK: Message sent"
+        client.close()
+    with running(durable_all=True, durable_path=path, max_queues=3) as broker:
+        client = RawClient(broker.host, broker.port)
+        reply = client.control({"coremq_gethistory": list("abcde")})
+        assert {name: [m["n"] for m in messages] for name, messages in reply["history"].items()} == {
+            name: [1] for name in "abcde"}
+        assert publish(client, "f", {"n": 1})["response"] == "ERROR: too many queues: limit is 3"
+        counted, real = _held(broker)
+        assert counted == real > 0
