@@ -524,11 +524,12 @@ class AsyncMessageQueue(ClientState):
         """The 2015 name of :meth:`publish`."""
         return await self.publish(queue, message)
 
-    async def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> JSONObject:
-        """The raw history reply, with ``history`` and ``sequence``."""
+    async def history(self, *queues: str, since: Mapping[str, int] | int | None = None,
+                      limit: int | None = None) -> JSONObject:
+        """The raw history reply, with ``history`` and ``sequence``; see :meth:`MessageQueue.history`."""
         names = [validate_queue_name(q) for q in queues]
         after = since_map(names, since)
-        return await self._request(lambda p: p.get_history(names, after))  # type: ignore[return-value]
+        return await self._request(lambda p: p.get_history(names, after, limit=limit))  # type: ignore[return-value]
 
     async def get_history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict[str, list[Any]]:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""

@@ -639,14 +639,17 @@ class MessageQueue(ClientState):
         """The 2015 name of :meth:`publish`."""
         return self.publish(queue, message)
 
-    def history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> JSONObject:
+    def history(self, *queues: str, since: Mapping[str, int] | int | None = None,
+                limit: int | None = None) -> JSONObject:
         """The raw history reply: ``history`` (stored messages) and ``sequence`` (first/last id per queue).
 
-        With ``since`` (one id, or one per queue) only newer messages come.
+        With ``since`` (one id, or one per queue) only newer messages come; with
+        ``limit`` at most that many per queue, the reply's ``more`` naming the
+        queues cut short (the broker also cuts a reply at its frame size).
         """
         names = [validate_queue_name(q) for q in queues]
         after = since_map(names, since)
-        return self._request(lambda p: p.get_history(names, after))  # type: ignore[return-value]
+        return self._request(lambda p: p.get_history(names, after, limit=limit))  # type: ignore[return-value]
 
     def get_history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict[str, list[Any]]:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""

@@ -155,8 +155,8 @@ class BrokerLink(abc.ABC):
         """Publish ``stored`` (stamped with the browser's sender); return the broker's reply (with ``id``)."""
 
     @abc.abstractmethod
-    async def history(self, since: Mapping[str, int | None]) -> dict:
-        """The broker's history reply: ``{"history": {...}, "sequence": {...}}``."""
+    async def history(self, since: Mapping[str, int | None], limit: int | None = None) -> dict:
+        """The broker's history reply: ``{"history": {...}, "sequence": {...}}``, and ``more`` if cut short."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -350,28 +350,38 @@ class Bridge:
         stored[P.SENDER] = self.browser_id(browser)
         return await self.link.publish(queue, stored)
 
-    async def history(self, browser: Browser, since: Mapping[str, int | None]) -> dict[str, Any]:
-        """``{"history": {queue: [entry, ...]}, "sequence": {...}}`` with entries as browsers see messages."""
+    async def history(self, browser: Browser, since: Mapping[str, int | None],
+                      limit: int | None = None) -> dict[str, Any]:
+        """``{"history": {queue: [entry, ...]}, "sequence": {...}}`` with entries as browsers see messages.
+
+        With ``limit`` the answer is one page, at most ``limit`` messages per
+        queue, and ``more`` names the queues to ask again; without, the whole
+        history in one answer.
+        """
         for name in since:
             self._check_private(browser, "history", name)
-        reply = await self.link.history(since)
+        reply = await self.link.history(since, limit)
         sequence = reply.get("sequence", {})
         history = {name: list(messages) for name, messages in (reply.get("history") or {}).items()}
-        # The broker pages a long history by size (no reply is larger than a frame): the queues named
-        # in "more" are asked again from the last id each one got, until the history is whole.
-        while isinstance(reply.get("more"), dict) and reply["more"]:
-            after = {name: history[name][-1].get(P.ID) if history.get(name) else since.get(name)
-                     for name in reply["more"]}
+        more = reply.get("more") if isinstance(reply.get("more"), dict) else None
+        # The broker pages a long history by size (no reply is larger than a frame): without a limit
+        # the queues named in "more" are asked again from the last id each one got, until it is whole.
+        while limit is None and more:
+            after = {name: history[name][-1].get(P.ID) if history.get(name) else since.get(name) for name in more}
             reply = await self.link.history(after)
+            more = reply.get("more") if isinstance(reply.get("more"), dict) else None
             pages = reply.get("history") or {}
             if not any(pages.values()):
                 break  # the broker always sends something with "more"; never loop on nothing
             for name, messages in pages.items():
                 history.setdefault(name, []).extend(messages)
-        return {
+        answer: dict[str, Any] = {
             "history": {name: [message_entry(m) for m in messages] for name, messages in history.items()},
             "sequence": sequence,
         }
+        if more:
+            answer["more"] = more
+        return answer
 
     def check(self, browser: Browser, action: str, queues: Iterable[str]) -> None:
         """Raise :class:`BridgeError` unless the policy lets ``browser`` ``action`` every one of ``queues``.

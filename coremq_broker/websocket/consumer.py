@@ -75,10 +75,13 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         config = conf.get_config()
         self.max_size: int = conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE")
         self.max_queue_name_length = config.max_queue_name_length
-        principal = await self.principal()
+        try:
+            principal, refusal = await self.principal(), "authentication failed"
+        except TooManyFailures as exc:  # its address is over MAX_AUTH_FAILURES: the token was not checked
+            principal, refusal = None, str(exc)
         if principal is None:
             logger.warning("WebSocket from %s refused: its token does not log in", self.scope.get("client"))
-            await self.send(text_data=_dumps(error_frame("authentication failed")))
+            await self.send(text_data=_dumps(error_frame(refusal)))
             await self.close(CLOSE_CREDENTIALS)
             return
         # The server's own send (see routing.RawSendMiddleware), and under daphne a direct writer.
@@ -100,14 +103,11 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         """Who the browser is: the user of ``?token=`` (None if it does not log in), else the session's user.
 
         A token goes through the login throttle, as an ``auth`` request does
-        (refused unchecked, None, when the address is over the limit).
+        (:class:`TooManyFailures`, unchecked, when the address is over the limit).
         """
         tokens = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("token")
         if tokens:
-            try:
-                return await throttled_authenticate({"token": tokens[0]}, self.client_host())
-            except TooManyFailures:
-                return None
+            return await throttled_authenticate({"token": tokens[0]}, self.client_host())
         return await user_principal(self.scope.get("user"))
 
     def client_host(self) -> str:
@@ -167,7 +167,7 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
             bridge.enforce(browser)  # another user may not keep every subscription
             return {"type": "authenticated", "user": principal.username}
         assert isinstance(request, History)
-        return {"type": "history", **await bridge.history(browser, request.since)}
+        return {"type": "history", **await bridge.history(browser, request.since, request.limit)}
 
     def check_access(self, request: Request) -> None:
         """Raise :class:`BridgeError` if the browser's user may not make ``request`` (the policy's check)."""

@@ -81,8 +81,11 @@ class InProcessLink(BrokerLink):
     async def publish(self, queue: str, stored: dict) -> dict:
         return await self._request(queue, stored)
 
-    async def history(self, since: Mapping[str, int | None]) -> dict:
-        return await self._request(self.connection.id, {P.GETHISTORY: dict(since)})
+    async def history(self, since: Mapping[str, int | None], limit: int | None = None) -> dict:
+        request: dict[str, Any] = {P.GETHISTORY: dict(since)}
+        if limit is not None:
+            request["limit"] = limit
+        return await self._request(self.connection.id, request)
 
     async def close(self) -> None:
         self.closed_by("the bridge closed")
@@ -262,8 +265,8 @@ class RemoteLink(BrokerLink):
         reply = await self.client.publish(queue, stored)
         return reply or {}
 
-    async def history(self, since: Mapping[str, int | None]) -> dict:
-        return await self.client.history(*since, since=dict(since))
+    async def history(self, since: Mapping[str, int | None], limit: int | None = None) -> dict:
+        return await self.client.history(*since, since=dict(since), limit=limit)
 
     async def close(self) -> None:
         self._closing = True

@@ -71,10 +71,15 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """The history of ``queues``; with a number in ``since`` only the messages numbered above it."""
+    """The history of ``queues``; with a number in ``since`` only the messages numbered above it.
+
+    With ``limit``, at most that many messages per queue (the oldest): the answer's
+    ``more`` names the queues cut short, for the browser to ask again (paging).
+    """
 
     since: Mapping[str, int | None]
     ref: Ref = None
+    limit: int | None = None
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -182,7 +187,10 @@ def _history(value: dict, ref: Ref, max_length: int) -> History | BadRequest:
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
             return BadRequest(f"since[{name!r}] must be a message id (an integer) or null, not {after!r}", ref)
         resolved[name] = after
-    return History(resolved, ref)
+    limit = value.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        return BadRequest(f"history limit must be a positive integer, not {limit!r}", ref)
+    return History(resolved, ref, limit)
 
 
 # A browser's number in its sub-address <bridge id>/<n>: ASCII digits, no sign, no leading zero.

@@ -244,3 +244,28 @@ def test_a_drop_of_ids_already_delivered_asks_nothing(page: Any) -> None:
     page.evaluate("socket(0).deliver({ type: 'dropped', queue: 'q', first: 1, last: 2 })")
     page.evaluate("socket(0).deliver({ type: 'dropped', queue: 'other', first: 1, last: 9 })")
     assert page.evaluate("socket(0).request('history')") is None
+
+
+def test_history_is_fetched_in_pages_and_live_messages_wait_for_the_last(page: Any) -> None:
+    """A refill asks for historyPage messages at a time, from the last id got, while `more` says so; then live ones."""
+    requests = page.evaluate("""async () => {
+        window.mq = new CoreMQ("ws://example.test/ws/coremq/", { minDelay: 1, maxDelay: 4, historyPage: 2 });
+        mq.subscribe("q", (message, meta) => got.push([meta.id, meta.replayed]));
+        socket(0).deliver({ type: "welcome", connection_id: "b/1", epoch: "e1" });
+        socket(0).answer("subscribe", { type: "subscribed", queues: ["q"], sequence: { q: { first: null, last: 0 } } });
+        socket(0).deliver(message("q", 1));
+        socket(0).deliver({ type: "dropped", queue: "q", first: 2, last: 5 });
+        socket(0).deliver(message("q", 6));
+        const asked = [];
+        for (const [ids, more] of [[[2, 3], true], [[4, 5], true], [[6], false]]) {
+            const request = socket(0).request("history");
+            asked.push([request.since, request.limit]);
+            socket(0).answer("history", { type: "history", history: { q: ids.map((id) => message("q", id)) },
+                                          sequence: { q: { first: 1, last: 6 } }, ...(more ? { more: { q: true } } : {}) });
+            await new Promise((resolve) => setTimeout(resolve));  // the answer is handled, the next page asked
+        }
+        socket(0).deliver(message("q", 7));
+        return asked;
+    }""")
+    assert requests == [[{"q": 1}, 2], [{"q": 3}, 2], [{"q": 5}, 2]]
+    assert page.evaluate("got") == [[1, False], [2, True], [3, True], [4, True], [5, True], [6, True], [7, False]]

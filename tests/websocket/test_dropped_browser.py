@@ -31,7 +31,7 @@ def test_dropped_messages_reach_the_page_from_history(servers: Servers, new_page
     port, daphne_port = free_port(), free_port()
     servers.run_coremq(port, coremq={"SLOW_CONSUMER_POLICY": "drop", "MAX_WRITE_BUFFER": 64 * 1024,
                                      "HISTORY_LENGTH": FLOOD + 10})
-    daphne = servers.daphne(port, daphne_port, coremq={"MAX_WRITE_BUFFER": 256 * 2**20})
+    daphne = servers.daphne(port, daphne_port)  # MAX_WRITE_BUFFER as by default: the refill comes in pages
     page = client_page(new_page, daphne_port)
     page.wait_for_function(settled, timeout=WAIT)
     with MessageQueue("127.0.0.1", port) as client:

@@ -27,6 +27,7 @@
     minDelay: 250,      // ms before the first reconnection attempt (then doubled each time)
     maxDelay: 10000,    // ms, the longest wait between attempts
     timeout: 10000,     // ms a request waits for its answer
+    historyPage: 500,   // messages per queue in each history answer of a resume or a refill
     queues: [],         // subscribed at once, without callbacks (add them with subscribe())
   };
 
@@ -270,7 +271,7 @@
         for (const queue of queues) this._flushReplay(queue);
         if (error.frame) this._emit("error", error);
       };
-      this._request({ action: "history", queues: names, since }, true).then(
+      this._request({ action: "history", queues: names, since, limit: this.options.historyPage }, true).then(
         (answer) => {
           const restarted = [];
           for (const queue of names) {
@@ -280,7 +281,7 @@
           }
           if (!restarted.length) return;
           const whole = Object.fromEntries(restarted.map((queue) => [queue, null]));
-          this._request({ action: "history", queues: restarted, since: whole }, true).then(
+          this._request({ action: "history", queues: restarted, since: whole, limit: this.options.historyPage }, true).then(
             (again) => { for (const queue of restarted) this._replay(queue, again, null, true); },
             failed(restarted),
           );
@@ -315,7 +316,19 @@
         entry.baseline = sequence.last ?? 0;  // the new numbering's position until a message comes
       }
       for (const item of fresh) this._deliver(queue, entry, item, true);
+      if ((answer.more || {})[queue] && entries.length) {
+        this._fetch(queue, entries[entries.length - 1].id);  // the next page; live messages still wait
+        return;
+      }
       this._flushReplay(queue);
+    }
+
+    /** Ask for one page of `queue`'s history after id `position` and replay it (live messages are held). */
+    _fetch(queue, position) {
+      this._request({ action: "history", queues: [queue], since: { [queue]: position }, limit: this.options.historyPage }, true).then(
+        (answer) => this._replay(queue, answer, position, false),
+        () => this._flushReplay(queue),
+      );
     }
 
     _flushReplay(queue) {
@@ -349,10 +362,7 @@
     /** A live message skipped ids (or some were dropped): hold it and fetch the missing ones from history first. */
     _fill(queue, entry, position, frame) {
       entry.replay = frame ? [frame] : [];
-      this._request({ action: "history", queues: [queue], since: { [queue]: position } }, true).then(
-        (answer) => this._replay(queue, answer, position, false),
-        () => this._flushReplay(queue),
-      );
+      this._fetch(queue, position);
     }
 
     _subscribeOnWire(queues) {
