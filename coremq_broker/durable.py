@@ -117,6 +117,7 @@ class _WriterState:
         self.delay = FIRST_RETRY
         self.retry_at = 0.0
         self.unpruned: dict[str, int] = {}  # writes per queue since its history was last trimmed
+        self.purges: set[str] = set()  # queues whose purge failed: done by the retry that recovers
 
 
 class HistoryStore:
@@ -234,7 +235,8 @@ class HistoryStore:
         """Forget a queue's durable history (after the writes queued before this)."""
 
         def failed(reason: str) -> None:
-            logger.error("durable history: the purge of queue %r was not written: %s", name, reason)
+            logger.warning("durable history: the purge of queue %r waits until the disk takes writes again: %s",
+                           name, reason)
 
         self.pending += 1
         self._writes.put((name, 0, b"", _nothing, failed, self.epoch))
@@ -349,6 +351,9 @@ class HistoryStore:
                 if batch:
                     self._handle(state, batch)
         finally:
+            for name in state.purges:
+                logger.error("durable history: the purge of queue %r was never written (the disk failed until the "
+                             "broker stopped); its old history will come back at the next start", name)
             if state.db is not None:
                 state.db.close()
 
@@ -375,14 +380,20 @@ class HistoryStore:
         return batch, True
 
     def _handle(self, state: _WriterState, batch: list[Write]) -> None:
-        # Writes queued before the loop knew of a failure fail too: a write after a failed one
-        # would leave a hole in the ids. Epochs only grow, so these come first.
-        stale = len(batch) if state.reason is not None else sum(1 for write in batch if write[5] < state.epoch)
+        # Messages queued before the loop knew of a failure fail too: one stored after a failed one
+        # would leave a hole in the ids. Purges are kept while the disk fails, and done first thing
+        # when it recovers (``_retry``).
+        if state.reason is not None:
+            stale, batch = batch, []
+        else:
+            stale = [write for write in batch if write[1] and write[5] < state.epoch]
+            if stale:
+                batch = [write for write in batch if not (write[1] and write[5] < state.epoch)]
         if stale:
-            self._notify(self._completed, batch[:stale], state.reason or state.last_reason, state.epoch)
-            batch = batch[stale:]
-            if not batch:
-                return
+            state.purges.update(write[0] for write in stale if not write[1])
+            self._notify(self._completed, stale, state.reason or state.last_reason, state.epoch)
+        if not batch:
+            return
         try:
             if state.db is None:
                 state.db = self._connect()
@@ -427,6 +438,7 @@ class HistoryStore:
     def _fail(self, state: _WriterState, batch: list[Write], reason: str) -> None:
         """The store is unavailable from now on: fail ``batch`` and plan the first retry."""
         self._rollback(state)
+        state.purges.update(write[0] for write in batch if not write[1])
         state.epoch += 1
         state.reason = state.last_reason = reason
         state.retry_at = time.monotonic() + state.delay
@@ -439,6 +451,8 @@ class HistoryStore:
                 state.db = self._connect()
             state.db.execute("BEGIN")
             state.db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
+            for name in state.purges:  # before any write that follows them
+                state.db.execute("DELETE FROM history WHERE queue = ?", (name,))
             state.db.execute("COMMIT")
         except Exception as exc:  # as in _handle: whatever it is, retry later
             self._rollback(state)
@@ -450,6 +464,7 @@ class HistoryStore:
                 self._notify(self._still_unavailable, reason)
             return
         state.reason = None
+        state.purges.clear()
         self._notify(self._recovered, state.epoch)
 
     @staticmethod

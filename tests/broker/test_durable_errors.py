@@ -239,6 +239,30 @@ def test_durable_queue_on_a_read_only_disk_answers_instead_of_hanging(read_only_
         running.stop()
 
 
+def test_purge_during_an_outage_is_written_when_the_disk_recovers(small_disk: Path) -> None:
+    """A purge while the disk is full is done once it recovers: after a restart the purged messages stay gone."""
+    running = BrokerThread(durable_config(small_disk / "history.sqlite3"))
+    try:
+        client = RawClient(running.host, running.port)
+        for n in range(3):
+            client.send("gone", {"n": n, "pad": "x" * 5_000})
+            assert client.read()[1]["id"] == n + 1
+        filler = fill(small_disk)
+        client.send("gone", {"n": 3, "pad": "x" * 10_000})  # fails: the store becomes unavailable
+        assert client.read()[1]["response"].startswith(UNAVAILABLE)
+        assert client.control({"coremq_admin": {"action": "purge", "queue": "gone"}})["purged"] == 3
+        filler.unlink()
+        wait_for_state(client, "ok")
+        client.send("gone", {"n": 4})
+        assert client.read()[1]["id"] == 4
+        running.restart()
+        client = RawClient(running.host, running.port)
+        messages, sequence = history(client, "gone")
+        assert [(m["coremq_id"], m["n"]) for m in messages] == [(4, 4)] and sequence["last"] == 4
+    finally:
+        running.stop()
+
+
 def test_unreadable_existing_history_stops_the_start(tmp_path: Path) -> None:
     """A history file that exists but cannot be read (here: not SQLite) stops Broker.start with the reason."""
     path = tmp_path / "history.sqlite3"
