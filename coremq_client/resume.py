@@ -183,6 +183,8 @@ class Resumer:
                     mark = self._marks[queue] = _Mark(first - 1, delivered=False)
                 elif mark.delivered and last is not None and last <= mark.id:
                     continue  # already delivered (from a history reply)
+                elif not mark.delivered and first is not None and first <= mark.id:
+                    mark.id = first - 1  # nothing delivered yet: a probe's point may lie past the first dropped
                 since[queue] = self._resync(queue, mark)
         return items, since
 
@@ -231,8 +233,9 @@ class Resumer:
 
         Returns the items to act on in order (gaps to report, deliveries to
         queue) and ``{queue: since}`` for a follow-up history request, for
-        queues whose numbering restarted or whose reply was one page of more
-        (``more``; see :data:`RESUME_PAGE`), empty if none. ``echo``: whether
+        queues whose numbering restarted, whose reply was one page of more
+        (``more``; see :data:`RESUME_PAGE`) or may predate a drop noticed
+        meanwhile (see :meth:`dropped`), empty if none. ``echo``: whether
         this client's own publishes are delivered to it.
         """
         history = reply.get("history")

@@ -79,6 +79,16 @@ def test_a_queue_with_nothing_delivered_resumes_from_the_first_id_dropped():
     assert ids(items) == [5, 6, 7]
 
 
+def test_ids_dropped_below_a_probes_point_are_fetched_too():
+    """Live messages racing a probe may have ids below its point: if those are dropped, they are fetched too."""
+    resumer = Resumer()
+    resumer.history(resumer.plan(["q"]), reply("q", [], 1, 10))  # the probe: resume from 10
+    _, since = resumer.dropped(notice("q", 9, 11), ["q"])
+    assert since == {"q": 8}
+    items, _ = resumer.history(since, reply("q", [9, 10, 11], 1, 11))
+    assert ids(items) == [9, 10, 11]
+
+
 def test_without_resume_or_subscription_the_dropped_ids_are_the_gap():
     """With resume off, and for a queue not subscribed (a private one), the dropped ids are reported as lost."""
     resumer = Resumer(enabled=False)
