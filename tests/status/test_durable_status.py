@@ -17,10 +17,11 @@ from playwright.sync_api import expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from disks import fill, mounted_tmpfs
-from status_site import STAFF, TOKEN, WAIT, Server, Site, log_in, manage, port_of, process_env
+from status_site import ROOT, STAFF, TOKEN, WAIT, Server, Site, log_in, manage, port_of, process_env
 from wire import RawClient
 
 UNAVAILABLE = "ERROR: durable history unavailable: "
+SCREENSHOT = ROOT / "docs" / "img" / "status-durable-unavailable.png"
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,7 @@ def test_page_shows_the_durable_store_failing_and_recovering(page, durable_site:
         expect(card.locator('[data-field="durable_state"]')).to_have_text("Unavailable", timeout=WAIT)
         expect(card.locator('[data-field="durable_detail"]')).to_have_text("database or disk is full")
         expect(card).to_have_class("cmq-card cmq-failing")
+        page.locator(".cmq-cards").screenshot(path=str(SCREENSHOT))  # docs/reliability.md shows it
     finally:
         filler.unlink()
     expect(card.locator('[data-field="durable_state"]')).to_have_text("OK", timeout=WAIT)
