@@ -132,13 +132,17 @@ class MessageQueue(ClientState):
     :data:`~coremq_client._common.MAX_PENDING`, 10,000; None: no bound) wait
     for :meth:`receive`; then the reader thread stops reading the socket
     until the application takes some (it may hold one more read beyond:
-    64 KiB of messages, or one history reply: ``RESUME_PAGE`` messages per queue).
-    TCP then pushes back on the broker, and the queue's slow-consumer policy
-    decides: ``disconnect`` cuts the connection (the client reconnects and
-    resumes from history), ``drop`` drops messages and says which
-    (:class:`SlowConsumer` to ``on_error``); the client fetches those from
-    history like after a reconnect, and reports as a :class:`Gap` only what
-    history no longer holds (with ``resume=False``: all of them). Replies
+    64 KiB of messages, or one history reply: ``RESUME_PAGE`` messages per
+    queue). TCP then pushes back on the broker, which treats the client as
+    any slow reader: it holds the publishers, and if the client still does
+    not drain, the queue's slow-consumer policy decides: ``disconnect`` cuts
+    the connection (the client reconnects and resumes from history),
+    ``drop`` drops messages and says which (:class:`SlowConsumer` to
+    ``on_error``); the client fetches those from history as after a
+    reconnect, and reports as a :class:`Gap` only what history no longer
+    holds (with ``resume=False``: all of them). While a queue is fetched,
+    at most ``max_pending`` live messages are held for it (the later ones
+    come with the history). Replies
     wait behind the messages too: do not wait for a reply in the only thread
     that calls :meth:`receive` while ``max_pending`` messages are waiting.
     :attr:`pending` tells how many wait.

@@ -17,7 +17,7 @@ import pytest
 
 from clients import PATIENCE, BrokerThread, client_factory  # noqa: F401  (a fixture)
 from coremq_broker.config import BrokerConfig
-from coremq_client import CoreMQError, Delivery, Gap, SlowConsumer
+from coremq_client import AsyncMessageQueue, ConnectionClosed, CoreMQError, Delivery, Gap, MessageQueue, SlowConsumer
 from coremq_client.resume import RESUME_PAGE
 from wire import RawClient
 
@@ -212,9 +212,32 @@ def test_a_slow_application_is_bounded_by_max_pending(client_factory, run_broker
 
 def test_max_pending_is_checked():
     """max_pending must be a positive int or None."""
-    from coremq_client import AsyncMessageQueue, MessageQueue
-
     for kind in (MessageQueue, AsyncMessageQueue):
         for bad in (0, -1, 1.5, True):
             with pytest.raises(ValueError):
                 kind(max_pending=bad)
+
+
+def test_close_ends_a_client_that_waits_for_room(client_factory, run_broker):
+    """close() ends a client whose reader waits for the application; what it held can still be received."""
+    broker = run_broker()
+    sub = client_factory(broker)(queues=[QUEUE], max_pending=5)
+    publisher = RawClient(broker.host, broker.port, timeout=PATIENCE)
+    publisher.control({"coremq_options": {"reply": False}})
+    for n in range(50):
+        publisher.send(QUEUE, {"n": n})
+    publisher.control({"coremq_status": True})
+    wait_until(lambda: sub.pending >= 5)
+    if isinstance(sub.client, MessageQueue):
+        sub.client.close()
+    else:  # the wrapper's own close() would stop its event loop too
+        sub._run(sub.client.close())
+    assert sub.closed and not sub.connected
+    received = []
+    with pytest.raises(ConnectionClosed):
+        while True:
+            delivery = sub.receive(PATIENCE)
+            assert delivery is not None
+            received.append(delivery.message["n"])
+    assert received == list(range(len(received))) and len(received) >= 5
+    publisher.sock.close()
