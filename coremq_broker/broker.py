@@ -156,10 +156,13 @@ class Broker(ControlRequests):
             await asyncio.get_running_loop().run_in_executor(None, self._store.close)
             await asyncio.sleep(0)
         self._flush_dirty()  # this iteration's deliveries go out before the BYEs
-        connections = list(self.registry.connections.values())
-        for connection in connections:
-            self._send(connection, {"response": P.BYE})
-            connection.shutdown()
+        for connection in list(self.registry.connections.values()):
+            try:
+                self._send(connection, {"response": P.BYE})
+                connection.shutdown()
+            except Exception:  # one connection's failure does not keep the others from their BYE
+                self._output_failed(connection, "the BYE")
+                connection.abort()
         deadline = time.monotonic() + timeout
         while self.registry.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

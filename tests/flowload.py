@@ -169,14 +169,14 @@ def publisher(host: str, port: int, queue: str, count: int, stop_after: float, r
 
     Result: ``sent`` (messages written), ``acks`` (``OK: Message sent``
     replies, checked to answer requests 1, 2, 3, ... with ids 1, 2, 3, ...),
-    ``error``, ``other`` (other replies), ``closed``, ``max_gap`` (the
-    longest time, in seconds, between two replies while publishing),
-    ``seconds``.
+    ``error``, ``other`` (other replies), ``acks_before_bye`` (the acks
+    counted when a BYE came, or None), ``closed``, ``max_gap`` (the longest
+    time, in seconds, between two replies while publishing), ``seconds``.
     """
     sock, reader, own = _connect(host, port)
     ready.set()
     name = queue.encode()
-    state: dict[str, Any] = {"acks": 0, "error": "", "other": [], "max_gap": 0.0}
+    state: dict[str, Any] = {"acks": 0, "error": "", "other": [], "max_gap": 0.0, "bye": None}
     done = threading.Event()
 
     def read_replies() -> None:
@@ -193,6 +193,8 @@ def publisher(host: str, port: int, queue: str, count: int, stop_after: float, r
                 reply = json.loads(payload)
                 if frame_queue != own or reply.get("response") != "OK: Message sent":
                     state["other"].append(reply)
+                    if reply.get("response") == "BYE" and state["bye"] is None:
+                        state["bye"] = state["acks"]
                     continue
                 acks = state["acks"] + 1
                 if reply.get("request") != acks or reply.get("id") != acks:
@@ -222,5 +224,6 @@ def publisher(host: str, port: int, queue: str, count: int, stop_after: float, r
     done.wait(max(0.0, stop_after - (time.monotonic() - started)))
     result.send({"sent": sent, "acks": state["acks"], "error": state["error"] or ("" if done.is_set() else
                  f"only {state['acks']} acks within {stop_after}s"), "other": state["other"][:20],
-                 "closed": reader.closed, "max_gap": state["max_gap"], "seconds": time.monotonic() - started})
+                 "acks_before_bye": state["bye"], "closed": reader.closed, "max_gap": state["max_gap"],
+                 "seconds": time.monotonic() - started})
     sock.close()

@@ -15,7 +15,10 @@ import psutil
 import pytest
 
 from coremq_broker import start
+from coremq_broker.broker import Broker
 from coremq_broker.config import BrokerConfig
+from coremq_broker.registry import Connection
+from coremq_client.codec import encode_frame
 from flowload import Worker, publisher, subscriber
 from wire import RawClient
 
@@ -214,3 +217,65 @@ def test_a_publisher_of_another_queue_is_not_slowed_by_a_stuck_subscriber():
             writer.kill()
             for client in (stuck, other, reader):
                 client.close()
+
+
+class RaisingDelivery(Connection):
+    """A connection whose every delivery raises, as the bridge's re-encoding once did (issue 11)."""
+
+    def send(self, data: bytes) -> None:
+        raise RuntimeError("this delivery cannot be encoded")
+
+    def close(self, reason: str | None = None) -> None:
+        pass
+
+
+class RaisingFlush(Connection):
+    """A connection that buffers like a transport and whose flush raises."""
+
+    def __init__(self, broker: Broker, connection_id: str) -> None:
+        super().__init__(connection_id, peer="test")
+        self.broker = broker
+        self.out: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if not self.out:
+            self.broker.schedule_flush(self)
+        self.out.append(data)
+
+    def flush(self) -> None:
+        self.out.clear()
+        raise RuntimeError("this flush fails")
+
+    def close(self, reason: str | None = None) -> None:
+        pass
+
+
+def test_a_delivery_or_flush_that_raises_stops_no_other_output(broker):
+    """Subscribers whose delivery or flush raises, registered in a real broker before and after a good one: the
+    good subscriber gets every message, new clients their welcome, replies go on; each failure is counted."""
+    registry = broker.broker.registry
+    bad = [RaisingDelivery("bad-delivery"), RaisingFlush(broker.broker, "bad-flush")]
+
+    def register(connections: list[Connection]) -> None:
+        for connection in connections:
+            registry.add(connection)
+            registry.subscribe(connection, "news")
+
+    broker.call(lambda: register(bad[:1]))
+    good = RawClient(broker.host, broker.port)
+    assert good.control({"coremq_subscribe": ["news"]})["response"] == "OK: Subscribe successful"
+    broker.call(lambda: register(bad[1:]))
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send_raw(b"".join(encode_frame("news", b'{"n":%d}' % n) for n in range(3)))  # one read, one run
+    for n in range(3):
+        assert publisher.read()[1]["response"] == "OK: Message sent"
+        assert good.read()[1]["n"] == n
+    for n in range(3, 6):  # one fan-out each
+        publisher.send("news", {"n": n})
+        assert publisher.read()[1]["response"] == "OK: Message sent"
+        assert good.read()[1]["n"] == n
+    late = RawClient(broker.host, broker.port)  # a welcome, after the failures
+    status = late.control({"coremq_status": True})
+    assert broker.call(lambda: bad[0].delivery_errors) >= 4 and broker.call(lambda: bad[1].delivery_errors) >= 4
+    assert status["delivery_errors"] >= 8
+    assert broker.call(lambda: broker.broker._flush_scheduled) is False
