@@ -11,7 +11,7 @@ counts what it did (:meth:`Bounds.describe`, shown on the status page and in
   started within so many seconds (:class:`FrameDeadline`); else it is closed
   with ``ERROR: timeout: ...``;
 - ``MAX_CONNECTIONS_PER_ADDRESS``: anonymous connections from one client
-  address (a connection that logged in counts against
+  address (an IPv6 client's /64; a connection that logged in counts against
   ``MAX_CONNECTIONS_PER_USER`` instead); the next one is refused with
   ``ERROR: too many connections from <address>: limit is N``;
 - ``MAX_QUEUES``: queues in all, a connection's own id queue not counted; at
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from coremq_client.errors import CoreMQError
 
-from .access import ANONYMOUS
+from .access import ANONYMOUS, peer_address
 
 if TYPE_CHECKING:
     from .config import BrokerConfig
@@ -59,9 +59,13 @@ class LimitExceeded(CoreMQError):
 
 
 def address_of(peer: str) -> str:
-    """The address part of a transport's ``host:port`` peer ("" for a peer without one, like the bridge)."""
+    """What counts as one client address for a transport's ``host:port`` peer ("" for one without, like the bridge).
+
+    As for the login throttle (:func:`~coremq_broker.access.peer_address`): an
+    IPv4 address, or an IPv6 address's /64 network, which one client can hold whole.
+    """
     host, colon, _ = peer.rpartition(":")
-    return host if colon else ""
+    return peer_address(host) if colon else ""
 
 
 class Bounds:
@@ -152,8 +156,7 @@ class Bounds:
             self.forget_idle(registry, idle=0.0)
             if len(registry.queues) - len(registry.connections) + count <= limit:
                 return
-        self.queues_refused += 1
-        logger.warning("refused a new queue: %d queues is the limit", limit)
+        self.queues_refused += 1  # the broker logs the refusal with its ERROR reply
         raise LimitExceeded(f"too many queues: limit is {limit}")
 
     def forgettable(self, queue: "Queue") -> bool:

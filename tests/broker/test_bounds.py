@@ -443,3 +443,13 @@ def test_durable_queues_come_back_past_the_queue_limit(tmp_path):
         assert publish(client, "f", {"n": 1})["response"] == "ERROR: too many queues: limit is 3"
         counted, real = _held(broker)
         assert counted == real > 0
+
+
+def test_one_address_is_an_ipv4_address_or_an_ipv6_64():
+    """Connections per address count an IPv6 client's whole /64 as one address, as the login throttle does."""
+    from coremq_broker.limits import address_of
+
+    assert address_of("192.0.2.7:40000") == "192.0.2.7"
+    assert address_of("2001:db8:1:2:aaaa::1:40000") == address_of("2001:db8:1:2:bbbb::9:40001") == "2001:db8:1:2::/64"
+    assert address_of("::ffff:192.0.2.7:40000") == "192.0.2.7"
+    assert address_of("in-process") == ""  # the bridge: not bounded per address
