@@ -51,7 +51,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psutil
 
@@ -79,7 +79,7 @@ class Settings:
     subscribers: tuple[int, ...] = (100, 1000)
     duration: float = 5.0
     window: int = 100
-    budget: int = 20_000
+    budget: int = 100_000
     latency_subscribers: int = 100
     rate: float = 10.0
     latency_duration: float = 10.0
@@ -213,6 +213,21 @@ async def open_clients(port: int, count: int, run: Run) -> tuple[list[Subscriber
     return subscribers, publisher
 
 
+_MESSAGE_BYTES = 100  # less than any server's delivery frame of a benchmark message
+
+
+def _read_at_least(subscribers: list[Subscriber], nbytes: int) -> None:
+    """``SO_RCVLOWAT``: the kernel reports a subscriber's socket readable once ``nbytes`` are there.
+
+    Lowering it wakes a socket that holds at least the new amount (Linux >= 4.18).
+    """
+    for subscriber in subscribers:
+        transport = subscriber.socket.transport if subscriber.socket is not None else None
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
+
+
 async def close_clients(subscribers: list[Subscriber], publisher: Publisher) -> None:
     """Close every connection and wait (a little) until they are closed, before the server is stopped."""
     sockets = [client.socket for client in [*subscribers, publisher] if client.socket is not None]
@@ -242,6 +257,9 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
             shared = SharedStream(run.errors)
             for subscriber in subscribers:
                 subscriber.follow(shared)
+            # Wake a subscriber only once a few messages are waiting (about a quarter of its share of
+            # the budget), so that each read carries several frames; reset before the last ones.
+            _read_at_least(subscribers, min(64 * 1024, max(1, settings.budget // count // 4) * _MESSAGE_BYTES))
         cpu = CpuWindow(server)
         published = 0
         start = time.perf_counter()
@@ -261,6 +279,7 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
             publisher.socket.send_many(frames)  # type: ignore[union-attr]
             published += len(frames)
             await asyncio.sleep(0)
+        _read_at_least(subscribers, 1)
         await wait_delivered(run, published * count, settings.stall)
         elapsed = run.last_delivery - start
         cores = cpu.shares()
@@ -312,6 +331,8 @@ class CpuWindow:
     """Cores used from now until :meth:`shares`: the server's, the generator's (this process), everything else's."""
 
     def __init__(self, server: "Server") -> None:
+        if server.on_measure is not None:
+            server.on_measure()
         self.server = server.cpu_meter()
         self.own = _own_cpu()
         self.busy = _busy()
@@ -336,6 +357,7 @@ class Server:
     def __init__(self, name: str, label: str, port: int, pids: list[int], processes: list[subprocess.Popen]) -> None:
         self.name, self.label, self.port = name, label, port
         self.pids, self.processes = pids, processes
+        self.on_measure: Callable[[], None] | None = None  # called when the measured window starts
 
     def cpu_meter(self) -> Any:
         processes = [psutil.Process(pid) for pid in self.pids]
@@ -521,13 +543,15 @@ async def measure(name: str, start: Any, what: str, run: Any, settings: Settings
             server = start()
             stack.callback(server.stop)
             log(f"{server.label}: {what}")
-            spy = None
+            spies: list[PySpy] = []
             if settings.profile == "py-spy" and name.startswith("coremq"):
-                spy = PySpy(server.pids[-1], Path(stack.enter_context(tempfile.TemporaryDirectory())) / "pyspy.txt")
+                raw = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "pyspy.txt"
+                # the broker's process, from the first publish on (not while the subscribers connect)
+                server.on_measure = lambda: spies.append(PySpy(server.pids[-1], raw))
             try:
                 result = await run(server)
             finally:
-                if spy is not None:
+                for spy in spies:
                     spy.stop()
                     profiles[f"{name}: {what}"] = top_frames(spy.path)
         result.update(label=server.label, attempt=attempt + 1, load_before=round(load, 2),
@@ -660,7 +684,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     p.add_argument("--subscribers", default="100,1000", help="comma-separated N for throughput (default %(default)s)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of publishing per throughput run")
     p.add_argument("--window", type=int, default=100, help="unanswered publishes at most")
-    p.add_argument("--budget", type=int, default=20_000, help="deliveries in flight at most, all subscribers")
+    p.add_argument("--budget", type=int, default=100_000, help="deliveries in flight at most, all subscribers")
     p.add_argument("--latency-subscribers", type=int, default=100)
     p.add_argument("--rate", type=float, default=10.0, help="publishes per second in the latency run "
                                                            "(default: well within Channels' capacity)")
