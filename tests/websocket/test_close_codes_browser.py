@@ -63,3 +63,32 @@ def test_every_tab_recovers_after_an_administrator_disconnects_the_bridge(server
         assert [item[:2] for item in tab.evaluate("got")] == [[1, "before"], [2, "while reconnecting"], [3, "after"]]
         assert events(tab, "gap") == [] and events(tab, "revoked") == [] and tab.errors == []
         assert tab.evaluate("window.sockets") == 2
+
+
+def test_tabs_of_a_separate_daphne_stay_open_when_its_bridge_is_disconnected(servers: Servers, new_page: Any,
+                                                                            e2e_database: Path) -> None:
+    """A separate daphne's bridge disconnected by an administrator reconnects: tabs stay open, get a new id, miss nothing."""
+    staff, _ = issue_token(e2e_database, "admin-browser-separate", staff=True)
+    port, daphne_port = free_port(), free_port()
+    servers.run_coremq(port)
+    servers.daphne(port, daphne_port)
+    tabs = [client_page(new_page, daphne_port) for _ in range(2)]
+    for tab in tabs:
+        tab.wait_for_function("mq.state === 'open' && mq._queues.get('q').settled", timeout=WAIT)
+    first = tabs[0].evaluate("mq.connectionId")
+    with MessageQueue("127.0.0.1", port, token=staff) as admin:
+        admin.publish("q", "before")
+        for tab in tabs:
+            tab.wait_for_function("got.length === 1", timeout=WAIT)
+        bridge = first.rpartition("/")[0]
+        admin.admin("disconnect", connection=bridge)
+        admin.publish("q", "while reconnecting")
+        for tab in tabs:  # the new welcome: the bridge's new connection id
+            tab.wait_for_function("(old) => mq.connectionId !== null && !mq.connectionId.startsWith(old + '/')",
+                                  arg=bridge, timeout=WAIT)
+        admin.publish("q", "after")
+    for tab in tabs:
+        tab.wait_for_function("got.length === 3", timeout=WAIT)
+        assert [item[:2] for item in tab.evaluate("got")] == [[1, "before"], [2, "while reconnecting"], [3, "after"]]
+        assert events(tab, "gap") == [] and events(tab, "close") == [] and tab.errors == []
+        assert tab.evaluate("window.sockets") == 1
