@@ -76,13 +76,13 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         self.max_size: int = conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE")
         self.max_queue_name_length = config.max_queue_name_length
         try:
-            principal, refusal = await self.principal(), "authentication failed"
+            principal, refusal, code = await self.principal(), "authentication failed", CLOSE_CREDENTIALS
         except TooManyFailures as exc:  # its address is over MAX_AUTH_FAILURES: the token was not checked
-            principal, refusal = None, str(exc)
+            principal, refusal, code = None, str(exc), CLOSE_TRY_AGAIN_LATER  # it may log in once unblocked
         if principal is None:
-            logger.warning("WebSocket from %s refused: its token does not log in", self.scope.get("client"))
+            logger.warning("WebSocket from %s refused: %s", self.scope.get("client"), refusal)
             await self.send(text_data=_dumps(error_frame(refusal)))
-            await self.close(CLOSE_CREDENTIALS)
+            await self.close(code)
             return
         # The server's own send (see routing.RawSendMiddleware), and under daphne a direct writer.
         send = self.scope.get(RAW_SEND, self.base_send)
