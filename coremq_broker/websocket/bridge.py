@@ -248,9 +248,9 @@ class Bridge:
     def dropped(self, queue: str, first: int | None, last: int | None) -> None:
         """The broker dropped ids ``first``..``last`` of ``queue`` on their way to this bridge (a slow link).
 
-        Every local subscriber gets a ``dropped`` frame where the messages would
-        have been; ``coremq.js`` fetches them from history and reports as a gap
-        only what history no longer holds.
+        Every local subscriber gets a ``dropped`` frame; ``coremq.js`` fetches
+        the ids it lacks from history and reports as a gap only what history
+        no longer holds.
         """
         browsers = self._fanout.get(queue)
         if browsers is None:
