@@ -12,6 +12,7 @@ from playwright.sync_api import WebSocketRoute
 from coremq_client import MessageQueue
 
 from pages import client_page, events, settled
+from tabs import Tab
 from webservers import Servers, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -97,3 +98,16 @@ def test_durable_queue_resumes_when_a_separate_daphnes_broker_restarts(servers: 
     got = page.evaluate("got")
     assert [(item[0], item[1]) for item in got] == [(n, str(n)) for n in range(1, 9)]
     assert events(page, "gap") == [] and page.errors == [] and page.evaluate("window.sockets") == 1
+
+
+def test_the_subscribe_answer_says_which_queues_continued(servers: Servers, tmp_path: Path) -> None:
+    """After a restart the subscribe answer marks a durable queue `continued`; a queue new in this run is not."""
+    port, web_port, durable = free_port(), free_port(), tmp_path / "history.sqlite3"
+    server = servers.run_coremq(port, web_port, durable_path=durable)
+    publish(port, "1", "2")
+    server.stop()
+    servers.run_coremq(port, web_port, durable_path=durable)
+    tab = Tab(web_port)
+    answer = tab.request({"action": "subscribe", "queues": ["q", "fresh"], "ref": 1})
+    assert answer["sequence"] == {"q": {"first": 1, "last": 2, "continued": True}, "fresh": {"first": None, "last": 0}}
+    tab.close()
