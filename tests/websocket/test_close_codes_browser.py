@@ -92,3 +92,18 @@ def test_tabs_of_a_separate_daphne_stay_open_when_its_bridge_is_disconnected(ser
         assert [item[:2] for item in tab.evaluate("got")] == [[1, "before"], [2, "while reconnecting"], [3, "after"]]
         assert events(tab, "gap") == [] and events(tab, "close") == [] and tab.errors == []
         assert tab.evaluate("window.sockets") == 1
+
+
+def test_a_page_refused_with_4013_connects_once_the_broker_is_up(servers: Servers, new_page: Any) -> None:
+    """A separate daphne without its broker refuses the page with 4013; coremq.js retries and opens once it is up."""
+    port, daphne_port = free_port(), free_port()
+    servers.daphne(port, daphne_port)  # nothing listens on the broker port yet
+    page = client_page(new_page, daphne_port)
+    page.wait_for_function("events.filter(([name, value]) => name === 'close' && value.code === 4013).length >= 2",
+                           timeout=WAIT)
+    servers.run_coremq(port)
+    page.wait_for_function("mq.state === 'open' && mq._queues.get('q').settled", timeout=WAIT)
+    with MessageQueue("127.0.0.1", port) as client:
+        client.publish("q", "up")
+    page.wait_for_function("got.length === 1", timeout=WAIT)
+    assert events(page, "revoked") == [] and page.errors == []
