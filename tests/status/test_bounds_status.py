@@ -78,6 +78,6 @@ def test_page_shows_the_bounds(page, bounded_site: Site) -> None:
     log_in(page, bounded_site, STAFF)
     expect(page.locator('[data-field="timeouts"]')).to_have_text("1", timeout=WAIT)
     expect(page.locator('[data-field="bounds_refused"]')).to_have_text("2")
-    expect(page.locator('[data-field="bounds_detail"]')).to_have_text("1 per address, 1 new queues")
+    expect(page.locator('[data-field="bounds_detail"]')).to_have_text("1 per address, 1 new queue")
     expect(page.locator('[data-field="history_bytes"]')).to_have_text(re.compile(r"^\d+(\.\d)? KiB$"))
     expect(page.locator('[data-field="history_detail"]')).to_have_text(f"of 39.1 KiB, {evicted} evicted")

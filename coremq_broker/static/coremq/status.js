@@ -283,7 +283,8 @@
     setField("history_detail", `of ${fmt.bytes(b.history_bytes_limit)}, ${fmt.int(b.history_evicted || 0)} evicted`);
     setField("timeouts", fmt.int(b.timeouts || 0));
     setField("bounds_refused", fmt.int((b.refused_per_address || 0) + (b.queues_refused || 0)));
-    setField("bounds_detail", `${fmt.int(b.refused_per_address || 0)} per address, ${fmt.int(b.queues_refused || 0)} new queues`);
+    const queuesRefused = b.queues_refused || 0;
+    setField("bounds_detail", `${fmt.int(b.refused_per_address || 0)} per address, ${fmt.int(queuesRefused)} new queue${queuesRefused === 1 ? "" : "s"}`);
     setField("buffered", fmt.bytes(buffered));
     renderDurable(b.durable || { state: "unused" });
     text("#cmq-server", `${b.server} on ${b.address}`);
