@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 
 from webservers import ROOT
 
-__all__ = ["Tab", "issue_token", "revoke_token"]
+__all__ = ["Tab", "issue_token", "revoke_token", "staff_user"]
 
 #: What a browser sees when the connection ends without a close frame.
 ABNORMAL = 1006
@@ -100,6 +100,13 @@ def issue_token(database: Path, username: str, *, staff: bool = False) -> tuple[
         "row, secret = ApiToken.objects.issue(user, 'test'); print(secret, row.pk)"))
     secret, pk = line.split()
     return secret, int(pk)
+
+
+def staff_user(database: Path, username: str, password: str) -> None:
+    """A staff user who logs in to the admin (and so to the status page) with ``password``."""
+    _shell(database, "from django.contrib.auth.models import User; "
+                     f"User.objects.filter(username={username!r}).delete(); "
+                     f"User.objects.create_user({username!r}, password={password!r}, is_staff=True); print('ok')")
 
 
 def revoke_token(database: Path, token_id: int) -> None:

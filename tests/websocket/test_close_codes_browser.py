@@ -10,7 +10,7 @@ import pytest
 from coremq_client import MessageQueue
 
 from pages import client_page, events
-from tabs import issue_token, revoke_token
+from tabs import issue_token, revoke_token, staff_user
 from webservers import Servers, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -107,3 +107,29 @@ def test_a_page_refused_with_4013_connects_once_the_broker_is_up(servers: Server
         client.publish("q", "up")
     page.wait_for_function("got.length === 1", timeout=WAIT)
     assert events(page, "revoked") == [] and page.errors == []
+
+
+def test_the_status_pages_disconnect_of_the_bridge_row(servers: Servers, new_page: Any, e2e_database: Path) -> None:
+    """The status page's Disconnect on the websocket-bridge row: every coremq.js tab gets 4012 and recovers by itself."""
+    staff_user(e2e_database, "status-admin", "status-admin-pw-1")
+    port, web_port = free_port(), free_port()
+    servers.run_coremq(port, web_port)
+    tabs = [client_page(new_page, web_port) for _ in range(2)]
+    for tab in tabs:
+        tab.wait_for_function("mq.state === 'open' && mq._queues.get('q').settled", timeout=WAIT)
+    bridge = tabs[0].evaluate("mq.connectionId").rpartition("/")[0]
+    status = new_page(f"http://127.0.0.1:{web_port}/admin/login/?next=/admin/coremq/status/")
+    status.on("dialog", lambda dialog: dialog.accept())
+    status.fill("#id_username", "status-admin")
+    status.fill("#id_password", "status-admin-pw-1")
+    status.click("input[type=submit]")
+    status.locator(f'#cmq-connections tr[data-id="{bridge}"] button[data-action="disconnect"]').click(timeout=WAIT)
+    for tab in tabs:
+        tab.wait_for_function("events.some(([name, value]) => name === 'close' && value.code === 4012)", timeout=WAIT)
+        tab.wait_for_function("(old) => mq.state === 'open' && mq.connectionId !== null"
+                              " && !mq.connectionId.startsWith(old + '/')", arg=bridge, timeout=WAIT)
+    with MessageQueue("127.0.0.1", port) as client:
+        client.publish("q", "after")
+    for tab in tabs:
+        tab.wait_for_function("got.length === 1", timeout=WAIT)
+        assert tab.errors == [] and events(tab, "revoked") == []
