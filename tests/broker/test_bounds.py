@@ -453,3 +453,23 @@ def test_one_address_is_an_ipv4_address_or_an_ipv6_64():
     assert address_of("2001:db8:1:2:aaaa::1:40000") == address_of("2001:db8:1:2:bbbb::9:40001") == "2001:db8:1:2::/64"
     assert address_of("::ffff:192.0.2.7:40000") == "192.0.2.7"
     assert address_of("in-process") == ""  # the bridge: not bounded per address
+
+
+def test_a_frame_held_up_by_flow_control_keeps_its_deadline_waiting():
+    """While flow control holds a publisher (its subscriber does not read), the clock of its started frame waits."""
+    import threading
+
+    with running(frame_timeout=0.3, slow_consumer_timeout=2.0, max_write_buffer=64 * 2**20) as broker:
+        stuck = RawClient(broker.host, broker.port)
+        stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert stuck.control({"coremq_subscribe": ["fire"]})["response"] == "OK: Subscribe successful"
+        publisher = RawClient(broker.host, broker.port, timeout=30)
+        frames = b"".join(encode_frame("fire", json.dumps({"n": n, "pad": "f" * 200_000}).encode()) for n in range(60))
+        sender = threading.Thread(target=publisher.send_raw, args=(frames,))
+        started = time.monotonic()
+        sender.start()
+        replies = [publisher.read()[1] for _ in range(60)]  # held about 2 s, until the stuck one is cut
+        sender.join(10)
+        assert time.monotonic() - started > 1.0  # it was held well past FRAME_TIMEOUT
+        assert [reply.get("id") for reply in replies] == list(range(1, 61)), replies[-1]
+        assert status(broker)["timeouts"] == 0
