@@ -209,12 +209,19 @@ def test_a_queue_that_holds_nothing_is_forgotten_after_the_idle_timeout():
         assert client.control({"coremq_subscribe": ["passing", "special", "kept", "heard"]})["response"].startswith("OK")
         assert listener.control({"coremq_subscribe": ["heard"]})["response"].startswith("OK")
         assert publish(client, "kept", {"n": 1})["response"] == "OK: Message sent"
+        for n in range(3):
+            assert publish(client, "purged", {"n": n})["id"] == n + 1
+        assert client.control({"coremq_admin": {"action": "purge", "queue": "purged"}})["purged"] == 3
         assert client.control({"coremq_unsubscribe": ["passing", "special", "kept", "heard"]})["response"].startswith("OK")
         names = lambda: sorted(q["name"] for q in status(broker, queues=True)["queue_list"])  # noqa: E731
-        assert wait_for(lambda: "passing" not in names(), timeout=5)
+        assert wait_for(lambda: "passing" not in names() and "purged" not in names(), timeout=5)
         time.sleep(0.5)  # another sweep or two
         assert names() == ["heard", "kept", "special"]  # a listener, a history, settings of its own
-        assert status(broker)["queues_forgotten"] == 1
+        assert status(broker)["queues_forgotten"] == 2
+        # A forgotten queue used again starts its ids at 1: a resuming client sees its numbering restart.
+        reply = client.control({"coremq_gethistory": {"purged": 3}})
+        assert reply["sequence"]["purged"] == {"first": None, "last": 0}
+        assert publish(client, "purged", {"n": 0})["id"] == 1
 
 
 # -- history bytes -------------------------------------------------------------------
