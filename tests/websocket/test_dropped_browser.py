@@ -29,7 +29,7 @@ PAD = "x" * 400
 def test_dropped_messages_reach_the_page_from_history(servers: Servers, new_page: Any) -> None:
     """Messages the broker dropped for a stalled bridge reach the page from history, once, in order; no gap."""
     port, daphne_port = free_port(), free_port()
-    servers.run_coremq(port, coremq={"SLOW_CONSUMER_POLICY": "drop", "MAX_WRITE_BUFFER": 64 * 1024,
+    servers.run_coremq(port, coremq={"SLOW_CONSUMER_POLICY": "drop", "MAX_WRITE_BUFFER": 2 * 2**20,
                                      "HISTORY_LENGTH": FLOOD + 10})
     daphne = servers.daphne(port, daphne_port)  # MAX_WRITE_BUFFER as by default: the refill comes in pages
     page = client_page(new_page, daphne_port)
