@@ -265,14 +265,21 @@ class Resumer:
                     again[queue] = 0
                     continue
                 behind = self._behind_drop(queue, last)
+                if more.get(queue) and not messages and not behind:
+                    # Nothing of this queue fitted in this page (the broker pages replies by size): ask again.
+                    again[queue] = asked
+                    continue
                 if (more.get(queue) and messages) or behind:
                     # One page of a longer history (or a reply that may predate a drop):
                     # deliver it, keep holding the live deliveries, and ask for the
                     # next page from where this one ended.
                     before = self._marks[queue].id
                     items += self._merge(queue, messages, first, last, echo)
-                    if self._marks[queue].id > before or behind:
-                        again[queue] = self._marks[queue].id
+                    newest = max([m.id for m in messages if isinstance(m.id, int)], default=asked)
+                    if self._marks[queue].id > before or behind or (more.get(queue) and newest > asked):
+                        # From where this page ended: it may hold only what was delivered before
+                        # (the broker pages by size), and since still moves on, so paging ends.
+                        again[queue] = max(self._marks[queue].id, newest)
                         continue
                 self._drops.pop(queue, None)
                 items += self._merge(queue, messages + self._held.pop(queue), first, last, echo)

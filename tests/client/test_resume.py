@@ -218,11 +218,25 @@ def test_a_long_history_comes_in_pages_with_live_messages_held_to_the_end():
     assert ids(resumer.accept(live("q", 11))) == [11]
 
 
-def test_a_page_that_brings_nothing_new_ends_the_paging():
-    """``more`` with no message above the mark cannot loop: what is held is released."""
+def test_a_page_that_brings_nothing_new_asks_on_from_where_it_ended():
+    """``more`` after a page of only what was delivered asks again from the page's end, so paging ends."""
     resumer = Resumer()
     delivered(resumer, "q", 1, 2)
     since = resumer.plan(["q"])
     assert resumer.accept(live("q", 3)) == []
     items, again = resumer.history(since, reply("q", [2], 1, 3) | {"more": {"q": True}})
+    assert ids(items) == [] and again == {"q": 2}
+    items, again = resumer.history(again, reply("q", [3], 1, 3))
     assert ids(items) == [3] and again == {}
+
+
+def test_a_page_without_the_queue_asks_again_from_the_same_id():
+    """A size-paged reply that names a queue in ``more`` but holds none of it asks again; nothing is released early."""
+    resumer = Resumer()
+    delivered(resumer, "q", 1, 2)
+    since = resumer.plan(["q"])
+    assert resumer.accept(live("q", 4)) == []
+    items, again = resumer.history(since, reply("q", [], 1, 4) | {"more": {"q": True}})
+    assert items == [] and again == since
+    items, again = resumer.history(again, reply("q", [2, 3, 4], 1, 4))
+    assert ids(items) == [3, 4] and again == {}
