@@ -188,7 +188,9 @@ class SessionState:
         frames = []
         if queues:
             frames.append(protocol.subscribe(queues))
-        if options:
+        if options or not queues:
+            # Always at least one request: the broker closes a connection that sends no frame
+            # within FIRST_FRAME_TIMEOUT of its welcome, and a client may only wait for messages.
             frames.append(protocol.set_options(options))
         return frames
 
