@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol
 
 from .codec import validate_queue_name
 from .errors import ConnectionClosed, CoreMQError, FrameTooLarge, MessageError, ProtocolError, ServerError, SlowConsumer
-from .protocol import OPTION_ECHO, OPTION_REPLY, Bye, ClientProtocol, Delivery, Gap, Reply, Welcome, error_for, unwrap
+from .protocol import ID, OPTION_ECHO, OPTION_REPLY, Bye, ClientProtocol, Delivery, Gap, Reply, Welcome, error_for, unwrap
 from .resume import Item, Resumer, bounds
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ErrorReporter",
     "GapCallback",
     "GapReporter",
+    "HistoryPages",
     "JSONObject",
     "MAX_PENDING",
     "PendingReplies",
@@ -406,6 +407,39 @@ def history_messages(reply: Mapping[str, Any]) -> dict[str, list[Any]]:
     if not isinstance(history, dict):
         raise MessageError("the history reply holds no history object")
     return {queue: [unwrap(m) for m in messages] for queue, messages in history.items() if isinstance(messages, list)}
+
+
+class HistoryPages:
+    """The whole history of some queues, gathered across the broker's pages.
+
+    The broker cuts a history reply at its frame size and names the queues cut
+    short in ``more``; :meth:`take` adds one reply and says what to ask next.
+    """
+
+    def __init__(self, queues: list[str], since: Mapping[str, int] | int | None) -> None:
+        self.queues = queues
+        self.since = since_map(queues, since)
+        self.messages: dict[str, list[Any]] = {queue: [] for queue in queues}
+
+    def take(self, reply: Mapping[str, Any]) -> dict[str, int] | None:
+        """Add one reply's messages; the ``since`` of the next request, or None when all are in."""
+        history = reply.get("history")
+        more = reply.get("more")
+        pages = {} if not isinstance(history, dict) else history
+        gathered = 0
+        for queue, messages in history_messages(reply).items():
+            self.messages.setdefault(queue, []).extend(messages)
+            gathered += len(messages)
+        if not isinstance(more, dict) or not gathered:  # the last page (or one that moves nothing on)
+            return None
+        after: dict[str, int] = {}
+        for queue in more:
+            stored = pages.get(queue)
+            ids = [m.get(ID) for m in stored if isinstance(m, dict)] if isinstance(stored, list) else []
+            ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+            after[queue] = ids[-1] if ids else (self.since or {}).get(queue, 0)
+        self.since = after or None
+        return after or None
 
 
 def since_map(queues: list[str], since: Mapping[str, int] | int | None) -> dict[str, int] | None:

@@ -22,6 +22,7 @@ from ._common import (
     ErrorReporter,
     GapCallback,
     GapReporter,
+    HistoryPages,
     JSONObject,
     MAX_PENDING,
     PendingReplies,
@@ -33,7 +34,6 @@ from ._common import (
     credentials_from,
     deadline_after,
     handshake_reply,
-    history_messages,
     logger,
     notify_connected,
     remaining,
@@ -532,8 +532,12 @@ class AsyncMessageQueue(ClientState):
         return await self._request(lambda p: p.get_history(names, after, limit=limit))  # type: ignore[return-value]
 
     async def get_history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict[str, list[Any]]:
-        """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
-        return history_messages(await self.history(*queues, since=since))
+        """``{queue: [message, ...]}``, oldest first, every page of it; see :meth:`MessageQueue.get_history`."""
+        pages = HistoryPages([validate_queue_name(q) for q in queues], since)
+        after = await self.history(*pages.queues, since=pages.since)
+        while (since := pages.take(after)) is not None:
+            after = await self.history(*since, since=since)
+        return pages.messages
 
     async def status(self, **detail: bool) -> JSONObject:
         """The broker's description of itself; see :meth:`MessageQueue.status`."""

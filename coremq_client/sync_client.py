@@ -25,6 +25,7 @@ from ._common import (
     ErrorReporter,
     GapCallback,
     GapReporter,
+    HistoryPages,
     JSONObject,
     MAX_PENDING,
     PendingReplies,
@@ -36,7 +37,6 @@ from ._common import (
     credentials_from,
     deadline_after,
     handshake_reply,
-    history_messages,
     logger,
     notify_connected,
     remaining,
@@ -656,8 +656,16 @@ class MessageQueue(ClientState):
         return self._request(lambda p: p.get_history(names, after, limit=limit))  # type: ignore[return-value]
 
     def get_history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict[str, list[Any]]:
-        """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it."""
-        return history_messages(self.history(*queues, since=since))
+        """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it.
+
+        Follows the broker's pages (``more``): the whole history kept, however
+        large. :meth:`history` is one raw page.
+        """
+        pages = HistoryPages([validate_queue_name(q) for q in queues], since)
+        reply = self.history(*pages.queues, since=pages.since)
+        while (after := pages.take(reply)) is not None:
+            reply = self.history(*after, since=after)
+        return pages.messages
 
     def status(self, **detail: bool) -> JSONObject:
         """The broker's description of itself (connections, queues, counters).
