@@ -14,6 +14,7 @@ from coremq_project.settings import COREMQ
 COREMQ = {**COREMQ, "PORT": int(os.environ["COREMQ_E2E_PORT"])}
 if os.environ.get("COREMQ_E2E_MAX_WRITE_BUFFER"):  # the slow-consumer bound, small for a test
     COREMQ["MAX_WRITE_BUFFER"] = int(os.environ["COREMQ_E2E_MAX_WRITE_BUFFER"])
+    COREMQ["MAX_FANOUT_BLOB"] = COREMQ["MAX_WRITE_BUFFER"] // 4  # at most half of it (coremq.E012)
 if os.environ.get("COREMQ_E2E_DURABLE_PATH"):  # every queue durable, its history in this file
     COREMQ.update(DURABLE_ALL=True, DURABLE_PATH=os.environ["COREMQ_E2E_DURABLE_PATH"])
 if os.environ.get("COREMQ_E2E_COREMQ"):  # any other COREMQ keys, as JSON
