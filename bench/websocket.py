@@ -69,6 +69,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 NODE_PEER = Path(__file__).resolve().parent / "node"
 PEERS = ("channels", "node", "websockets")
+CHANNELS_BUDGET = 20_000
 PATH = "/ws/coremq/"
 HOST = "127.0.0.1"
 _PAD = "x" * 64  # a message of about 100 bytes, as in the other benchmarks
@@ -249,6 +250,7 @@ async def wait_delivered(run: Run, total: int, stall: float) -> None:
 
 
 async def throughput(server: "Server", count: int, settings: Settings) -> dict[str, Any]:
+    budget = min(settings.budget, server.max_budget or settings.budget)
     run = Run(count, record_latency=False)
     subscribers, publisher = await open_clients(server.port, count, run)
     try:
@@ -259,7 +261,7 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
                 subscriber.follow(shared)
             # Wake a subscriber only once a few messages are waiting (about a quarter of its share of
             # the budget), so that each read carries several frames; reset before the last ones.
-            _read_at_least(subscribers, min(64 * 1024, max(1, settings.budget // count // 4) * _MESSAGE_BYTES))
+            _read_at_least(subscribers, min(64 * 1024, max(1, budget // count // 4) * _MESSAGE_BYTES))
         cpu = CpuWindow(server)
         published = 0
         start = time.perf_counter()
@@ -267,10 +269,10 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
         while time.perf_counter() < deadline and not run.errors:
             in_flight = published - run.acked
             behind = published * count - run.delivered
-            room = min(settings.window - in_flight, (settings.budget - behind) // count)
+            room = min(settings.window - in_flight, (budget - behind) // count)
             if room <= 0:
                 publisher.answered = asyncio.get_running_loop().create_future()
-                waits = {publisher.answered, run.wait_for_deliveries(run.delivered + max(count, settings.budget // 4))}
+                waits = {publisher.answered, run.wait_for_deliveries(run.delivered + max(count, budget // 4))}
                 await asyncio.wait(waits, timeout=settings.stall, return_when=asyncio.FIRST_COMPLETED)
                 continue
             frames = [publisher.frame(seq) for seq in range(published, published + min(room, 50))]
@@ -287,7 +289,7 @@ async def throughput(server: "Server", count: int, settings: Settings) -> dict[s
         await close_clients(subscribers, publisher)
     lost = published * count - run.delivered
     return {
-        "subscribers": count, "published": published, "delivered": run.delivered, "lost": lost,
+        "subscribers": count, "budget": budget, "published": published, "delivered": run.delivered, "lost": lost,
         "seconds": round(elapsed, 3), "deliveries_per_s": round(run.delivered / elapsed) if elapsed > 0 else 0,
         **cores,
         # CPU per delivery: what the server spends, and what the generator spends checking it
@@ -358,6 +360,7 @@ class Server:
         self.name, self.label, self.port = name, label, port
         self.pids, self.processes = pids, processes
         self.on_measure: Callable[[], None] | None = None  # called when the measured window starts
+        self.max_budget: int | None = None  # a cap on the deliveries in flight, for a server that needs one
 
     def cpu_meter(self) -> Any:
         processes = [psutil.Process(pid) for pid in self.pids]
@@ -461,7 +464,11 @@ def start_channels(workdir: Path) -> Server:
     process = _spawn([sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "bench.channels_peer:application"],
                      log)
     _wait_for(lambda: _accepts(port), "daphne (Channels peer)", process, log)
-    return Server("channels", "Channels group_send (channels_redis)", port, [process.pid, redis_pid], [process])
+    server = Server("channels", "Channels group_send (channels_redis)", port, [process.pid, redis_pid], [process])
+    # channels_redis drops a message left 60 s in Redis (its expiry): more in flight than Channels
+    # delivers in that time is lost, not slow. 20,000 is what issue 3's figures were measured with.
+    server.max_budget = CHANNELS_BUDGET
+    return server
 
 
 def node_packages() -> Path:
