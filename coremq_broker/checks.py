@@ -13,6 +13,7 @@ Ids (the conditions live in :mod:`coremq_broker.conf`):
 - ``coremq.E009`` ``TLS_CERT``/``TLS_KEY`` not a file, or a key without a certificate
 - ``coremq.E010`` ``CLIENT_TOKEN`` together with ``CLIENT_USERNAME``/``CLIENT_PASSWORD``, or only one of those two
 - ``coremq.E011`` ``DURABLE_ALL`` is on and ``DURABLE_PATH`` cannot be written (no directory, read-only, ...)
+- ``coremq.E012`` ``MAX_FANOUT_BLOB`` above half of ``MAX_WRITE_BUFFER``
 - ``coremq.W001`` ``DEFAULT_POLICY`` is ``"open"`` while ``DEBUG`` is off: anyone who reaches the broker may do anything
 - ``coremq.W002`` ``DURABLE_PATH`` cannot be written: queues made durable in the admin will refuse every publish
 """

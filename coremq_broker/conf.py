@@ -300,6 +300,14 @@ def _cross_check(values: dict[str, Any]) -> list[SettingError]:
             f"settings.{SETTING}['WRITE_LOW'] ({low}) is above WRITE_HIGH ({high}).",
             "The low-water mark must not exceed the high-water mark; asyncio's default is low = high // 4.",
         ))
+    blob, buffer = values.get("MAX_FANOUT_BLOB"), values.get("MAX_WRITE_BUFFER")
+    if isinstance(blob, int) and isinstance(buffer, int) and blob > buffer // 2:
+        errors.append(SettingError(
+            "coremq.E012",
+            f"settings.{SETTING}['MAX_FANOUT_BLOB'] ({blob}) is above half of MAX_WRITE_BUFFER ({buffer}).",
+            "A slow consumer under the drop policy keeps the newest half of MAX_WRITE_BUFFER: one piece of "
+            "fan-out must fit in it. Lower MAX_FANOUT_BLOB (1 MiB by default) or raise MAX_WRITE_BUFFER.",
+        ))
     cert, key = values.get("TLS_CERT"), values.get("TLS_KEY")
     if key and not cert:
         errors.append(SettingError(

@@ -78,7 +78,9 @@ class TcpConnection(asyncio.Protocol, Connection):
         self._timeout = broker.config.slow_consumer_timeout
         self._congested = False
         self._lagging = False
-        self._behind_since = 0.0  # loop time the socket went over its high-water mark
+        self._behind_since = 0.0  # loop time the socket went over its high-water mark, or last drained some
+        self._taken_then = 0  # bytes the socket had taken by then
+        self._least_progress = broker.config.write_low  # bytes a socket must take per timeout not to be slow
         self._holding: dict[Connection, None] = {}  # publishers held until this connection drains
         self._holding_for: set[str] = set()  # the queues they published to
         self._judge_handle: asyncio.TimerHandle | None = None
@@ -167,6 +169,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         # buffer and stop taking its requests, whose replies would add to it.
         self._writing_paused = True
         self._behind_since = self._loop.time()  # type: ignore[union-attr]
+        self._taken_then = self._taken()
         self._congested = not self._lagging and not self.closing
         self.hold()
 
@@ -217,14 +220,27 @@ class TcpConnection(asyncio.Protocol, Connection):
             self._judge_handle = self._loop.call_at(  # type: ignore[union-attr]
                 self._behind_since + self._timeout, self._judge)
 
+    def _taken(self) -> int:
+        """Bytes the socket has taken from us so far (written less what the transport still holds)."""
+        transport = self.transport
+        return self.bytes_out - (transport.get_write_buffer_size() if transport is not None else 0)
+
     def _judge(self) -> None:
-        """The slow-consumer judgement: still congested, holding publishers, not drained for the timeout."""
+        """The slow-consumer judgement: still congested and holding publishers, and the socket took
+        less than ``write_low`` bytes in ``slow_consumer_timeout`` seconds (it stopped draining)."""
         self._judge_handle = None
         if not self._congested or not self._holding:
             return
+        loop = self._loop
+        assert loop is not None
         due = self._behind_since + self._timeout
-        if self._loop.time() < due:  # type: ignore[union-attr]  # it drained and fell behind again since
-            self._judge_handle = self._loop.call_at(due, self._judge)  # type: ignore[union-attr]
+        now = loop.time()
+        if now >= due and self._taken() - self._taken_then >= self._least_progress:
+            # Behind, but reading: it paces its publishers; judged again a timeout from now.
+            self._behind_since, self._taken_then = now, self._taken()
+            due = now + self._timeout
+        if now < due:  # it drained (or fell behind again) since the timer was set
+            self._judge_handle = loop.call_at(due, self._judge)
             return
         queues = sorted(self._holding_for)
         registry = self.broker.registry

@@ -30,11 +30,11 @@ _ID = b'"coremq_id":'
 class Worker:
     """A load process (``spawn``) whose result dict is read from a pipe."""
 
-    def __init__(self, target: Any, *args: Any) -> None:
+    def __init__(self, target: Any, *args: Any, **kwargs: Any) -> None:
         context = multiprocessing.get_context("spawn")
         self._receiver, sender = context.Pipe(duplex=False)
         self._ready = context.Event()
-        self.process = context.Process(target=target, args=(*args, sender, self._ready), daemon=True)
+        self.process = context.Process(target=target, args=(*args, sender, self._ready), kwargs=kwargs, daemon=True)
         self.process.start()
         sender.close()
         self.result: dict[str, Any] | None = None
@@ -63,8 +63,9 @@ class Worker:
 class _Reader:
     """Frames from a socket: ``(queue, payload)`` pairs, with queue and JSON as bytes."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, size: int = 1 << 20) -> None:
         self.sock = sock
+        self.size = size  # bytes per recv
         self.data = bytearray()
         self.pending: list[tuple[bytes, bytes]] = []
         self.closed = ""  # why the connection ended, once it has
@@ -92,7 +93,7 @@ class _Reader:
             if frames:
                 return frames
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(self.size)
             except OSError as exc:
                 self.closed = f"{type(exc).__name__}: {exc}"
                 return []
@@ -124,8 +125,11 @@ def _control(sock: socket.socket, reader: _Reader, own: bytes, request: dict) ->
                 return json.loads(payload)
 
 
-def subscriber(host: str, port: int, queue: str, count: int, stop_after: float, result: Any, ready: Any) -> None:
+def subscriber(host: str, port: int, queue: str, count: int, stop_after: float, result: Any, ready: Any,
+               pace: float = 0.0) -> None:
     """Subscribe to ``queue`` and read ``count`` deliveries as fast as possible, checking each.
+
+    With ``pace``, it reads slowly instead: 16 KiB per read, ``pace`` seconds apart.
 
     Result: ``received``, ``error`` (the first wrong delivery, or why it
     stopped early), ``other`` (frames on its own id queue: errors, BYE),
@@ -134,6 +138,8 @@ def subscriber(host: str, port: int, queue: str, count: int, stop_after: float, 
     sock, reader, own = _connect(host, port)
     reply = _control(sock, reader, own, {"coremq_subscribe": [queue]})
     assert reply["response"] == "OK: Subscribe successful", reply
+    if pace:
+        reader.size = 16 * 1024
     ready.set()
     name = queue.encode()
     expected = 1
@@ -142,6 +148,8 @@ def subscriber(host: str, port: int, queue: str, count: int, stop_after: float, 
     started = time.monotonic()
     deadline = started + stop_after
     while expected <= count and not error:
+        if pace:
+            time.sleep(pace)
         frames = reader.read()
         if not frames:
             error = f"connection ended after {expected - 1} deliveries: {reader.closed}"
@@ -171,12 +179,13 @@ def publisher(host: str, port: int, queue: str, count: int, stop_after: float, r
     replies, checked to answer requests 1, 2, 3, ... with ids 1, 2, 3, ...),
     ``error``, ``other`` (other replies), ``acks_before_bye`` (the acks
     counted when a BYE came, or None), ``closed``, ``max_gap`` (the longest
-    time, in seconds, between two replies while publishing), ``seconds``.
+    time, in seconds, between two replies while publishing) and ``max_gap_at`` (the acks before it),
+    ``seconds``.
     """
     sock, reader, own = _connect(host, port)
     ready.set()
     name = queue.encode()
-    state: dict[str, Any] = {"acks": 0, "error": "", "other": [], "max_gap": 0.0, "bye": None}
+    state: dict[str, Any] = {"acks": 0, "error": "", "other": [], "max_gap": 0.0, "max_gap_at": 0, "bye": None}
     done = threading.Event()
 
     def read_replies() -> None:
@@ -187,7 +196,8 @@ def publisher(host: str, port: int, queue: str, count: int, stop_after: float, r
                 state["error"] = f"connection ended after {state['acks']} acks: {reader.closed}"
                 break
             now = time.monotonic()
-            state["max_gap"] = max(state["max_gap"], now - last)
+            if now - last > state["max_gap"]:
+                state["max_gap"], state["max_gap_at"] = now - last, state["acks"]
             last = now
             for frame_queue, payload in frames:
                 reply = json.loads(payload)
@@ -225,5 +235,5 @@ def publisher(host: str, port: int, queue: str, count: int, stop_after: float, r
     result.send({"sent": sent, "acks": state["acks"], "error": state["error"] or ("" if done.is_set() else
                  f"only {state['acks']} acks within {stop_after}s"), "other": state["other"][:20],
                  "acks_before_bye": state["bye"], "closed": reader.closed, "max_gap": state["max_gap"],
-                 "seconds": time.monotonic() - started})
+                 "max_gap_at": state["max_gap_at"], "seconds": time.monotonic() - started})
     sock.close()

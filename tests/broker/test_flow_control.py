@@ -279,3 +279,46 @@ def test_a_delivery_or_flush_that_raises_stops_no_other_output(broker):
     assert broker.call(lambda: bad[0].delivery_errors) >= 4 and broker.call(lambda: bad[1].delivery_errors) >= 4
     assert status["delivery_errors"] >= 8
     assert broker.call(lambda: broker.broker._flush_scheduled) is False
+
+
+def test_flow_control_settings_are_checked():
+    """SLOW_CONSUMER_TIMEOUT, MAX_READ_PER_ITERATION and MAX_FANOUT_BLOB are COREMQ keys; zero is coremq.E004,
+    a fan-out piece above half of MAX_WRITE_BUFFER is coremq.E012."""
+    from django.test import override_settings
+
+    from coremq_broker import conf
+
+    keys = {"SLOW_CONSUMER_TIMEOUT": 0.5, "MAX_READ_PER_ITERATION": 65536, "MAX_FANOUT_BLOB": 2**18}
+    with override_settings(COREMQ=keys):
+        assert conf.setting_errors() == []
+        config = conf.get_config()
+        assert (config.slow_consumer_timeout, config.max_read_per_iteration, config.max_fanout_blob) == (
+            0.5, 65536, 2**18)
+    for name in keys:
+        with override_settings(COREMQ={name: 0}):
+            assert [error.id for error in conf.setting_errors()] == ["coremq.E004"], name
+    with override_settings(COREMQ={"MAX_FANOUT_BLOB": 2**20, "MAX_WRITE_BUFFER": 2**20}):
+        assert [error.id for error in conf.setting_errors()] == ["coremq.E012"]
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_subscriber_that_keeps_reading_paces_the_publisher_and_is_never_cut():
+    """A subscriber reading 16 KiB every 5 ms (far slower than the broker) beside a fast one: the publisher is slowed
+    to its pace, nobody is judged a slow consumer, and both get all 100,000 messages (23 MB) in order."""
+    count = 100_000
+    with start(host="127.0.0.1", port=0, log_level="WARNING") as broker:
+        slow = Worker(subscriber, broker.host, broker.port, "firehose", count, 90, pace=0.005)
+        fast = Worker(subscriber, broker.host, broker.port, "firehose", count, 90)
+        slow.wait_ready()
+        fast.wait_ready()
+        writer = Worker(publisher, broker.host, broker.port, "firehose", count, 90)
+        try:
+            published = writer.join(100)
+            results = [slow.join(100), fast.join(100)]
+        finally:
+            for worker in (writer, slow, fast):
+                worker.kill()
+        assert_all_delivered(published, results, count)
+        probe = RawClient(broker.host, broker.port)
+        assert probe.control({"coremq_status": True})["slow_consumers"] == 0
+        probe.close()
