@@ -269,3 +269,29 @@ def test_history_is_fetched_in_pages_and_live_messages_wait_for_the_last(page: A
     }""")
     assert requests == [[{"q": 1}, 2], [{"q": 3}, 2], [{"q": 5}, 2]]
     assert page.evaluate("got") == [[1, False], [2, True], [3, True], [4, True], [5, True], [6, True], [7, False]]
+
+
+def test_a_size_cut_page_without_the_queue_asks_again_and_reports_no_gap(page: Any) -> None:
+    """An answer naming a queue in `more` but holding none of it (cut at the frame size) asks again from the same id; nothing is lost."""
+    requests = page.evaluate("""async () => {
+        window.mq = new CoreMQ("ws://example.test/ws/coremq/", { minDelay: 1, maxDelay: 4, historyPage: 2 });
+        for (const name of ["gap", "reset"]) mq.on(name, (value) => events.push([name, value]));
+        mq.subscribe("q", (message, meta) => got.push([meta.id, meta.replayed]));
+        socket(0).deliver({ type: "welcome", connection_id: "b/1", epoch: "e1" });
+        socket(0).answer("subscribe", { type: "subscribed", queues: ["q"], sequence: { q: { first: null, last: 0 } } });
+        socket(0).deliver(message("q", 1));
+        socket(0).deliver({ type: "dropped", queue: "q", first: 2, last: 3 });
+        socket(0).deliver(message("q", 4));
+        const asked = [];
+        for (const [ids, more] of [[[], true], [[2, 3], false]]) {
+            const request = socket(0).request("history");
+            asked.push(request.since);
+            socket(0).answer("history", { type: "history", history: { q: ids.map((id) => message("q", id)) },
+                                          sequence: { q: { first: 1, last: 4 } }, ...(more ? { more: { q: true } } : {}) });
+            await new Promise((resolve) => setTimeout(resolve));
+        }
+        return asked;
+    }""")
+    assert requests == [{"q": 1}, {"q": 1}]
+    assert page.evaluate("got") == [[1, False], [2, True], [3, True], [4, False]]
+    assert page.evaluate("events") == []

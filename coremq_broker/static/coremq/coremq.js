@@ -316,8 +316,10 @@
         entry.baseline = sequence.last ?? 0;  // the new numbering's position until a message comes
       }
       for (const item of fresh) this._deliver(queue, entry, item, true);
-      if ((answer.more || {})[queue] && entries.length) {
-        this._fetch(queue, entries[entries.length - 1].id);  // the next page; live messages still wait
+      if ((answer.more || {})[queue]) {
+        // The next page; live messages still wait. A size-cut answer may hold none of this
+        // queue (earlier queues filled it): ask again from the same id.
+        this._fetch(queue, entries.length ? entries[entries.length - 1].id : since);
         return;
       }
       this._flushReplay(queue);
