@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .heap import HeapProbe
-from .net import Link, close_links
+from .net import Link, close_links, source_address
 from .targets import HOST, Target
 
 __all__ = ["ConnsSettings", "ConnsResult", "conns_run", "raise_fd_limit"]

@@ -118,12 +118,6 @@ _BROKER_SERIES: tuple[tuple[type, str, str, str], ...] = (
      "Login attempts refused unchecked: their address or username was over MAX_AUTH_FAILURES.", "auth_refused"),
     (GaugeMetricFamily, "coremq_auth_blocked", "Addresses and usernames over MAX_AUTH_FAILURES now.",
      "auth_blocked"),
-    (CounterMetricFamily, "coremq_auth_failures", "Logins (TCP and WebSocket) whose credentials were wrong.",
-     "auth_failures"),
-    (CounterMetricFamily, "coremq_auth_refused",
-     "Login attempts refused unchecked: their address or username was over MAX_AUTH_FAILURES.", "auth_refused"),
-    (GaugeMetricFamily, "coremq_auth_blocked", "Addresses and usernames over MAX_AUTH_FAILURES now.",
-     "auth_blocked"),
     (CounterMetricFamily, "coremq_slow_consumers", "Times a subscriber's output buffer overflowed.",
      "slow_consumers"),
     # The bounds of coremq_broker/limits.py.

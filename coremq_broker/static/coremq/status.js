@@ -276,8 +276,6 @@
     setField("denials", fmt.int(b.denials));
     setField("auth_failures", fmt.int(b.auth_failures || 0));
     setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
-    setField("auth_failures", fmt.int(b.auth_failures || 0));
-    setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
     setField("slow_consumers", fmt.int(b.slow_consumers));
     setField("history_bytes", fmt.bytes(b.history_bytes || 0));
     setField("history_detail", `of ${fmt.bytes(b.history_bytes_limit)}, ${fmt.int(b.history_evicted || 0)} evicted`);
