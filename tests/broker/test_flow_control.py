@@ -322,3 +322,27 @@ def test_a_slow_subscriber_that_keeps_reading_paces_the_publisher_and_is_never_c
         probe = RawClient(broker.host, broker.port)
         assert probe.control({"coremq_status": True})["slow_consumers"] == 0
         probe.close()
+
+
+def test_a_publisher_pipelining_tiny_publishes_gets_every_ack():
+    """100,000 tiny publishes written in one go while the replies are read: all 100,000 acks arrive in order and
+    the publisher is not cut as a slow consumer of its own replies (the old broker cut it after 13,785)."""
+    count = 100_000
+    with start(host="127.0.0.1", port=0, log_level="WARNING") as broker:
+        client = RawClient(broker.host, broker.port, timeout=30)
+        replies: list[dict] = []
+
+        def read_replies() -> None:
+            try:
+                while len(replies) < count:
+                    replies.append(client.read()[1])
+            except (ConnectionError, OSError):
+                pass
+
+        thread = threading.Thread(target=read_replies, daemon=True)
+        thread.start()
+        client.send_raw(b"".join(encode_frame("tiny", b'{"n":%d}' % n) for n in range(count)))
+        thread.join(60)
+        assert [reply.get("request") for reply in replies] == list(range(1, count + 1)), replies[-1:]
+        assert {reply["response"] for reply in replies} == {"OK: Message sent"}
+        client.close()
