@@ -118,8 +118,10 @@ _BROKER_SERIES: tuple[tuple[type, str, str, str], ...] = (
      "Login attempts refused unchecked: their address or username was over MAX_AUTH_FAILURES.", "auth_refused"),
     (GaugeMetricFamily, "coremq_auth_blocked", "Addresses and usernames over MAX_AUTH_FAILURES now.",
      "auth_blocked"),
-    (CounterMetricFamily, "coremq_slow_consumers", "Times a subscriber's output buffer overflowed.",
-     "slow_consumers"),
+    (CounterMetricFamily, "coremq_slow_consumers",
+     "Subscribers judged slow consumers (stopped draining, or past MAX_WRITE_BUFFER).", "slow_consumers"),
+    (CounterMetricFamily, "coremq_delivery_errors", "Deliveries or flushes to a connection that raised (skipped).",
+     "delivery_errors"),
     # The bounds of coremq_broker/limits.py.
     (GaugeMetricFamily, "coremq_history_bytes", "Bytes held in all queues' histories.", "history_bytes"),
     (GaugeMetricFamily, "coremq_history_limit_bytes", "MAX_HISTORY_BYTES: the most all histories may hold.",
