@@ -25,7 +25,7 @@ from wire import RawClient
 MB = 2**20
 TIMEOUT = BrokerConfig().slow_consumer_timeout  # the default judgement, in seconds
 #: Slack for a loaded 2-CPU machine on top of a documented bound, in seconds.
-SLACK = 3.0
+SLACK = 4.0
 
 
 class RssWatch:
@@ -197,13 +197,13 @@ def test_a_publisher_of_another_queue_is_not_slowed_by_a_stuck_subscriber():
         try:
             assert reader.control({"coremq_subscribe": ["b"]})["response"] == "OK: Subscribe successful"
             status = other.control({"coremq_status": True})
-            while True:  # until a's publisher is held: nothing more is published to a
+            a = -1
+            while True:  # until a's publisher is held: the stuck one is congested, nothing more is published to a
                 time.sleep(0.5)
-                published = other.control({"coremq_status": {"queues": True}})
-                a = {queue["name"]: queue for queue in published["queue_list"]}["a"]["published"]
-                time.sleep(0.5)
-                later = other.control({"coremq_status": {"queues": True}})
-                if {queue["name"]: queue for queue in later["queue_list"]}["a"]["published"] == a:
+                now = other.control({"coremq_status": {"queues": True, "connections": True}})
+                congested = {c["id"]: c["buffered"] for c in now["connection_list"]}[stuck.id] > 64 * 1024
+                published, a = a, {queue["name"]: queue for queue in now["queue_list"]}["a"]["published"]
+                if congested and published == a:
                     break
             assert 0 < a < 1_000_000
             for n in range(200):  # each a request and reply, then a delivery, within the clients' 5 s timeout
