@@ -346,3 +346,27 @@ def test_a_publisher_pipelining_tiny_publishes_gets_every_ack():
         assert [reply.get("request") for reply in replies] == list(range(1, count + 1)), replies[-1:]
         assert {reply["response"] for reply in replies} == {"OK: Message sent"}
         client.close()
+
+
+def test_fan_out_in_pieces_keeps_every_frame_whole_and_in_order(broker):
+    """With MAX_FANOUT_BLOB at 1 KiB, reads of 500 publishes from two publishers at once reach two subscribers
+    (one of them a publisher without echo) whole, in order, each exactly once."""
+    broker.close()
+    broker.config = broker.config.with_options(max_fanout_blob=1024)
+    broker.broker = broker._open(broker.config)
+    reader = RawClient(broker.host, broker.port)
+    assert reader.control({"coremq_subscribe": ["pieces"]})["response"] == "OK: Subscribe successful"
+    first, second = RawClient(broker.host, broker.port), RawClient(broker.host, broker.port)
+    assert second.control({"coremq_subscribe": ["pieces"]})["response"] == "OK: Subscribe successful"
+    for client in (first, second):
+        client.control({"coremq_options": {"reply": False}})
+    reads = {client: b"".join(encode_frame("pieces", b'{"from":%d,"n":%d,"p":"%s"}' % (index, n, b"x" * 50))
+                              for n in range(500)) for index, client in enumerate((first, second))}
+    for client, read in reads.items():
+        client.send_raw(read)
+    got = [reader.read()[1] for _ in range(1000)]
+    for index in (0, 1):
+        assert [message["n"] for message in got if message["from"] == index] == list(range(500))
+    assert [message["coremq_id"] for message in got] == list(range(1, 1001))
+    echoed = [second.read()[1] for _ in range(500)]  # the first publisher's messages only: no echo of its own
+    assert [(message["from"], message["n"]) for message in echoed] == [(0, n) for n in range(500)]
