@@ -108,7 +108,7 @@ async def conns_run(target: Target, settings: ConnsSettings) -> ConnsResult:
                 async with asyncio.timeout(settings.timeout):
                     _, link = await loop.create_connection(
                         lambda: Link(wire.idle(index), f"{target.label} idle[{index}]"), HOST, target.port,
-                        local_addr=source_address(index))
+                        local_addr=source_address(index) if wire.spread_sources else None)
                     links.append(link)
                     await link.ready
             except (ConnectionError, OSError, TimeoutError) as exc:

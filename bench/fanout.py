@@ -237,9 +237,10 @@ async def fanout_run(target: Target, subscribers: int, settings: FanoutSettings)
     links: list[Link] = []
     try:
         subs = await open_links(target.port, [wire.subscriber(topic, i) for i in range(subscribers)],
-                                name=f"{target.label} subscriber")
+                                name=f"{target.label} subscriber", spread=wire.spread_sources)
         links += subs
-        publisher = (await open_links(target.port, [wire.publisher(0)], name=f"{target.label} publisher"))[0]
+        publisher = (await open_links(target.port, [wire.publisher(0)], name=f"{target.label} publisher",
+                                      spread=wire.spread_sources))[0]
         links.append(publisher)
         delivery_stream = wire.delivery_stream(topic)
         verifiers = [wire.delivery_verifier(topic, delivery_stream) for _ in subs]

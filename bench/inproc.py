@@ -113,7 +113,9 @@ def measure(subscribers: int = 10, batch: int = 100, seconds: float = 3.0, *, ru
     """
     # run_coremq's default: a rule snapshot (here empty, so the open default applies).
     access = RulePolicy() if rules else None
-    broker = Broker(BrokerConfig(port=0, durable_path="/nonexistent/coremq-inproc.sqlite3"), access=access)
+    # All its connections share one fake peer address: no per-address bound.
+    broker = Broker(BrokerConfig(port=0, durable_path="/nonexistent/coremq-inproc.sqlite3",
+                                 max_connections_per_address=0), access=access)
     loop = _Loop()
     broker._loop = loop  # type: ignore[assignment]
     topic = "bench.inproc"

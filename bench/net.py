@@ -134,8 +134,11 @@ async def open_links(
     concurrency: int = 100,
     timeout: float = 30.0,
     host: str = HOST,
+    spread: bool = False,
 ) -> list[Link]:
     """Connect one link per handshake, ``concurrency`` at a time; all must finish set-up.
+
+    ``spread``: from several loopback source addresses (see :func:`source_address`).
 
     Raises the first set-up error (after closing what was opened).
     """
@@ -147,7 +150,7 @@ async def open_links(
         async with gate:
             async with asyncio.timeout(timeout):
                 _, link = await loop.create_connection(lambda: Link(handshake, f"{name}[{index}]"), host, port,
-                                                       local_addr=source_address(index, host))
+                                                       local_addr=source_address(index, host) if spread else None)
                 links.append(link)
                 return await link.ready
 

@@ -55,6 +55,10 @@ class Wire:
     port = 0
     #: True when the server answers every publish (CoreMQ with replies on, Redis).
     acks = False
+    #: True when the generator spreads its connections over loopback source addresses
+    #: (see net.source_address): the server bounds connections per address. Only for
+    #: CoreMQ: Redis' protected mode refuses sources other than 127.0.0.1.
+    spread_sources = False
 
     def subscriber(self, topic: str, index: int) -> Handshake:
         raise NotImplementedError
@@ -107,6 +111,7 @@ class CoreMQWire(Wire):
     label = "CoreMQ"
     port = 6747
     acks = True  # the broker's default: every publish is answered "OK: Message sent"
+    spread_sources = True  # MAX_CONNECTIONS_PER_ADDRESS: 100 anonymous connections per address
 
     def _setup(self, request: dict | None) -> Handshake:
         state: dict[str, str] = {}
