@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from coremq_broker.config import BrokerConfig
-from coremq_client.codec import JSONCodec, encode_frame
+from coremq_client.codec import encode_frame
 from brokers import BrokerThread
 from wire import RawClient
 

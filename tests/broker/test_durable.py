@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
 
 from coremq_broker import start
 from coremq_broker.config import BrokerConfig

@@ -10,7 +10,6 @@ the health probe.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 
 from hypothesis import HealthCheck, given, settings

@@ -28,7 +28,6 @@ def test_a_resume_over_size_paged_history_loses_nothing():
             for _ in queues:
                 d = mq.receive(timeout=5)
                 got[d.queue].append(d.message["n"])
-            victim = mq._conn.welcome.connection_id if hasattr(mq, "_conn") else None
             # cut the client off, publish while it is away
             broker.call(lambda: [c.abort() for c in list(broker.broker.registry.connections.values())
                                  if c.id != publisher.id])
