@@ -1,6 +1,7 @@
 """``python -m bench fanout|latency|conns|all [--compare redis,mqtt,nats] [--quick]``.
 
-(``python -m bench websocket [--quick]`` is the WebSocket fan-out against Channels: :mod:`bench.websocket`.)
+(``python -m bench websocket [--quick]`` is the WebSocket fan-out against Channels, Node ``ws`` and
+``websockets``: :mod:`bench.websocket`.)
 
 Starts the CoreMQ broker as ``run_coremq`` serves it, finds the peers that
 answer on this machine, runs the benchmarks, prints a table with CoreMQ's
@@ -210,7 +211,7 @@ def _has_uvloop() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["websocket"]:  # browser-protocol fan-out against Channels; options of its own
+    if argv[:1] == ["websocket"]:  # browser-protocol fan-out against Channels, Node ws, websockets
         from .websocket import main as websocket_main
 
         return websocket_main(argv[1:])

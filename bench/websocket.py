@@ -20,7 +20,9 @@ One publisher and N subscribers, all speaking the browser protocol of
 
 The generator is one Python process; its CPU is reported beside each
 server's (and the rest of the machine's), so that a generator near one core,
-which would cap every server alike, shows.
+which would cap every server alike, shows. It stays cheap: subscribers compare
+their bytes with one checked copy of the stream (:mod:`bench.wsverify`), and
+their sockets wake them only once several frames wait (``SO_RCVLOWAT``).
 
 Two measurements per server:
 
