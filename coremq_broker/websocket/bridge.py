@@ -513,20 +513,39 @@ class Bridge:
                 self._waiter = loop.create_future()
                 await self._waiter
                 continue
-            outgoing, browsers = outbox.popleft()
-            for browser in browsers:
-                if not browser.open:
-                    continue
-                writer = browser.writer
-                if writer is not None and outgoing.close is None:
-                    if not writer.write(outgoing.frame()):
-                        self._slow(browser, writer)
-                    continue
-                try:
-                    await browser.send(outgoing.asgi())
-                except Exception:
-                    logger.exception("WebSocket bridge: sending to browser %d failed", browser.number)
-                    browser.open = False
+            # Everything queued now, in order per browser; a browser with a direct writer
+            # gets its frames in one write (one send() for a burst, not one per message).
+            items = list(outbox)
+            outbox.clear()
+            batches: dict[Browser, list[bytes]] = {}
+            for outgoing, browsers in items:
+                for browser in browsers:
+                    if not browser.open:
+                        continue
+                    if browser.writer is not None and outgoing.close is None:
+                        batch = batches.get(browser)
+                        if batch is None:
+                            batches[browser] = [outgoing.frame()]
+                        else:
+                            batch.append(outgoing.frame())
+                        continue
+                    earlier = batches.pop(browser, None)
+                    if earlier:
+                        self._write(browser, earlier)
+                    try:
+                        await browser.send(outgoing.asgi())
+                    except Exception:
+                        logger.exception("WebSocket bridge: sending to browser %d failed", browser.number)
+                        browser.open = False
+            for browser, frames in batches.items():
+                self._write(browser, frames)
+
+    def _write(self, browser: Browser, frames: list[bytes]) -> None:
+        """Write ``frames`` to a browser with a direct writer in one call; cut it off if it is slow."""
+        writer = browser.writer
+        assert writer is not None
+        if browser.open and not writer.write(frames[0] if len(frames) == 1 else b"".join(frames)):
+            self._slow(browser, writer)
 
     def _slow(self, browser: Browser, writer: FrameWriter) -> None:
         """A browser that does not read: cut it off (it reconnects and catches up from history)."""
