@@ -50,7 +50,7 @@ __all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Out
 logger = logging.getLogger("coremq.websocket")
 
 # WebSocket close codes sent to browsers. daphne (autobahn) sends only 1000 and 3000-4999, so
-# the codes of RFC 6455's 1008, 1012 and 1013 are given in the private range as 4000 + theirs.
+# the codes of RFC 6455's 1008, 1012 and 1013 are given in the private range as 3000 + theirs.
 #: The browser's credentials were revoked, or its ``?token=`` does not log in: do not reconnect as it is.
 CLOSE_CREDENTIALS = 4008
 #: The link to the broker ended (the broker or the web process is shutting down or restarting, or an
