@@ -734,9 +734,9 @@ class Broker(ControlRequests):
 
     def _fan_out(self, queue: Queue, message_id: int, stored: dict, body: bytes, sender: Connection | None) -> None:
         """Keep the message (``stored``, encoded as ``body``) in history and queue it for this iteration's fan-out."""
+        queue.last_publish = stored[P.SENT]  # before keep(): a trim it starts takes this queue as the newest
         keep(self.bounds, self.registry, queue, (message_id, body, None))
         queue.published += 1
-        queue.last_publish = stored[P.SENT]
         if queue.subscribers:
             self._pend(queue, encode_frame(queue.name, body), 1, sender)
         else:

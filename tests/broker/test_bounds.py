@@ -266,6 +266,19 @@ def test_history_bytes_are_capped_by_dropping_the_least_recently_published_first
         assert counted == real <= 40_000
 
 
+def test_the_message_that_crosses_the_history_limit_stays():
+    """The publish that takes the histories past MAX_HISTORY_BYTES keeps its own message, on a new queue too."""
+    with running(history_length=100, max_history_bytes=40_000) as broker:
+        client = RawClient(broker.host, broker.port)
+        client.send_raw(b"".join(encode_frame("h", json.dumps({"n": n, "pad": "x" * 1000}).encode()) for n in range(30)))
+        assert [client.read()[1]["id"] for _ in range(30)] == list(range(1, 31))
+        for message in ({"pad": "y" * 16_000}, {"pad": "z" * 16_000, "n": [1]}):  # both publish paths
+            queue = f"new{len(message)}"
+            assert publish(client, queue, message)["id"] == 1
+            assert client.control({"coremq_gethistory": [queue]})["history"][queue][0]["pad"] == message["pad"]
+        assert status(broker)["history_evicted"] > 0 and status(broker)["history_bytes"] <= 40_000
+
+
 def test_history_bytes_are_counted_exactly_through_every_change():
     """Appends, runs, full rings, point-to-point messages, a shorter history, a purge and a closed connection keep the count exact."""
     with running(history_length=5) as broker:
