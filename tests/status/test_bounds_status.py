@@ -49,6 +49,13 @@ def hit_every_bound(port: int) -> None:
         "ERROR: too many queues: limit is 20")
     client.send_raw(b"".join(encode_frame("h", json.dumps({"n": n, "pad": "x" * 1000}).encode()) for n in range(60)))
     assert [client.read()[1]["id"] for _ in range(60)] == list(range(1, 61))
+    paged = client.control({"coremq_gethistory": ["h"], "limit": 5})  # a reply cut short: history_pages
+    assert len(paged["history"]["h"]) == 5 and paged["more"] == {"h": True}
+    client.send("big", {"pad": "x" * 16_300})  # fits a frame; with its stamps, no history reply: history_skipped
+    assert client.read()[1]["id"] == 1
+    assert client.control({"coremq_gethistory": ["big"]})["history"] == {"big": []}
+    assert client.control({"coremq_subscribe": ["idle"]})["response"] == "OK: Subscribe successful"
+    assert client.control({"coremq_unsubscribe": ["idle"]})["response"] == "OK: Unsubscribe successful"
     for other in clients:
         other.close()
 
@@ -70,14 +77,20 @@ def test_status_json_and_metrics_count_every_bound(bounded_site: Site) -> None:
     assert samples["coremq_queues_refused_total"] == 1
     assert samples["coremq_history_evicted_total"] == broker["history_evicted"]
     assert samples["coremq_history_limit_bytes"] == 40_000 and 0 < samples["coremq_history_bytes"] <= 40_000
+    assert broker["history_pages"] == samples["coremq_history_pages_total"] == 1
+    assert broker["history_skipped"] == samples["coremq_history_skipped_total"] == 1
 
 
 def test_page_shows_the_bounds(page, bounded_site: Site) -> None:
-    """The status page's cards show the history held against its limit, the timeouts and the refusals."""
+    """The status page's cards show the history held against its limit, its pages, the timeouts, the refusals and the queues forgotten."""
     evicted = bounded_site.status()["broker"]["history_evicted"]
     log_in(page, bounded_site, STAFF)
     expect(page.locator('[data-field="timeouts"]')).to_have_text("1", timeout=WAIT)
     expect(page.locator('[data-field="bounds_refused"]')).to_have_text("2")
     expect(page.locator('[data-field="bounds_detail"]')).to_have_text("1 per address, 1 new queue")
     expect(page.locator('[data-field="history_bytes"]')).to_have_text(re.compile(r"^\d+(\.\d)? KiB$"))
-    expect(page.locator('[data-field="history_detail"]')).to_have_text(f"of 39.1 KiB, {evicted} evicted")
+    expect(page.locator('[data-field="history_detail"]')).to_have_text(
+        f"of 39.1 KiB, {evicted} evicted, 1 replies paged, 1 too large")
+    forgotten = bounded_site.status()["broker"]["queues_forgotten"]  # "idle" (and any other queue emptied)
+    assert forgotten >= 1
+    expect(page.locator('[data-field="queues_detail"]')).to_have_text(f"of 20, {forgotten} forgotten")

@@ -266,6 +266,7 @@
     setField("connections", fmt.int(b.connections));
     setField("connections_total", `${fmt.int(b.connections_total)} since start`);
     setField("queues", fmt.int(b.queues));
+    setField("queues_detail", `${b.queues_limit ? `of ${fmt.int(b.queues_limit)}, ` : ""}${fmt.int(b.queues_forgotten || 0)} forgotten`);
     setField("messages_in", fmt.int(b.messages_in));
     setField("rate_in", fmt.rate(b.rate_in) + " last minute");
     setField("messages_out", fmt.int(b.messages_out));
@@ -278,7 +279,8 @@
     setField("auth_detail", `${fmt.int(b.auth_refused || 0)} refused unchecked, ${fmt.int(b.auth_blocked || 0)} blocked`);
     setField("slow_consumers", fmt.int(b.slow_consumers));
     setField("history_bytes", fmt.bytes(b.history_bytes || 0));
-    setField("history_detail", `of ${fmt.bytes(b.history_bytes_limit)}, ${fmt.int(b.history_evicted || 0)} evicted`);
+    setField("history_detail", `of ${fmt.bytes(b.history_bytes_limit)}, ${fmt.int(b.history_evicted || 0)} evicted, `
+      + `${fmt.int(b.history_pages || 0)} replies paged, ${fmt.int(b.history_skipped || 0)} too large`);
     setField("timeouts", fmt.int(b.timeouts || 0));
     setField("bounds_refused", fmt.int((b.refused_per_address || 0) + (b.queues_refused || 0)));
     const queuesRefused = b.queues_refused || 0;
