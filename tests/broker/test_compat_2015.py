@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+
+from brokers import BrokerThread
+from coremq_broker.config import BrokerConfig
 
 
 class Client2015:
@@ -125,3 +129,26 @@ def test_2015_client_reads_bye(broker):
     broker.close()
     assert a.get_message() == (a.connection_id, {"response": "BYE"})
     broker.restart()
+
+
+def test_2015_client_that_speaks_first_outlives_the_deadlines():
+    """A 2015 client that subscribes (or publishes) at once stays connected, idle, well past FIRST_FRAME_TIMEOUT and FRAME_TIMEOUT."""
+    broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, first_frame_timeout=0.3, frame_timeout=0.3,
+                                       shutdown_timeout=1.0))
+    try:
+        listener, publisher = Client2015(broker.host, broker.port), Client2015(broker.host, broker.port)
+        listener.connect()
+        publisher.connect()
+        assert listener.subscribe("test")["response"] == "OK: Subscribe successful"
+        assert publisher.send_message("test", {"n": 1})["response"] == "OK: Message sent"
+        assert listener.get_message()[1]["n"] == 1
+        time.sleep(1.0)  # idle for more than three times each deadline
+        assert publisher.send_message("test", {"n": 2})["response"] == "OK: Message sent"
+        assert listener.get_message()[1]["n"] == 2
+        assert publisher.send_message(listener.connection_id, {"coremq_string": "direct"})["response"] == "OK: Message sent"
+        queue, message = listener.get_message()
+        assert queue == listener.connection_id and message["coremq_string"] == "direct"
+        listener.close()
+        publisher.close()
+    finally:
+        broker.stop()
