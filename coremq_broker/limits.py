@@ -77,6 +77,8 @@ class Bounds:
         self.first_frame_timeout = config.first_frame_timeout
         self.frame_timeout = config.frame_timeout
         self.max_connections_per_address = config.max_connections_per_address
+        self.max_connections = config.max_connections
+        self._registry: "Registry | None" = None
         self.max_queues = config.max_queues
         self.max_history_bytes = config.max_history_bytes
         self.queue_idle_timeout = config.queue_idle_timeout
@@ -142,6 +144,22 @@ class Bounds:
             if not group:
                 del self._by_address[address]
 
+    def connections_scarce(self, connection: "Connection") -> bool:
+        """True when connections are scarce enough that a silent one must give its place back.
+
+        That is when ``connection``'s address holds at least half of
+        ``MAX_CONNECTIONS_PER_ADDRESS``, or the broker at least half of
+        ``MAX_CONNECTIONS``. Until then a client that connects early and sends
+        its first frame much later (as 2015 clients may) keeps its connection.
+        """
+        limit = self.max_connections_per_address
+        if limit:
+            group = self._by_address.get(address_of(connection.peer))
+            if group is not None and 2 * len(group) >= limit:
+                return True
+        registry = self._registry
+        return registry is not None and 2 * len(registry.connections) >= self.max_connections
+
     # -- queues ----------------------------------------------------------------
 
     def admit_queue(self, registry: "Registry", count: int = 1) -> None:
@@ -188,6 +206,7 @@ class Bounds:
 
     def start(self, loop: asyncio.AbstractEventLoop, registry: "Registry") -> None:
         """Look for idle queues to forget every half ``QUEUE_IDLE_TIMEOUT`` (at most every minute)."""
+        self._registry = registry
         interval = max(0.05, min(60.0, self.queue_idle_timeout / 2))
 
         def sweep() -> None:
@@ -289,7 +308,7 @@ class FrameDeadline:
     assignments, not a timer.
     """
 
-    __slots__ = ("bounds", "connection", "loop", "active", "_timer", "_started", "_first")
+    __slots__ = ("bounds", "connection", "loop", "active", "_timer", "_started", "_first", "_armed")
 
     def __init__(self, bounds: Bounds, connection: "Connection", loop: asyncio.AbstractEventLoop) -> None:
         self.bounds = bounds
@@ -322,6 +341,7 @@ class FrameDeadline:
             self._timer = None
 
     def _arm(self, delay: float) -> None:
+        self._armed = self.loop.time()
         self._timer = self.loop.call_later(delay, self._expire)
 
     def _expire(self) -> None:
@@ -335,11 +355,20 @@ class FrameDeadline:
         else:
             timeout = self.bounds.frame_timeout
             reason = f"timeout: frame not completed within {timeout:g} seconds"
-        left = self._started + timeout - self.loop.time()
-        # While the broker does not read the connection (flow control, a login being checked) the
-        # peer cannot finish: its clock waits.
-        if left > 0 or getattr(connection, "_holds", 0):
-            self._arm(max(left, timeout / 10))
+        now = self.loop.time()
+        if getattr(connection, "_holds", 0):
+            # While the broker does not read the connection (flow control, a login being checked)
+            # the peer cannot finish: its clock waits. The time since the timer was armed does not
+            # count (it may include a little before the hold began: in the peer's favour).
+            self._started += now - self._armed
+            self._arm(timeout / 10)
+            return
+        left = self._started + timeout - now
+        if left > 0:
+            self._arm(left)
+            return
+        if self._first and not self.bounds.connections_scarce(connection):
+            self._arm(timeout)  # a silent client keeps its place while nobody needs it: look again later
             return
         self.bounds.timeouts += 1
         logger.warning("connection %s (%s): %s; closing", connection.id, connection.peer, reason)

@@ -68,8 +68,8 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def test_idle_socket_without_a_first_frame_is_closed_with_an_error():
-    """A connection that sends no frame within FIRST_FRAME_TIMEOUT of the welcome gets ERROR: timeout and is closed."""
-    with running(first_frame_timeout=0.5) as broker:
+    """While connections are scarce, one that sends no frame within FIRST_FRAME_TIMEOUT of the welcome gets ERROR: timeout and is closed."""
+    with running(first_frame_timeout=0.5, max_connections_per_address=4) as broker:  # 2 of 4: scarce
         idle = RawClient(broker.host, broker.port)
         active = RawClient(broker.host, broker.port)
         assert active.control({"coremq_subscribe": ["q"]})["response"] == "OK: Subscribe successful"
@@ -81,6 +81,25 @@ def test_idle_socket_without_a_first_frame_is_closed_with_an_error():
         assert publish(active, "q", {"n": 1})["response"] == "OK: Message sent"
         assert status(broker)["timeouts"] == 1
         assert metric(broker, "coremq_timeouts_total") == 1
+
+
+def test_a_silent_client_keeps_its_place_until_connections_are_scarce():
+    """A client silent past FIRST_FRAME_TIMEOUT (a 2015 client that publishes later) keeps its connection until its address holds half its cap; then it is closed."""
+    with running(first_frame_timeout=0.3, max_connections_per_address=6) as broker:
+        early = RawClient(broker.host, broker.port)
+        late = RawClient(broker.host, broker.port)
+        time.sleep(1.0)  # three deadlines: 2 of 6 connections, not scarce
+        assert publish(late, "q", {"n": 1})["response"] == "OK: Message sent"  # its first frame, late
+        assert status(broker)["timeouts"] == 0
+        others = [RawClient(broker.host, broker.port) for _ in range(1)]  # 3 of 6: scarce now
+        for other in others:
+            assert other.control({"coremq_options": {}})["response"].startswith("OK")
+        assert early.read_until_closed() == [
+            (early.id, {"response": "ERROR: timeout: no frame within 0.3 seconds of the welcome"})]
+        assert publish(late, "q", {"n": 2})["response"] == "OK: Message sent"  # it spoke: no deadline
+        assert status(broker)["timeouts"] == 1
+        for client in [late, *others]:
+            client.close()
 
 
 def test_partial_frame_held_past_the_deadline_is_closed_with_an_error():
@@ -473,6 +492,26 @@ def test_one_address_is_an_ipv4_address_or_an_ipv6_64():
     assert address_of("2001:db8:1:2:aaaa::1:40000") == address_of("2001:db8:1:2:bbbb::9:40001") == "2001:db8:1:2::/64"
     assert address_of("::ffff:192.0.2.7:40000") == "192.0.2.7"
     assert address_of("in-process") == ""  # the bridge: not bounded per address
+
+
+def test_a_frame_started_behind_a_slow_login_keeps_its_deadline_waiting():
+    """A frame begun while a login is checked (the broker does not read) gets its FRAME_TIMEOUT after the answer."""
+    import asyncio
+
+    async def slow_authenticate(credentials: dict) -> Principal | None:
+        await asyncio.sleep(1.0)  # a slow password hasher or database: well past FRAME_TIMEOUT
+        return Principal("slow", 1) if credentials.get("password") == "right" else None
+
+    with running({"authenticator": slow_authenticate}, frame_timeout=0.5) as broker:
+        client = RawClient(broker.host, broker.port)
+        frame = encode_frame("lobby", json.dumps({"n": 1}).encode())
+        login = encode_frame(client.id, json.dumps({"coremq_auth": {"username": "slow", "password": "right"}}).encode())
+        client.send_raw(login + frame[:5])  # the publish begins behind the login
+        assert client.read()[1]["response"] == "OK: Authenticated"
+        time.sleep(0.2)  # well within FRAME_TIMEOUT of the answer
+        client.send_raw(frame[5:])
+        assert client.read()[1]["response"] == "OK: Message sent"
+        assert status(broker)["timeouts"] == 0
 
 
 def test_a_frame_held_up_by_flow_control_keeps_its_deadline_waiting():
