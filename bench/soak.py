@@ -33,7 +33,8 @@ async def open_client(host: str, port: int) -> tuple[asyncio.StreamReader, async
         parser.receive_data(await reader.read(65536))
         events = parser.events()
         if events:
-            return reader, writer, events[0].queue  # type: ignore[union-attr]
+            queue, _body = events[0]  # the welcome, on the connection's own id queue
+            return reader, writer, queue
 
 
 def control(writer: asyncio.StreamWriter, own: str, request: dict) -> None:
@@ -120,7 +121,12 @@ async def soak(host: str, port: int, process: psutil.Process, minutes: float, in
         samples.append((rss, fds))
         print(f"{time.monotonic() - started:7.0f} {rss:9.1f} {fds:5d} {counts['churn']:8d} "
               f"{counts['published']:10d} {counts['slow']:9d} {counts['errors']:7d}", flush=True)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [r for r in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(r, BaseException)]
+    for failure in failures[:3]:
+        print(f"a load generator failed: {failure!r}")
+    if failures or not (counts["churn"] and counts["published"] and counts["slow"]):
+        print(f"no verdict: {len(failures)} load generator(s) failed; traffic {counts}")
+        return 1
     third = max(1, len(samples) // 3)
     rss_first = statistics.mean(s[0] for s in samples[:third])
     rss_last = statistics.mean(s[0] for s in samples[-third:])
