@@ -66,7 +66,8 @@ class BrokerConfig:
     max_publish_rate: int = 0
     max_auth_failures: int = 10
     #: Bounds on what clients can make the broker hold (coremq_broker/limits.py,
-    #: docs/security.md): seconds from the welcome to a TCP client's first frame,
+    #: docs/security.md): seconds from the welcome to a TCP client's first frame
+    #: (enforced while connections are scarce: see Bounds.connections_scarce),
     #: and to finish a frame once started; anonymous connections per client
     #: address (0: no limit); queues in all (connections' id queues not
     #: counted); bytes held in all histories (past it the oldest messages of the
