@@ -130,10 +130,12 @@ async def soak(host: str, port: int, process: psutil.Process, minutes: float, in
     third = max(1, len(samples) // 3)
     rss_first = statistics.mean(s[0] for s in samples[:third])
     rss_last = statistics.mean(s[0] for s in samples[-third:])
-    fds_first = statistics.mean(s[1] for s in samples[:third])
-    fds_last = statistics.mean(s[1] for s in samples[-third:])
+    # Descriptors by their floor: a sample catches a varying number of churned connections in flight
+    # (up to one per churner and slow reader), while a leak raises the lowest count too.
+    fds_first = min(s[1] for s in samples[:third])
+    fds_last = min(s[1] for s in samples[-third:])
     flat = rss_last <= rss_first * 1.10 + 2 and fds_last <= fds_first + 5
-    print(f"RSS {rss_first:.1f} -> {rss_last:.1f} MB, fds {fds_first:.0f} -> {fds_last:.0f}: "
+    print(f"RSS {rss_first:.1f} -> {rss_last:.1f} MB, fds (lowest) {fds_first} -> {fds_last}: "
           f"{'flat' if flat else 'GROWING'}")
     return 0 if flat else 1
 
