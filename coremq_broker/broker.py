@@ -99,6 +99,9 @@ class Broker(ControlRequests):
         self._closed: asyncio.Event | None = None
         self._closing = False
         self._store: HistoryStore | None = None
+        # Publishers not read while many durable writes wait for the disk (flow control, as for a
+        # congested subscriber): released once the writes drained (_ease_durable).
+        self._durable_held: dict[Connection, None] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -696,13 +699,29 @@ class Broker(ControlRequests):
             self._fan_out(queue, message_id, stored, body, connection)
             if connection.replies and not connection.closing:
                 self._reply(connection, {"response": P.OK_SENT, "id": message_id}, request)
+            self._ease_durable(store)
 
         def failed(reason: str) -> None:
             self.registry.errors += 1
             if not connection.closing:
                 self._reply(connection, {"response": f"ERROR: {UNAVAILABLE}: {reason}", "queue": queue.name}, request)
+            self._ease_durable(store)
 
         store.write(queue.name, message_id, body, committed, failed)
+        # A healthy disk that a publisher outruns slows the publisher (it is not read until the writes
+        # drain to an eighth of the limits), so the limits refuse only what one read already held.
+        if ((store.pending >= store.max_pending // 4 or store.pending_bytes >= store.max_pending_bytes // 4)
+                and connection not in self._durable_held and not connection.closing):
+            self._durable_held[connection] = None
+            connection.hold()
+
+    def _ease_durable(self, store: HistoryStore) -> None:
+        """Read the publishers held for the disk again once its writes drained (or failed)."""
+        if self._durable_held and (store.pending <= store.max_pending // 8
+                                   and store.pending_bytes <= store.max_pending_bytes // 8 or store.error is not None):
+            held, self._durable_held = self._durable_held, {}
+            for connection in held:
+                connection.release()
 
     def deliver(self, queue: Queue, stored: dict, sender: Connection | None = None) -> bytes:
         """Stamp ``stored``, keep it in ``queue``'s history and fan it out, encoded once.
