@@ -552,7 +552,7 @@ class GapReporter:
                            "messages were lost%s", gap.queue,
                            "" if gap.first_missing is None else f", and ids {gap.first_missing}..{gap.last_missing}")
         else:
-            logger.warning("queue %r: messages %s..%s were lost (no longer in history)",
+            logger.warning("queue %r: messages %s..%s were lost (no longer in history, or dropped with resume off)",
                            gap.queue, gap.first_missing, gap.last_missing)
         if self.on_gap is None:
             return None
