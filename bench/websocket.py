@@ -604,6 +604,7 @@ async def run_all(settings: Settings, log: Any) -> dict[str, Any]:
             entries[name]["latency"] = row
         if any(not ok(entry) for entry in entries.values()):
             results["logs"] = {path.name: path.read_text(errors="replace")[-2000:] for path in workdir.glob("*.log")}
+    results["versions"] = versions()  # after the servers ran: the Node peer's first start installs ws
     results["quiet"] = {"waited_s": round(quiet.waited, 1), "repeated_s": round(quiet.repeated, 1)}
     results["comparison"] = compare(results)
     results["target"] = check_target(results)
