@@ -403,6 +403,7 @@ def test_a_message_too_large_for_any_reply_is_left_out_and_counted():
 
 
 @pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)  # channels closes old database connections when a WebSocket ends
 async def test_a_browser_gets_a_paged_history_whole():
     """The WebSocket bridge gathers the pages of a long history, so a browser (coremq.js) gets every message at once."""
     from channels.testing import WebsocketCommunicator
