@@ -58,7 +58,7 @@ from typing import Any, Callable, Sequence
 import psutil
 
 from .measure import percentile
-from .net import new_event_loop
+from .net import new_event_loop, source_address
 from .profiling import PySpy, top_frames
 from .suite import Suite, SuiteSettings, _busy
 from .targets import listener_pid
@@ -207,7 +207,11 @@ async def open_clients(port: int, count: int, run: Run) -> tuple[list[Subscriber
     subscribers = [Subscriber(run) for _ in range(count)]
     for start in range(0, count, 50):  # connect in batches, as a crowd of pages would
         batch = subscribers[start:start + 50]
-        sockets = await asyncio.gather(*(connect(HOST, port, f"{PATH}?queues={queue}", s.on_text) for s in batch))
+        # From several loopback addresses, as a crowd of pages comes from many: CoreMQ takes at
+        # most MAX_CONNECTIONS_PER_ADDRESS anonymous browsers from one (see net.source_address).
+        sockets = await asyncio.gather(*(connect(HOST, port, f"{PATH}?queues={queue}", s.on_text,
+                                                 local_addr=source_address(start + i))
+                                         for i, s in enumerate(batch)))
         for subscriber, ws in zip(batch, sockets):
             subscriber.socket = ws
         await asyncio.wait_for(asyncio.gather(*(s.ready for s in batch)), 120)

@@ -163,10 +163,12 @@ def _handshake(host: str, port: int, path: str, origin: str) -> bytes:
 
 
 async def connect(host: str, port: int, path: str, on_text: Callable[[bytes], None], *,
-                  origin: str | None = None, timeout: float = 30.0) -> WebSocket:
-    """Open a WebSocket to ``ws://host:port/path`` and finish its handshake."""
+                  origin: str | None = None, timeout: float = 30.0,
+                  local_addr: tuple[str, int] | None = None) -> WebSocket:
+    """Open a WebSocket to ``ws://host:port/path`` (from ``local_addr`` if given) and finish its handshake."""
     loop = asyncio.get_running_loop()
     origin = origin or f"http://{host}:{port}"
     _, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: WebSocket(host, port, path, origin, on_text), host, port), timeout)
+        loop.create_connection(lambda: WebSocket(host, port, path, origin, on_text), host, port,
+                               local_addr=local_addr), timeout)
     return await asyncio.wait_for(protocol.opened, timeout)

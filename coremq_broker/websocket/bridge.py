@@ -89,7 +89,7 @@ class Browser:
     it, takes frames encoded once for all browsers.
     """
 
-    __slots__ = ("number", "send", "writer", "user", "principal", "queues", "open")
+    __slots__ = ("number", "send", "writer", "user", "principal", "queues", "open", "address")
 
     def __init__(self, number: int, send: ASGISend, user: Any = None, writer: FrameWriter | None = None,
                  principal: Principal = ANONYMOUS) -> None:
@@ -100,6 +100,8 @@ class Browser:
         self.principal = principal
         self.queues: set[str] = set()
         self.open = True
+        #: The client address it counts against (anonymous browsers only; "" for none).
+        self.address = ""
 
     def __repr__(self) -> str:
         return f"<Browser {self.number} queues={sorted(self.queues)}>"
@@ -189,6 +191,9 @@ class Bridge:
         self.slow_consumers = 0
         #: Messages to a browser's address that no open browser has (closed, or never given).
         self.dead_letters = 0
+        #: Anonymous browsers per client address, and the ones refused for being one too many.
+        self._anonymous: dict[str, int] = {}
+        self.refused_per_address = 0
         self._numbers = itertools.count(1)
         self._private_prefix = "\0"  # matches no queue until connected
         self._local: dict[str, dict[Browser, None]] = {}  # queue -> browsers, insertion-ordered
@@ -276,12 +281,29 @@ class Bridge:
 
     # -- browsers --------------------------------------------------------------
 
+    def admit(self, address: str, principal: Principal, limit: int) -> str | None:
+        """The refusal's text if one more anonymous browser from ``address`` is one too many, else None.
+
+        ``MAX_CONNECTIONS_PER_ADDRESS`` for this process's browsers, as the broker
+        counts TCP clients: browsers of a logged-in user are not counted, 0 sets no limit.
+        """
+        if not limit or not address or principal.authenticated or self._anonymous.get(address, 0) < limit:
+            return None
+        self.refused_per_address += 1
+        return f"too many connections from {address}: limit is {limit}"
+
     def attach(self, send: ASGISend, user: Any = None, writer: FrameWriter | None = None,
-               principal: Principal = ANONYMOUS) -> Browser:
-        """Register a WebSocket; it gets its welcome once the link is connected."""
+               principal: Principal = ANONYMOUS, address: str = "") -> Browser:
+        """Register a WebSocket; it gets its welcome once the link is connected.
+
+        An anonymous one counts against ``address`` (see :meth:`admit`) until it is detached.
+        """
         if self.closed:
             raise BridgeError("the bridge is closed")
         browser = Browser(next(self._numbers), send, user, writer, principal)
+        if address and not principal.authenticated:
+            browser.address = address
+            self._anonymous[address] = self._anonymous.get(address, 0) + 1
         self.browsers[browser.number] = browser
         if self.connection_id is not None:
             self.send(browser, self._welcome(browser))
@@ -292,6 +314,12 @@ class Bridge:
         if self.browsers.pop(browser.number, None) is None:
             return
         browser.open = False
+        if browser.address:
+            left = self._anonymous[browser.address] - 1
+            if left:
+                self._anonymous[browser.address] = left
+            else:
+                del self._anonymous[browser.address]
         for name in browser.queues:
             self._drop_local(name, browser)
         browser.queues.clear()
@@ -565,5 +593,6 @@ class Bridge:
             "slow_consumers": self.slow_consumers,
             "denials": self.denials,
             "dead_letters": self.dead_letters,
+            "refused_per_address": self.refused_per_address,
             "queued": len(self._outbox),
         }

@@ -20,6 +20,7 @@ from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 
 from .. import conf
 from ..access import Principal
+from ..limits import address_of
 from ..auth.authenticator import TooManyFailures, throttled_authenticate, user_principal
 from .bridge import CLOSE_CREDENTIALS, CLOSE_TRY_AGAIN_LATER, Bridge, BridgeError, Browser
 from .daphne import direct_writer
@@ -86,10 +87,19 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
             return
         # The server's own send (see routing.RawSendMiddleware), and under daphne a direct writer.
         send = self.scope.get(RAW_SEND, self.base_send)
+        client = self.scope.get("client")
+        address = address_of(f"{client[0]}:{client[1]}") if client else ""
         try:
-            self.bridge = await get_bridge()
-            self.browser = self.bridge.attach(send, user=self.scope.get("user"), principal=principal,
-                                              writer=direct_writer(send, config.max_write_buffer))
+            bridge = await get_bridge()
+            crowded = bridge.admit(address, principal, config.max_connections_per_address)
+            if crowded is not None:
+                logger.warning("WebSocket from %s refused: %s", address, crowded)
+                await self.send(text_data=_dumps(error_frame(crowded)))
+                await self.close(CLOSE_TRY_AGAIN_LATER)
+                return
+            self.bridge = bridge
+            self.browser = bridge.attach(send, user=self.scope.get("user"), principal=principal,
+                                         writer=direct_writer(send, config.max_write_buffer), address=address)
         except (CoreMQError, OSError) as exc:
             logger.warning("WebSocket from %s refused: no link to the broker (%s)", self.scope.get("client"), exc)
             await self.send(text_data=_dumps(error_frame(f"the broker is unavailable: {exc}")))

@@ -29,11 +29,13 @@ ABNORMAL = 1006
 class Tab:
     """One WebSocket of ``ws://127.0.0.1:port/path`` with an allowed Origin, speaking the JSON frames."""
 
-    def __init__(self, port: int, path: str = "/ws/coremq/", *, timeout: float = 30.0) -> None:
+    def __init__(self, port: int, path: str = "/ws/coremq/", *, timeout: float = 30.0,
+                 source: str | None = None) -> None:
+        """``source``: the local address to connect from (another loopback address is another client)."""
         self._stack = ExitStack()
         self.ws = self._stack.enter_context(connect(
             f"ws://127.0.0.1:{port}{path}", origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
-            open_timeout=timeout, close_timeout=2))
+            open_timeout=timeout, close_timeout=2, **({"source_address": (source, 0)} if source else {})))
         self.frames: list[dict[str, Any]] = []
         self.code: int | None = None
         self.reason = ""
