@@ -2,7 +2,7 @@
 
 ``python -m bench.inproc [--subscribers 10] [--batch 100] [--seconds 3]``
 
-A :class:`~coremq_broker.broker.Broker` gets a publisher and S subscribers
+A :class:`~coremq_broker.core.broker.Broker` gets a publisher and S subscribers
 whose transports only count the bytes written to them. The publisher's reads
 (``batch`` pre-encoded publishes each, as the fan-out benchmark's publisher
 writes them) go through ``TcpConnection.data_received`` and the end-of-
@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 from coremq_client.codec import FrameParser, encode_frame
 
-from coremq_broker.access import RulePolicy
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.access import RulePolicy
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
 from coremq_broker.server import settle_garbage_collector
-from coremq_broker.tcp import TcpConnection
+from coremq_broker.transports.tcp import TcpConnection
 
 __all__ = ["measure"]
 

@@ -15,8 +15,8 @@ import signal
 import sys
 from typing import Sequence
 
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
 
 __all__ = ["main"]
 

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf
-from .durable import unwritable
+from .core.durable import unwritable
 
 __all__ = ["check_settings", "check_access", "check_durable_path"]
 

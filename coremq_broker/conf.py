@@ -43,8 +43,8 @@ from django.utils.module_loading import import_string
 
 from coremq_client.codec import JSONCodec
 
-from .access import POLICIES
-from .config import DEFAULT_HOST, BrokerConfig
+from .core.access import POLICIES
+from .core.config import DEFAULT_HOST, BrokerConfig
 
 __all__ = [
     "SETTING",
@@ -70,7 +70,7 @@ CODEC_SETTINGS = ("ENCODER", "DECODER")
 #: The web server is not the broker's business, so its defaults live here; nor
 #: is Django's side of access (the default policy, this process's credentials).
 WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000, "STATUS_TOKEN": None}
-#: The WebSocket bridge's limit on one browser frame (coremq_broker/websocket).
+#: The WebSocket bridge's limit on one browser frame (coremq_broker/transports/websocket).
 WEB_DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"] = 64 * 2**10
 WEB_DEFAULTS.update(DEFAULT_POLICY="open", CLIENT_TOKEN=None, CLIENT_USERNAME=None, CLIENT_PASSWORD=None)
 #: Secrets and names that are a string when set.

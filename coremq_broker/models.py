@@ -23,7 +23,7 @@ from django.utils import timezone
 from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, validate_queue_name
 from coremq_client.errors import InvalidQueueName
 
-from .access import ACTIONS, CONNECTIONS
+from .core.access import ACTIONS, CONNECTIONS
 from .auth.tokens import PREFIX_LENGTH, new_token, token_hash, token_prefix
 from .queue_settings import is_glob
 
@@ -39,7 +39,7 @@ def validate_pattern(value: str) -> None:
 
 
 def validate_rule_pattern(value: str) -> None:
-    """A rule's pattern: a queue name or glob, or :data:`~coremq_broker.access.CONNECTIONS`.
+    """A rule's pattern: a queue name or glob, or :data:`~coremq_broker.core.access.CONNECTIONS`.
 
     Other patterns starting with ``@`` are kept for other kinds of rule; a
     typo there must not become a rule about a queue called ``@conections``.
@@ -61,7 +61,7 @@ class QueueSetting(models.Model):
     ``settings.COREMQ``.
 
     Later issues add a field here, in :attr:`OVERRIDES`, and in
-    :class:`~coremq_broker.registry.QueueSettings`; nothing else changes.
+    :class:`~coremq_broker.core.registry.QueueSettings`; nothing else changes.
     """
 
     SLOW_CONSUMER_POLICIES = [

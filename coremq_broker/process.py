@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, wait
 from types import TracebackType
 from typing import Any
 
-from .config import BrokerConfig
+from .core.config import BrokerConfig
 
 __all__ = ["BrokerProcess", "start"]
 

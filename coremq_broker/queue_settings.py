@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from fnmatch import translate
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .config import BrokerConfig
-from .registry import QueueSettings
+from .core.config import BrokerConfig
+from .core.registry import QueueSettings
 from .snapshots import SnapshotWatcher, change_count
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from .core.broker import Broker
 
 __all__ = [
     "QueueRule", "QueueSettingsResolver", "QueueSettingsWatcher", "default_queue_settings", "load_rules", "is_glob",

@@ -24,8 +24,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .broker import Broker
-from .config import BrokerConfig
+from .core.broker import Broker
+from .core.config import BrokerConfig
 
 __all__ = ["WebServer", "Announce", "OnStart", "run", "serve", "new_event_loop"]
 

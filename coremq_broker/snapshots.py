@@ -46,7 +46,7 @@ _UNSET: Any = object()
 
 
 class Target(Protocol):
-    """What a snapshot is applied to: it lives on ``loop`` (a :class:`~coremq_broker.broker.Broker` does)."""
+    """What a snapshot is applied to: it lives on ``loop`` (a :class:`~coremq_broker.core.broker.Broker` does)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None: ...

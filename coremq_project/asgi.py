@@ -2,7 +2,7 @@
 
 One ``ProtocolTypeRouter``: HTTP goes to Django (with static files served by
 Django's ``ASGIStaticFilesHandler``, so no extra server is needed); WebSocket
-goes to the CoreMQ WebSocket bridge (``coremq_broker.websocket``).
+goes to the CoreMQ WebSocket bridge (``coremq_broker.transports.websocket``).
 """
 
 import os
@@ -17,7 +17,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from coremq_broker.websocket.routing import websocket_application  # noqa: E402
+from coremq_broker.transports.websocket.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

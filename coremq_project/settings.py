@@ -84,7 +84,7 @@ STATICFILES_DIRS = [BASE_DIR / "coremq_project" / "static"]  # the demo page's C
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# CoreMQ. Every key is optional. Each BrokerConfig field (coremq_broker/config.py)
+# CoreMQ. Every key is optional. Each BrokerConfig field (coremq_broker/core/config.py)
 # is a key in upper case with its default there: HOST (127.0.0.1), PORT (6747),
 # SERVER_NAME, HISTORY_LENGTH (10), MAX_FRAME_SIZE (1 MiB), ... Besides those,
 # coremq_broker/conf.py reads WEB_HOST (127.0.0.1), WEB_PORT (8000) and ENCODER /

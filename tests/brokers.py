@@ -11,8 +11,8 @@ import asyncio
 import threading
 from typing import Any, Callable
 
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
 
 __all__ = ["BrokerThread"]
 

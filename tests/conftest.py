@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 
 from brokers import BrokerThread
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 
 
 @pytest.fixture

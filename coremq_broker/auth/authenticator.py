@@ -26,8 +26,8 @@ from django.utils import timezone
 from coremq_client.errors import CoreMQError
 
 from .. import conf
-from ..access import ANONYMOUS, FailureTracker, Principal, peer_address
-from ..broker import Broker
+from ..core.access import ANONYMOUS, FailureTracker, Principal, peer_address
+from ..core.broker import Broker
 from .tokens import TOKEN_PREFIX, hash_matches, token_prefix
 
 __all__ = ["authenticate", "authenticate_now", "user_principal", "principal_for", "token_principal",
@@ -141,7 +141,7 @@ def token_principal(token: str) -> Principal | None:
 
 
 def principal_for(user: Any, token_id: int | None = None) -> Principal:
-    """The Principal of a Django user (anonymous users are :data:`~coremq_broker.access.ANONYMOUS`). Blocking."""
+    """The Principal of a Django user (anonymous users are :data:`~coremq_broker.core.access.ANONYMOUS`). Blocking."""
     if not getattr(user, "is_authenticated", False):
         return ANONYMOUS
     return Principal(

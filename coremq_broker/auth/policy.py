@@ -1,7 +1,7 @@
 """The access policy from the admin: permission rules, the default, relays, revoked tokens and inactive users.
 
 :func:`load_policy` reads it all as one immutable :class:`SitePolicy` (a
-:class:`~coremq_broker.access.RulePolicy`); :func:`access_watcher` makes the
+:class:`~coremq_broker.core.access.RulePolicy`); :func:`access_watcher` makes the
 :class:`~coremq_broker.snapshots.SnapshotWatcher` that keeps a running
 broker's (or a remote WebSocket bridge's) copy in step within a second, so a
 changed rule ends subscriptions it no longer allows and a revoked or expired
@@ -23,11 +23,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .. import conf
-from ..access import ACTIONS, Principal, RulePolicy, rules_from
+from ..core.access import ACTIONS, Principal, RulePolicy, rules_from
 from ..snapshots import SnapshotWatcher
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..core.broker import Broker
 
 __all__ = ["SitePolicy", "BRIDGE", "RELAY_PERMISSION", "load_policy", "empty_policy", "access_watcher",
            "describe_policy", "PolicyFollower", "follow_policy"]

@@ -122,7 +122,7 @@ _BROKER_SERIES: tuple[tuple[type, str, str, str], ...] = (
      "Subscribers judged slow consumers (stopped draining, or past MAX_WRITE_BUFFER).", "slow_consumers"),
     (CounterMetricFamily, "coremq_delivery_errors", "Deliveries or flushes to a connection that raised (skipped).",
      "delivery_errors"),
-    # The bounds of coremq_broker/limits.py.
+    # The bounds of coremq_broker/core/limits.py.
     (GaugeMetricFamily, "coremq_history_bytes", "Bytes held in all queues' histories.", "history_bytes"),
     (GaugeMetricFamily, "coremq_history_limit_bytes", "MAX_HISTORY_BYTES: the most all histories may hold.",
      "history_bytes_limit"),

@@ -25,8 +25,8 @@ from typing import Any, Callable, Protocol, TypeVar
 from coremq_client.async_client import AsyncMessageQueue
 from coremq_client.errors import CoreMQError
 
-from ..broker import Broker
-from ..control import RequestError
+from ..core.broker import Broker
+from ..core.control import RequestError
 
 __all__ = [
     "StatusSource", "LocalSource", "RemoteSource", "SourceUnavailable", "ActionFailed", "get_source", "close_client",

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from coremq_broker.access import ANONYMOUS, FailureTracker, Principal, Rule, RulePolicy
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.access import ANONYMOUS, FailureTracker, Principal, Rule, RulePolicy
+from coremq_broker.core.config import BrokerConfig
 from coremq_client.codec import encode_frame
 from brokers import BrokerThread
 from wire import RawClient

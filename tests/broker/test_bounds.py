@@ -1,6 +1,6 @@
 """The broker's resource bounds over real sockets: deadlines, connections per address, queues, history bytes, pages.
 
-Each test runs a broker of its own with small limits (coremq_broker/limits.py,
+Each test runs a broker of its own with small limits (coremq_broker/core/limits.py,
 docs/security.md "Limits").
 """
 
@@ -16,10 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from brokers import BrokerThread
-from coremq_broker.access import Principal
-from coremq_broker.config import BrokerConfig
-from coremq_broker.limits import HISTORY_ENTRY_BYTES
-from coremq_broker.registry import QueueSettings
+from coremq_broker.core.access import Principal
+from coremq_broker.core.config import BrokerConfig
+from coremq_broker.core.limits import HISTORY_ENTRY_BYTES
+from coremq_broker.core.registry import QueueSettings
 from coremq_broker.status.metrics import render
 from coremq_broker.status.source import shape
 from coremq_client.codec import encode_frame
@@ -408,8 +408,8 @@ async def test_a_browser_gets_a_paged_history_whole():
     """The WebSocket bridge gathers the pages of a long history, so a browser (coremq.js) gets every message at once."""
     from channels.testing import WebsocketCommunicator
 
-    from coremq_broker.broker import Broker
-    from coremq_broker.websocket.links import close_bridges
+    from coremq_broker.core.broker import Broker
+    from coremq_broker.transports.websocket.links import close_bridges
     from coremq_project.asgi import application
 
     broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0, history_length=20,
@@ -487,7 +487,7 @@ def test_durable_queues_come_back_past_the_queue_limit(tmp_path):
 
 def test_one_address_is_an_ipv4_address_or_an_ipv6_64():
     """Connections per address count an IPv6 client's whole /64 as one address, as the login throttle does."""
-    from coremq_broker.limits import address_of
+    from coremq_broker.core.limits import address_of
 
     assert address_of("192.0.2.7:40000") == "192.0.2.7"
     assert address_of("2001:db8:1:2:aaaa::1:40000") == address_of("2001:db8:1:2:bbbb::9:40001") == "2001:db8:1:2::/64"

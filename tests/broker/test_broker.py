@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_client.codec import encode_frame
 from brokers import BrokerThread
 from wire import RawClient
@@ -460,7 +460,7 @@ def test_sender_may_be_own_sub_address_only(connect):
 
 def test_running_broker_is_reachable_in_process(broker):
     """Broker.running() is the live broker until it closes."""
-    from coremq_broker.broker import Broker
+    from coremq_broker.core.broker import Broker
 
     assert Broker.running() is broker.broker
     broker.close()

@@ -7,7 +7,7 @@ import socket
 import time
 
 from brokers import BrokerThread
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 
 
 class Client2015:

@@ -7,8 +7,8 @@ import signal
 
 
 from coremq_broker import start
-from coremq_broker.config import BrokerConfig
-from coremq_broker.registry import QueueSettings
+from coremq_broker.core.config import BrokerConfig
+from coremq_broker.core.registry import QueueSettings
 from brokers import BrokerThread
 from wire import RawClient
 
@@ -86,7 +86,7 @@ def test_durable_per_queue_and_delivery_after_commit(tmp_path):
         sub.close()
     finally:
         running.stop()
-    from coremq_broker.durable import HistoryStore
+    from coremq_broker.core.durable import HistoryStore
 
     saved = HistoryStore(path).load()
     assert list(saved) == ["d.orders"] and len(saved["d.orders"]) == 20

@@ -18,9 +18,9 @@ import pytest
 
 from brokers import BrokerThread
 from coremq_broker import start
-from coremq_broker.config import BrokerConfig
-from coremq_broker.durable import DurableHistoryError, HistoryStore, unwritable
-from coremq_broker.registry import QueueSettings
+from coremq_broker.core.config import BrokerConfig
+from coremq_broker.core.durable import DurableHistoryError, HistoryStore, unwritable
+from coremq_broker.core.registry import QueueSettings
 from disks import fill, mounted_tmpfs, remount
 from wire import RawClient
 

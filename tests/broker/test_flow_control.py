@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from coremq_broker import start
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
-from coremq_broker.registry import Connection
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
+from coremq_broker.core.registry import Connection
 from coremq_client.codec import encode_frame
 from flowload import Worker, publisher, subscriber
 from wire import RawClient

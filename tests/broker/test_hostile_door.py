@@ -13,10 +13,10 @@ from typing import Any, Iterator
 import pytest
 
 from brokers import BrokerThread
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
-from coremq_broker.registry import QueueSettings
-from coremq_broker.websocket.protocol import browser_number
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
+from coremq_broker.core.registry import QueueSettings
+from coremq_broker.transports.websocket.protocol import browser_number
 from coremq_client.codec import FrameParser, encode_frame
 from hostile import CORPUS, NAMES, Case, tcp_probe
 from wire import RawClient
@@ -262,7 +262,7 @@ async def browser_probe(bridge: Any, broker: Broker) -> None:
 async def test_the_corpus_through_an_in_process_bridge() -> None:
     """A browser on an in-process bridge gets every accepted case, by subscription and by its id; stray
     sub-addresses of the bridge reach no one; browsers and TCP clients pass the probe after each case."""
-    from coremq_broker.websocket.links import close_bridges, open_bridge
+    from coremq_broker.transports.websocket.links import close_bridges, open_bridge
 
     broker = Broker(BrokerConfig(host="127.0.0.1", port=0, history_length=HISTORY, shutdown_timeout=2.0))
     await broker.start()

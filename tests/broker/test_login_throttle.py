@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from coremq_broker.access import FailureTracker, peer_address
+from coremq_broker.core.access import FailureTracker, peer_address
 
 
 def test_parallel_attempts_count_before_they_are_settled() -> None:

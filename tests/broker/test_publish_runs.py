@@ -137,7 +137,7 @@ def test_the_json_as_sent_is_kept_with_the_default_decoder_only(broker, clients)
     """With the default (strict UTF-8) decoder a plain publish reaches subscribers byte for byte, stamps added;
     a custom decoder may take more than strict JSON, so then every publish is re-encoded."""
     from brokers import BrokerThread
-    from coremq_broker.config import BrokerConfig
+    from coremq_broker.core.config import BrokerConfig
     from coremq_client.codec import JSONCodec
 
     sent = b'{ "n" : 1.50, "t": "caf\xc3\xa9" }'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from coremq_broker.registry import Connection, QueueSettings, RateCounter, Registry
+from coremq_broker.core.registry import Connection, QueueSettings, RateCounter, Registry
 
 
 class Recorder(Connection):

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from brokers import BrokerThread
 from clients import Connect, async_clients
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_client import AsyncMessageQueue, ConnectionClosed, CoreMQError, PermissionDenied, ServerError, Timeout
 
 pytestmark = pytest.mark.timeout(60)

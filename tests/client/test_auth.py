@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from clients import PATIENCE, BrokerThread, client_factory  # noqa: F401  (a fixture)
-from coremq_broker.access import Principal, Rule, RulePolicy
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.access import Principal, Rule, RulePolicy
+from coremq_broker.core.config import BrokerConfig
 from coremq_client import AuthenticationFailed, MessageQueue, PermissionDenied, ServerError
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from brokers import BrokerThread
-from coremq_broker.access import Principal, RulePolicy
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.access import Principal, RulePolicy
+from coremq_broker.core.config import BrokerConfig
 from coremq_client import MessageQueue
 
 pytestmark = pytest.mark.timeout(60)

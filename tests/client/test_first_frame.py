@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from brokers import BrokerThread
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_client.async_client import AsyncMessageQueue
 from coremq_client.sync_client import MessageQueue
 

@@ -6,7 +6,7 @@ import json
 import time
 
 from brokers import BrokerThread
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_client.codec import encode_frame
 from coremq_client.sync_client import MessageQueue
 from wire import RawClient

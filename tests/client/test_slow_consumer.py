@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from clients import PATIENCE, BrokerThread, client_factory  # noqa: F401  (a fixture)
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_client import AsyncMessageQueue, ConnectionClosed, CoreMQError, Delivery, Gap, MessageQueue, SlowConsumer
 from coremq_client.resume import RESUME_PAGE
 from wire import RawClient

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from brokers import BrokerThread
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_client import (
     ConnectionClosed,
     CoreMQError,

@@ -8,7 +8,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.test import override_settings
 
 from coremq_broker import conf
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 
 
 def test_defaults_are_brokerconfig_defaults() -> None:

@@ -9,7 +9,7 @@ from django.test import override_settings
 
 from coremq_broker import conf
 from coremq_broker.checks import check_settings
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 
 
 @pytest.mark.parametrize(

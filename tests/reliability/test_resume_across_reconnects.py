@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from clients import PATIENCE, BrokerThread, client_factory  # noqa: F401  (a fixture)
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
 from coremq_client import Delivery, FrameTooLarge
 from coremq_client.protocol import Gap
 

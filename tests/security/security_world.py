@@ -31,8 +31,8 @@ from django.utils import timezone
 
 from coremq_broker.auth.authenticator import authenticate
 from coremq_broker.auth.policy import access_watcher
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
 from coremq_broker.models import ApiToken, PermissionRule
 from coremq_client import AsyncMessageQueue
 

@@ -17,7 +17,7 @@ from django.contrib.auth.models import Group, User
 from django.core.exceptions import ValidationError
 from django.test import Client
 
-from coremq_broker.access import CONNECTIONS, Rule
+from coremq_broker.core.access import CONNECTIONS, Rule
 from coremq_broker.auth.authenticator import login_throttle
 from coremq_broker.models import PermissionRule
 from coremq_client.errors import PermissionDenied

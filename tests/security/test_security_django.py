@@ -14,7 +14,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from coremq_broker import conf
-from coremq_broker.access import ANONYMOUS, Principal
+from coremq_broker.core.access import ANONYMOUS, Principal
 from coremq_broker.auth.authenticator import authenticate_now, principal_for
 from coremq_broker.auth.policy import BRIDGE, SitePolicy, access_watcher, load_policy
 from coremq_broker.checks import check_access, check_settings
@@ -174,7 +174,7 @@ def test_client_options_carry_credentials_and_tls(tmp_path) -> None:
 def test_a_policy_matches_each_queue_name_once(monkeypatch) -> None:
     """Globs are matched once per queue name and snapshot (bounded), and the memory does not change equality."""
     from coremq_broker import access
-    from coremq_broker.access import Rule
+    from coremq_broker.core.access import Rule
 
     calls: list[str] = []
     rule = Rule("orders.*", frozenset({"publish"}), authenticated=True)

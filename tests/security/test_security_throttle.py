@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from coremq_broker.websocket.bridge import CLOSE_TRY_AGAIN_LATER
+from coremq_broker.transports.websocket.bridge import CLOSE_TRY_AGAIN_LATER
 from coremq_client.codec import FrameParser
 from security_world import PASSWORDS, Server, World, _env, migrated_world
 from wire import RawClient

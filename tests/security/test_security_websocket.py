@@ -22,8 +22,8 @@ from django.test import Client
 from django.utils import timezone
 
 from coremq_broker.models import ApiToken, PermissionRule
-from coremq_broker.websocket.bridge import CLOSE_CREDENTIALS
-from coremq_broker.websocket.links import close_bridges, get_bridge
+from coremq_broker.transports.websocket.bridge import CLOSE_CREDENTIALS
+from coremq_broker.transports.websocket.links import close_bridges, get_bridge
 from coremq_client import AsyncMessageQueue
 from security_world import CASES, FAST_HASHERS, Secured, make_world, migrated_world, run_coremq, secured  # noqa: F401
 

@@ -8,8 +8,8 @@ import pytest
 from django.test import AsyncClient, Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from coremq_broker.access import AccessPolicy
-from coremq_broker.broker import Broker
+from coremq_broker.core.access import AccessPolicy
+from coremq_broker.core.broker import Broker
 from coremq_broker.status import source as source_module
 from wire import RawClient
 

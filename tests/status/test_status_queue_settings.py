@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.core.exceptions import ValidationError
 
-from coremq_broker.config import BrokerConfig
+from coremq_broker.core.config import BrokerConfig
 from coremq_broker.models import QueueSetting
 from coremq_broker.queue_settings import (
     QueueRule,
@@ -16,7 +16,7 @@ from coremq_broker.queue_settings import (
     default_queue_settings,
     load_rules,
 )
-from coremq_broker.registry import QueueSettings
+from coremq_broker.core.registry import QueueSettings
 from wire import RawClient
 
 DEFAULTS = QueueSettings(10, slow_consumer_policy="disconnect")
@@ -160,7 +160,7 @@ def test_watcher_thread_follows_saves(broker) -> None:
 @pytest.mark.django_db
 def test_a_durable_row_makes_the_queue_durable(broker, tmp_path) -> None:
     """A row with durable set makes a live queue write to disk, and a publish is acknowledged once written."""
-    from coremq_broker.durable import HistoryStore
+    from coremq_broker.core.durable import HistoryStore
 
     watcher = QueueSettingsWatcher(BrokerConfig())
     watcher._broker = broker.broker  # attach() without starting the thread: check() is driven by the test

@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 from channels.testing import WebsocketCommunicator
 
-from coremq_broker.broker import Broker
-from coremq_broker.config import BrokerConfig
-from coremq_broker.websocket.links import close_bridges
+from coremq_broker.core.broker import Broker
+from coremq_broker.core.config import BrokerConfig
+from coremq_broker.transports.websocket.links import close_bridges
 from webservers import CHROMIUM, CHROMIUM_ARGS, ROOT, Servers
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")

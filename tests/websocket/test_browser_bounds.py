@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coremq_broker.websocket.bridge import CLOSE_TRY_AGAIN_LATER
+from coremq_broker.transports.websocket.bridge import CLOSE_TRY_AGAIN_LATER
 
 from tabs import Tab
 from webservers import Servers, free_port

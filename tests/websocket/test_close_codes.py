@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coremq_broker.websocket.bridge import CLOSE_CREDENTIALS, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
+from coremq_broker.transports.websocket.bridge import CLOSE_CREDENTIALS, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
 from coremq_client import MessageQueue
 
 from tabs import Tab, issue_token, revoke_token

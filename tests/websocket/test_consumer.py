@@ -9,9 +9,9 @@ import pytest
 import pytest_asyncio
 from channels.testing import WebsocketCommunicator
 
-from coremq_broker.broker import Broker
-from coremq_broker.websocket.bridge import CLOSE_SERVICE_RESTART
-from coremq_broker.websocket.links import get_bridge
+from coremq_broker.core.broker import Broker
+from coremq_broker.transports.websocket.bridge import CLOSE_SERVICE_RESTART
+from coremq_broker.transports.websocket.links import get_bridge
 from clients import Connect, async_clients
 from coremq_client import AsyncMessageQueue
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coremq_broker.websocket.protocol import (
+from coremq_broker.transports.websocket.protocol import (
     BadRequest,
     History,
     Publish,

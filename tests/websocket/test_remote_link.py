@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from coremq_broker.websocket.links import get_bridge
+from coremq_broker.transports.websocket.links import get_bridge
 from coremq_client import AsyncMessageQueue
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]

@@ -100,7 +100,7 @@ def _check_durable_path(config: Any, resolver: Any) -> None:
     ``coremq.W002`` otherwise); this also covers queues made durable in the
     admin, which the checks cannot see, and ``--skip-checks``.
     """
-    from coremq_broker.durable import unwritable
+    from coremq_broker.core.durable import unwritable
 
     problem = unwritable(config.durable_path)
     if problem is None:

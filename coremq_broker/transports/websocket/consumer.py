@@ -1,7 +1,7 @@
 """The Channels consumer behind ``/ws/coremq/``: one browser, spoken to in JSON text frames.
 
 The consumer only parses, checks and answers; the process's
-:class:`~coremq_broker.websocket.bridge.Bridge` holds the one link to the
+:class:`~coremq_broker.transports.websocket.bridge.Bridge` holds the one link to the
 broker and fans messages out. Deliveries never pass through a channel layer.
 Every bad frame is answered with an error frame; nothing a browser sends
 closes its connection. The protocol is in ``docs/websocket.md``.
@@ -18,10 +18,10 @@ from channels.consumer import get_handler_name
 
 from coremq_client.errors import CoreMQError, InvalidQueueName, MessageError
 
-from .. import conf
-from ..access import Principal
-from ..limits import address_of
-from ..auth.authenticator import TooManyFailures, throttled_authenticate, user_principal
+from ... import conf
+from ...core.access import Principal
+from ...core.limits import address_of
+from ...auth.authenticator import TooManyFailures, throttled_authenticate, user_principal
 from .bridge import CLOSE_CREDENTIALS, CLOSE_TRY_AGAIN_LATER, Bridge, BridgeError, Browser
 from .daphne import direct_writer
 from .links import get_bridge
@@ -40,7 +40,7 @@ from .protocol import (
 
 __all__ = ["CoreMQConsumer", "RAW_SEND"]
 
-#: Where :class:`~coremq_broker.websocket.routing.RawSendMiddleware` keeps the server's ``send``.
+#: Where :class:`~coremq_broker.transports.websocket.routing.RawSendMiddleware` keeps the server's ``send``.
 RAW_SEND = "coremq.send"
 
 logger = logging.getLogger("coremq.websocket")

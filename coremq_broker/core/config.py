@@ -65,7 +65,7 @@ class BrokerConfig:
     max_connections_per_user: int = 100
     max_publish_rate: int = 0
     max_auth_failures: int = 10
-    #: Bounds on what clients can make the broker hold (coremq_broker/limits.py,
+    #: Bounds on what clients can make the broker hold (coremq_broker/core/limits.py,
     #: docs/security.md): seconds from the welcome to a TCP client's first frame
     #: (enforced while connections are scarce: see Bounds.connections_scarce),
     #: and to finish a frame once started; anonymous connections per client

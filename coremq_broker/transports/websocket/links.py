@@ -27,17 +27,17 @@ from coremq_client.async_client import AsyncMessageQueue
 from coremq_client.codec import Frame, FrameParser
 from coremq_client.errors import ConnectionClosed, CoreMQError, ProtocolError
 
-from .. import conf
-from ..auth.policy import BRIDGE, follow_policy
-from ..broker import Broker
-from ..publishing import client_options
-from ..registry import Connection
-from ..version import VERSION
+from ... import conf
+from ...auth.policy import BRIDGE, follow_policy
+from ...core.broker import Broker
+from ...publishing import client_options
+from ...core.registry import Connection
+from ...core.version import VERSION
 from .bridge import Bridge, BrokerLink
 from .daphne import close_on_shutdown
 
 if TYPE_CHECKING:
-    from ..config import BrokerConfig
+    from ...core.config import BrokerConfig
 
 __all__ = ["BridgeConnection", "InProcessLink", "RemoteLink", "get_bridge", "open_bridge", "close_bridges"]
 

@@ -1,7 +1,7 @@
 """Bounds on what clients can make the broker hold: time, connections, queues, history bytes, reply size.
 
 One :class:`Bounds` per broker, owned by the event loop like the registry; it
-imports no Django. Each bound is a :class:`~coremq_broker.config.BrokerConfig`
+imports no Django. Each bound is a :class:`~coremq_broker.core.config.BrokerConfig`
 field (``settings.COREMQ`` key in upper case) with its default there, and
 counts what it did (:meth:`Bounds.describe`, shown on the status page and in
 ``/metrics``):
@@ -60,7 +60,7 @@ class LimitExceeded(CoreMQError):
 def address_of(peer: str) -> str:
     """What counts as one client address for a transport's ``host:port`` peer ("" for one without, like the bridge).
 
-    As for the login throttle (:func:`~coremq_broker.access.peer_address`): an
+    As for the login throttle (:func:`~coremq_broker.core.access.peer_address`): an
     IPv4 address, or an IPv6 address's /64 network, which one client can hold whole.
     """
     host, colon, _ = peer.rpartition(":")

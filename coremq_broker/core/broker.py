@@ -1,6 +1,6 @@
 """The broker: what each frame does, whatever transport brought it.
 
-:class:`Broker` owns the :class:`~coremq_broker.registry.Registry` and the TCP
+:class:`Broker` owns the :class:`~coremq_broker.core.registry.Registry` and the TCP
 listener. Every transport hands complete frames to :meth:`Broker.handle_frames`
 and implements ``Connection.send``. Per publish the work is done once
 (validate, stamp, encode the delivered frame); per subscriber it is an append
@@ -107,7 +107,7 @@ class Broker(ControlRequests):
 
     async def start(self) -> None:
         """Bind the TCP listener; afterwards :attr:`port` is the bound port."""
-        from .tcp import TcpConnection
+        from ..transports.tcp import TcpConnection
 
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()

@@ -38,11 +38,11 @@ from coremq_client import protocol as P
 from coremq_client.codec import Frame, FrameParser
 from coremq_client.errors import ProtocolError
 
-from .limits import FrameDeadline
-from .registry import Connection
+from ..core.limits import FrameDeadline
+from ..core.registry import Connection
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from ..core.broker import Broker
 
 __all__ = ["TcpConnection"]
 

@@ -304,7 +304,7 @@ class Registry:
 
     def __init__(self, queue_settings: Callable[[str], QueueSettings], bounds: Bounds | None = None) -> None:
         self.queue_settings = queue_settings
-        #: The bounds on queues and history bytes (coremq_broker/limits.py).
+        #: The bounds on queues and history bytes (coremq_broker/core/limits.py).
         self.bounds = bounds if bounds is not None else Bounds()
         self.connections: dict[str, Connection] = {}
         self.queues: dict[str, Queue] = {}
@@ -357,7 +357,7 @@ class Registry:
         Such a name is refused as a subscription or history target and what is
         published to it is dropped: ids are not secret, so a newcomer must not
         be able to take over a closed connection's messages. Any name of the
-        form the broker gives ids (:func:`~coremq_broker.access.is_connection_address`)
+        form the broker gives ids (:func:`~coremq_broker.core.access.is_connection_address`)
         is an address, so no list of closed ids is kept, which clients could
         grow without bound.
         """

@@ -1,6 +1,6 @@
 """Control requests: what a client asks of the broker on its own id queue.
 
-A mixin of :class:`~coremq_broker.broker.Broker`, kept apart so that the
+A mixin of :class:`~coremq_broker.core.broker.Broker`, kept apart so that the
 publish path and the lifecycle stay short. Every handler validates its value,
 asks the access policy, and replies once; a refusal raises
 :class:`RequestError`, which the broker turns into an ``ERROR:`` reply.
@@ -138,7 +138,7 @@ class ControlRequests:
         ``sequence`` gives each queue's first id in history and the last id
         stored (a durable message counts once it is on disk); ``more`` names the
         queues whose answer ``limit`` or the frame limit cut short: the client
-        asks again from the last id it got (coremq_broker/limits.py).
+        asks again from the last id it got (coremq_broker/core/limits.py).
         """
         if isinstance(value, dict):
             since = value
@@ -166,7 +166,7 @@ class ControlRequests:
         """Authenticate off the loop; the connection's requests wait for the answer.
 
         The attempt is counted against the peer's address and the username
-        before the authenticator runs (:class:`~coremq_broker.access.FailureTracker`),
+        before the authenticator runs (:class:`~coremq_broker.core.access.FailureTracker`),
         so parallel guesses cannot all be checked; over the limit the
         connection is refused and closed unchecked.
         """

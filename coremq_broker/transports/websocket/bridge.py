@@ -2,7 +2,7 @@
 
 Browsers do not each open a TCP connection to the broker. A web process holds
 one :class:`BrokerLink` (in-process beside the broker, or a remote client; see
-:mod:`coremq_broker.websocket.links`) and multiplexes every WebSocket over it:
+:mod:`coremq_broker.transports.websocket.links`) and multiplexes every WebSocket over it:
 
 - **Subscriptions** are counted locally: the first browser on a queue makes
   the one upstream subscription, the last one to leave ends it. A delivered
@@ -17,7 +17,7 @@ one :class:`BrokerLink` (in-process beside the broker, or a remote client; see
 - **Order**: everything sent to browsers (answers, errors, messages) goes
   through one outbox, so a browser sees an answer after every message that
   the broker delivered before it.
-- **Access**: each browser has a :class:`~coremq_broker.access.Principal`
+- **Access**: each browser has a :class:`~coremq_broker.core.access.Principal`
   (its Django user, or the user of the token it presented), and every
   subscribe, publish and history request is checked with the same access
   policy as the broker's TCP clients (``access()``, the live snapshot); the
@@ -41,7 +41,7 @@ from coremq_client import protocol as P
 from coremq_client.codec import JSONCodec
 from coremq_client.errors import CoreMQError
 
-from ..access import ANONYMOUS, AccessPolicy, Principal
+from ...core.access import ANONYMOUS, AccessPolicy, Principal
 from .protocol import browser_number, error_frame, message_entry, message_frame, text_frame
 
 __all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_CREDENTIALS",

@@ -1,0 +1,1 @@
+"""The ways bytes reach the core: TCP (``tcp``) and browsers' WebSockets (``websocket``)."""
