@@ -2,7 +2,10 @@
 
 Every command prints JSON on stdout, one value per line; notices go to
 stderr. Exit status: 0 on success (and when ``sub`` is stopped with Ctrl-C),
-1 when the broker refused or could not be reached, 2 on bad usage.
+1 when the broker refused or could not be reached, 2 on bad usage (bad
+arguments, or what the client refuses before sending: a bad queue name, a
+message that is not an object, array or string). The connection options
+(``--host``, ``--port``, ``--token``...) go before or after the command.
 
 ``--token``, or ``--username`` with ``--password`` (or the environment
 variable ``COREMQ_PASSWORD``, which keeps it out of the process list), log
@@ -19,9 +22,9 @@ import ssl
 import sys
 from typing import Any, Sequence, TextIO
 
-from .codec import DEFAULT_PORT
-from .errors import CoreMQError
-from .protocol import Gap
+from .codec import DEFAULT_PORT, validate_queue_name
+from .errors import CoreMQError, InvalidQueueName, LocalUsageError
+from .protocol import Gap, wrap
 from .sync_client import MessageQueue
 
 __all__ = ["build_parser", "main"]
@@ -34,33 +37,57 @@ def _json_argument(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not JSON ({exc}); quote a string as '\"text\"'") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m coremq_client", description="Talk to a CoreMQ broker.")
-    parser.add_argument("--host", default="127.0.0.1", help="broker host (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default: %(default)s)")
+def _add_connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options that say where and how to connect.
+
+    The main parser holds their defaults; each command's parser takes them
+    again with no default, so ``pub --port 7000 q '{}'`` overrides the
+    default and leaves an earlier ``--port`` alone when it is not repeated.
+    """
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--host", default=default("127.0.0.1"), help="broker host (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default(DEFAULT_PORT), help=f"broker port (default: {DEFAULT_PORT})")
+    parser.add_argument("--timeout", type=float, default=default(5.0),
+                        help="seconds to wait for a reply (default: 5.0)")
     login = parser.add_argument_group("logging in")
-    login.add_argument("--token", help="an API token")
-    login.add_argument("--username", help="a user name; the password comes from --password or $COREMQ_PASSWORD")
-    login.add_argument("--password", help="the user's password (prefer $COREMQ_PASSWORD: arguments are visible to others)")
+    login.add_argument("--token", default=default(None), help="an API token")
+    login.add_argument("--username", default=default(None),
+                       help="a user name; the password comes from --password or $COREMQ_PASSWORD")
+    login.add_argument("--password", default=default(None),
+                       help="the user's password (prefer $COREMQ_PASSWORD: arguments are visible to others)")
     tls = parser.add_argument_group("TLS")
-    tls.add_argument("--tls", action="store_true", help="connect over TLS and verify the broker's certificate")
-    tls.add_argument("--cafile", metavar="PEM", help="trust the certificates in this file (implies --tls)")
+    tls.add_argument("--tls", action="store_true", default=default(False),
+                     help="connect over TLS and verify the broker's certificate")
+    tls.add_argument("--cafile", metavar="PEM", default=default(None),
+                     help="trust the certificates in this file (implies --tls)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; the connection options go before or after the command."""
+    parser = argparse.ArgumentParser(prog="python -m coremq_client", description="Talk to a CoreMQ broker.")
+    _add_connection_options(parser, defaults=True)
+    command_options = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(command_options, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    sub = commands.add_parser("sub", help="print messages from queues as JSON lines until Ctrl-C")
+    sub = commands.add_parser(
+        "sub", parents=[command_options], help="print messages from queues as JSON lines until Ctrl-C")
     sub.add_argument("queues", nargs="+", metavar="QUEUE")
     sub.add_argument("--count", type=int, default=None, metavar="N", help="exit after N messages")
 
-    pub = commands.add_parser("pub", help="publish a JSON object, array or string; print the reply")
+    pub = commands.add_parser(
+        "pub", parents=[command_options], help="publish a JSON object, array or string; print the reply")
     pub.add_argument("queue", metavar="QUEUE")
     pub.add_argument("message", type=_json_argument, metavar="JSON")
 
-    history = commands.add_parser("history", help="print the stored messages of queues")
+    history = commands.add_parser(
+        "history", parents=[command_options], help="print the stored messages of queues")
     history.add_argument("queues", nargs="+", metavar="QUEUE")
     history.add_argument("--since", type=int, default=None, metavar="ID", help="only messages with a higher id")
 
-    commands.add_parser("status", help="print the broker's status")
+    commands.add_parser("status", parents=[command_options], help="print the broker's status")
     return parser
 
 
@@ -109,6 +136,15 @@ def _subscribe(client: MessageQueue, count: int | None, out: TextIO) -> None:
         received += 1
 
 
+def _check_locally(args: argparse.Namespace) -> None:
+    """Raise what the client would refuse before anything is sent: bad queue names, unpublishable JSON."""
+    for queue in getattr(args, "queues", None) or [getattr(args, "queue", None)]:
+        if queue is not None:
+            validate_queue_name(queue)
+    if args.command == "pub":
+        wrap(args.message)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run one command; return the exit status."""
     parser = build_parser()
@@ -116,6 +152,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     credentials = _credentials(parser, args)
     out = out or sys.stdout
     queues = args.queues if args.command == "sub" else ()
+    try:
+        _check_locally(args)
+    except (InvalidQueueName, LocalUsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         tls = _tls_context(args)
     except OSError as exc:
@@ -133,6 +174,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 _print(client.get_history(*args.queues, since=args.since), out)
             else:
                 _print(client.status(), out)
+    except (InvalidQueueName, LocalUsageError) as exc:  # e.g. a message over the broker's frame limit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except CoreMQError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,32 @@ def cli(broker, *args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def start_sub(broker, *args: str) -> subprocess.Popen[str]:
-    """Start ``sub`` and return once it has said that it is subscribed."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "coremq_client", "--host", broker.host, "--port", str(broker.port), "sub", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
-    )
-    assert process.stderr is not None
-    notice = process.stderr.readline()
-    assert notice.startswith("# subscribed to"), notice
-    return process
+@pytest.fixture
+def start_sub():
+    """Start ``sub`` and return once it has said that it is subscribed; killed at the end if still running.
+
+    SIGINT is reset to its default in the child: a pytest started in the
+    background (``&`` from a script) ignores it, and children inherit that.
+    """
+    started: list[subprocess.Popen[str]] = []
+
+    def start(broker, *args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coremq_client", "--host", broker.host, "--port", str(broker.port), "sub", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        started.append(process)
+        assert process.stderr is not None
+        notice = process.stderr.readline()
+        assert notice.startswith("# subscribed to"), notice
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def test_pub_prints_the_reply(broker):
@@ -52,7 +69,7 @@ def test_pub_prints_the_reply(broker):
     assert reply["response"] == "OK: Message sent" and reply["id"] == 1
 
 
-def test_sub_prints_json_lines_until_count(broker):
+def test_sub_prints_json_lines_until_count(broker, start_sub):
     """`sub Q1 Q2 --count 3` prints one JSON line per message, from every queue, then exits 0."""
     process = start_sub(broker, "a", "b", "--count", "3")
     with MessageQueue(broker.host, broker.port) as pub:
@@ -66,7 +83,7 @@ def test_sub_prints_json_lines_until_count(broker):
     assert lines[0]["message"]["n"] == 1 and lines[1]["message"] == "two" and lines[2]["message"] == [3]
 
 
-def test_sub_stops_cleanly_on_ctrl_c(broker):
+def test_sub_stops_cleanly_on_ctrl_c(broker, start_sub):
     """SIGINT ends `sub` with status 0 and no traceback."""
     process = start_sub(broker, "q")
     process.send_signal(signal.SIGINT)
@@ -111,6 +128,47 @@ def test_bad_json_is_a_usage_error(broker):
     """`pub` with an argument that is not JSON exits 2 without connecting."""
     result = cli(broker, "pub", "q", "{not json")
     assert result.returncode == 2 and "not JSON" in result.stderr
+
+
+def test_connection_options_after_the_command(broker):
+    """--host, --port and --timeout work after the command too; one given after it wins over one before."""
+    command = [sys.executable, "-m", "coremq_client"]
+    where = ["--host", broker.host, "--port", str(broker.port), "--timeout", "5"]
+    run = dict(capture_output=True, text=True, timeout=30, env=ENV, cwd=ROOT)
+    result = subprocess.run([*command, "pub", *where, "after", '"x"'], **run)
+    assert result.returncode == 0 and json.loads(result.stdout)["id"] == 1, result.stderr
+    result = subprocess.run([*command, "--port", "1", "history", "after", "--port", str(broker.port)], **run)
+    assert result.returncode == 0 and json.loads(result.stdout) == {"after": ["x"]}, result.stderr
+    result = subprocess.run([*command, "--host", broker.host, "status", "--port", str(broker.port)], **run)
+    assert json.loads(result.stdout)["response"] == "OK: Status", result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("pub", "", "{}"),
+    ("pub", "two words", "{}"),
+    ("pub", "q", "42"),
+    ("pub", "q", "null"),
+    ("history", "fine", ""),
+    ("sub", "q w"),
+])
+def test_local_validation_errors_exit_2(broker, args):
+    """What the client refuses before sending (bad queue names, a number as message) exits 2, not 1."""
+    result = cli(broker, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    with MessageQueue(broker.host, broker.port) as check:
+        assert check.status()["connections"] == 1  # nothing but this check ever connected
+
+
+def test_a_message_over_the_brokers_frame_limit_exits_2(broker_config):
+    """A message larger than the broker's frame limit is refused by the client: exit 2, nothing published."""
+    running = BrokerThread(replace(broker_config, max_frame_size=1024))
+    try:
+        result = cli(running, "pub", "big", json.dumps("x" * 4096))
+        assert result.returncode == 2 and "frame limit" in result.stderr, result.stderr
+        assert json.loads(cli(running, "history", "big").stdout) == {"big": []}
+    finally:
+        running.stop()
 
 
 def test_importing_the_client_never_imports_django():
