@@ -121,9 +121,12 @@ def _wait_until_ready(
         try:
             return receiver.recv()
         except EOFError:
-            return "error", "the broker process ended before it was listening"
+            pass
     if ready:
-        return "error", f"the broker process exited with code {process.exitcode}"
+        process.join(1)  # the sentinel may be ready a moment before the exit code is known
+        return "error", (f"the broker process ended (exit code {process.exitcode}) before it was listening; its log "
+                         "says why. A script must call start() under `if __name__ == \"__main__\":` (the broker "
+                         "process is spawned and imports the script again)")
     return "timeout", f"the broker was not listening within {timeout}s"
 
 
