@@ -3,7 +3,7 @@
 Development defaults; override through the environment in production
 (``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG=0``, ``DJANGO_ALLOWED_HOSTS``,
 ``COREMQ_DATABASE``, ``COREMQ_DEFAULT_POLICY``, ``COREMQ_CLIENT_TOKEN``,
-``COREMQ_TLS_CERT``, ``COREMQ_TLS_KEY``).
+``COREMQ_STATUS_TOKEN``, ``COREMQ_TLS_CERT``, ``COREMQ_TLS_KEY``).
 """
 
 import os
@@ -99,7 +99,7 @@ COREMQ = {
     # Durable queues' history (a per-queue setting in the admin, or DURABLE_ALL).
     "DURABLE_PATH": os.environ.get("COREMQ_DURABLE_PATH", str(BASE_DIR / "coremq-history.sqlite3")),
     "DEFAULT_POLICY": os.environ.get("COREMQ_DEFAULT_POLICY", "open"),
-    **{key: os.environ[f"COREMQ_{key}"] for key in ("CLIENT_TOKEN", "TLS_CERT", "TLS_KEY")
+    **{key: os.environ[f"COREMQ_{key}"] for key in ("CLIENT_TOKEN", "STATUS_TOKEN", "TLS_CERT", "TLS_KEY")
        if os.environ.get(f"COREMQ_{key}")},
 }
 
