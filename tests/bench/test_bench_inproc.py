@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import inproc
-from coremq_broker import registry
+from coremq_broker.core import registry
 
 
 @pytest.mark.parametrize("batch", [1, 100])

@@ -173,7 +173,7 @@ def test_client_options_carry_credentials_and_tls(tmp_path) -> None:
 
 def test_a_policy_matches_each_queue_name_once(monkeypatch) -> None:
     """Globs are matched once per queue name and snapshot (bounded), and the memory does not change equality."""
-    from coremq_broker import access
+    from coremq_broker.core import access
     from coremq_broker.core.access import Rule
 
     calls: list[str] = []
