@@ -17,11 +17,12 @@ from playwright.sync_api import expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from disks import fill, mounted_tmpfs
-from status_site import ROOT, STAFF, TOKEN, WAIT, Server, Site, log_in, manage, port_of, process_env
+from screenshots import screenshot_path
+from status_site import STAFF, TOKEN, WAIT, Server, Site, log_in, manage, port_of, process_env
 from wire import RawClient
 
 UNAVAILABLE = "ERROR: durable history unavailable: "
-SCREENSHOT = ROOT / "docs" / "img" / "status-durable-unavailable.png"
+SCREENSHOT = screenshot_path("status-durable-unavailable.png")  # docs/img/ only under `make screenshots`
 
 
 @pytest.fixture(scope="module")

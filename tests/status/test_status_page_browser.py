@@ -11,9 +11,10 @@ import json
 from playwright.sync_api import expect
 
 from coremq_client.sync_client import MessageQueue
-from status_site import PLAIN, ROOT, STAFF, TOKEN, WAIT, Site, cell, log_in
+from screenshots import screenshot_path
+from status_site import PLAIN, STAFF, TOKEN, WAIT, Site, cell, log_in
 
-SCREENSHOT = ROOT / "docs" / "img" / "status.png"
+SCREENSHOT = screenshot_path("status.png")  # docs/img/ only under `make screenshots`
 
 
 def test_staff_sees_clients_and_counts_live(page, in_process_site: Site) -> None:
@@ -48,7 +49,6 @@ def test_staff_sees_clients_and_counts_live(page, in_process_site: Site) -> None
         expect(cell(page, "queues", "news", "published")).to_have_text("27", timeout=WAIT)
         expect(page.locator("#cmq-chart")).to_be_visible()
         page.wait_for_function("document.querySelector('#cmq-updated').textContent !== '–'")
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     expect(page.locator(f'#cmq-connections tr[data-id="{subscriber.connection_id}"]')).to_have_count(0, timeout=WAIT)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import WebSocketRoute, expect
 
 from coremq_client import MessageQueue
 
-from webservers import ROOT, Servers, free_port
+from screenshots import screenshot_path
+from webservers import Servers, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -118,7 +116,7 @@ def test_page_on_a_separate_daphne_chats_with_run_coremq_pages(servers: Servers,
     assert local.errors == [] and remote.errors == []
 
 
-def test_demo_page_screenshot(servers: Servers, new_page, tmp_path: Path) -> None:
+def test_demo_page_screenshot(servers: Servers, new_page) -> None:
     """The demo page renders its chat, counter and log without script errors (screenshot: docs/img/demo.png)."""
     port, web_port = free_port(), free_port()
     servers.run_coremq(port, web_port)
@@ -137,8 +135,6 @@ def test_demo_page_screenshot(servers: Servers, new_page, tmp_path: Path) -> Non
     for button in ("#counter-increment-10", "#counter-increment-10", "#counter-increment"):
         grace.click(button)
     expect(grace.locator("#counter-value")).to_have_text("21", timeout=WAIT)
-    shot = tmp_path / "demo.png"
+    shot = screenshot_path("demo.png")  # docs/img/ only under `make screenshots`
     grace.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000 and grace.errors == []
-    if os.environ.get("COREMQ_SAVE_SCREENSHOT"):  # refresh the documentation's picture
-        shutil.copy(shot, ROOT / "docs" / "img" / "demo.png")
