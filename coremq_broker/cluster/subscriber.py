@@ -246,7 +246,7 @@ class Subscriber:
         self.subscribe_commands += 1
         reader = asyncio.get_running_loop().create_task(self._read(pubsub), name="coremq-cluster-reader")
         try:
-            await self._ping(settings.probe_timeout)
+            await self._probe_once()  # up only once a message went through Redis to this connection
             self.connected.set()
             self.down_reason = None
             logger.info("cluster: listening to %d channel(s) on Redis", len(channels))
@@ -270,6 +270,7 @@ class Subscriber:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(ClusterUnavailable("the Redis pub/sub connection was lost"))
+                waiter.exception()  # retrieved: its waiter may have given up already
         if pubsub is not None:
             try:
                 await asyncio.wait_for(pubsub.aclose(), 1.0)
@@ -277,21 +278,24 @@ class Subscriber:
                 pass
 
     async def _probe(self) -> None:
-        """Every ``probe_interval``: a message to ourselves through Redis; raise if it is not back in time."""
-        settings = self.settings
+        """Every ``probe_interval``, :meth:`_probe_once`: raise when one fails."""
         while True:
-            await asyncio.sleep(settings.probe_interval)
-            token = b"probe %d" % next(self._tokens)
-            waiter = self._waiters[token] = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._commands.publish(self.probe_channel, token), settings.probe_timeout)
-                await asyncio.wait_for(waiter, settings.probe_timeout)
-            except (asyncio.TimeoutError, RedisError, OSError) as exc:
-                self.probes_failed += 1
-                raise ClusterUnavailable(f"the pub/sub probe failed: {str(exc) or 'no answer within '}"
-                                         f"{'' if str(exc) else f'{settings.probe_timeout}s'}") from None
-            finally:
-                self._waiters.pop(token, None)
+            await asyncio.sleep(self.settings.probe_interval)
+            await self._probe_once()
+
+    async def _probe_once(self) -> None:
+        """Publish a token to this node's probe channel; raise ClusterUnavailable unless it comes back in time."""
+        timeout = self.settings.probe_timeout
+        token = b"probe %d" % next(self._tokens)
+        waiter = self._waiters[token] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._commands.publish(self.probe_channel, token), timeout)
+            await asyncio.wait_for(waiter, timeout)
+        except (asyncio.TimeoutError, RedisError, OSError) as exc:
+            self.probes_failed += 1
+            raise ClusterUnavailable(f"the pub/sub probe failed: {exc or f'no answer within {timeout}s'}") from None
+        finally:
+            self._waiters.pop(token, None)
 
     async def _read(self, pubsub: PubSub) -> None:
         while True:
