@@ -17,6 +17,8 @@ class CoreMQBrokerConfig(AppConfig):
         checks.register(check_settings, "coremq")
         checks.register(check_durable_path, "coremq")
         checks.register(check_access, "coremq", checks.Tags.security)
+        from .cluster_checks import check_cluster
+        checks.register(check_cluster, "coremq")
 
         from .auth.policy import access_senders
         from .models import QueueSetting
