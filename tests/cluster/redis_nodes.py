@@ -29,7 +29,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server subprocess without persistence: a restart loses everything, as a crash would."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str, password: str | None = None) -> None:
+        self.args = list(args) + (["--requirepass", password] if password else [])
+        self.password = password
         self.directory = tempfile.mkdtemp(prefix="coremq-redis-")
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -42,7 +44,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.directory, "--protected-mode", "no"],
+             "--dir", self.directory, "--protected-mode", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -55,7 +57,7 @@ class RedisServer:
                 time.sleep(0.05)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(port=self.port, socket_timeout=5, password=self.password)
 
     def kill(self) -> None:
         """SIGKILL: connections drop, nothing is saved."""
