@@ -43,6 +43,8 @@ from channels.layers import BaseChannelLayer
 from coremq_client import AsyncMessageQueue, CoreMQError
 from coremq_client.codec import DEFAULT_PORT
 
+from .publishing import client_options
+
 __all__ = ["CoreMQChannelLayer", "PART_BYTES", "layer_drops", "reset_layer_drops"]
 
 logger = logging.getLogger(__name__)
@@ -238,8 +240,6 @@ class CoreMQChannelLayer(BaseChannelLayer):
             host, port = _address(self.hosts[0])
             options = {"host": host, "port": port, **self.client_options}
         else:
-            from .publishing import client_options
-
             options = {**client_options(), **self.client_options}
         options.setdefault("max_pending", None)
         # echo: a process that sends to a group (or channel) it also receives gets its own messages

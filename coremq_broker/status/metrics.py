@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .layer import layer_metrics
+
 __all__ = ["SnapshotCollector", "render", "CONTENT_TYPE", "TRANSPORTS"]
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -45,6 +47,7 @@ class SnapshotCollector(Collector):
         yield from self._durable(self.snapshot["broker"].get("durable") or {})
         yield from self._connections(self.snapshot["connections"])
         yield from self._queues(self.snapshot["queues"])
+        yield from layer_metrics(self.snapshot)
 
     def _broker(self, broker: dict[str, Any], source: str) -> Iterator[Metric]:
         yield InfoMetricFamily("coremq_broker", "The broker's name, version and address.", value={

@@ -358,3 +358,31 @@ async def test_extensions(make_layer):
     """The layer declares the groups and flush extensions."""
     layer = make_layer()
     assert "groups" in layer.extensions and "flush" in layer.extensions
+
+
+async def test_group_add_of_another_process_channel(make_layer):
+    """A process may add another process's channel (or a normal channel) to a group; group_send reaches it."""
+    owner, adder, sender = make_layer(), make_layer(), make_layer()
+    channel = await owner.new_channel()
+    await adder.group_add("mixed", channel)
+    await adder.group_add("mixed", "plain-member")
+    await sender.group_send("mixed", {"type": "hello"})
+    assert await receive(owner, channel) == {"type": "hello"}
+    assert await receive(owner, "plain-member") == {"type": "hello"}
+    await owner.group_discard("mixed", channel)
+    await sender.group_send("mixed", {"type": "after.discard"})
+    assert await receive(owner, "plain-member") == {"type": "after.discard"}
+    assert await nothing_arrives(owner, channel)
+
+
+async def test_sync_callers_in_other_threads(make_layer):
+    """async_to_sync(group_add / group_send / send) from other threads reach a receive on the main loop."""
+    from asgiref.sync import async_to_sync
+
+    layer = make_layer()
+    channel = await layer.new_channel()
+    await asyncio.to_thread(lambda: async_to_sync(layer.group_add)("sync-room", channel))
+    await asyncio.to_thread(lambda: async_to_sync(layer.group_send)("sync-room", {"type": "from.thread"}))
+    await asyncio.to_thread(lambda: async_to_sync(layer.send)(channel, {"type": "direct"}))
+    assert await receive(layer, channel) == {"type": "from.thread"}
+    assert await receive(layer, channel) == {"type": "direct"}

@@ -308,6 +308,16 @@
     root.querySelector("#cmq-durable").classList.toggle("cmq-failing", d.state === "unavailable");
   }
 
+  // The Channels layer of this process: messages dropped for full channels, the top channels and groups.
+  function renderLayerDrops(layer) {
+    const top = (counts) => Object.entries(counts || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
+      .map(([name, n]) => `${name} ${fmt.int(n)}`).join(", ");
+    setField("layer_dropped", fmt.int(layer.total || 0));
+    const groups = top(layer.groups);
+    const channels = top(layer.channels);
+    setField("layer_detail", layer.total ? `groups: ${groups || "none"}; channels: ${channels}` : "none dropped");
+  }
+
   const canvas = root.querySelector("#cmq-chart");
 
   function drawChart(series) {
@@ -395,6 +405,7 @@
   function render(snapshot) {
     last = snapshot;
     renderBroker(snapshot);
+    renderLayerDrops(snapshot.channel_layer || {});
     tables.connections.update(snapshot.connections, snapshot);
     tables.queues.update(snapshot.queues, snapshot);
     drawChart([

@@ -1,0 +1,116 @@
+"""What the CoreMQ layer adds to the specification: groups as queues, drops visible, settings.COREMQ by default."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import msgpack
+import pytest
+from django.test import AsyncClient, override_settings
+
+from coremq_broker.layers import CoreMQChannelLayer, _address, layer_drops, reset_layer_drops
+from coremq_client import AsyncMessageQueue
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def layer(layer_broker):
+    return CoreMQChannelLayer(hosts=[f"coremq://127.0.0.1:{layer_broker.port}"], prefix=f"x{os.urandom(3).hex()}",
+                              capacity=2)
+
+
+async def test_a_group_is_a_queue_any_client_can_watch(layer, layer_broker):
+    """group_send publishes once to <prefix>.group.<group>: a plain CoreMQ client subscribed there sees it."""
+    async with AsyncMessageQueue("127.0.0.1", layer_broker.port) as watcher:
+        await watcher.subscribe(f"{layer.prefix}.group.lobby")
+        await layer.group_send("lobby", {"type": "chat.message", "text": "hi", "raw": b"\x01"})
+        delivery = await watcher.receive(timeout=10)
+        assert delivery.queue == f"{layer.prefix}.group.lobby"
+        assert msgpack.unpackb(base64.b64decode(delivery.message["m"]), raw=False) == {
+            "type": "chat.message", "text": "hi", "raw": b"\x01"}
+    await layer.flush()
+
+
+async def test_drops_are_counted_per_group_and_channel(layer):
+    """A member at capacity misses group messages: each miss is counted for its channel and its group."""
+    reset_layer_drops()
+    channel = await layer.new_channel()
+    await layer.group_add("busy", channel)
+    for n in range(5):
+        await layer.group_send("busy", {"type": "n", "n": n})
+    for _ in range(100):  # the group's messages arrive on the layer's connection
+        if layer_drops()["total"] >= 3:
+            break
+        await asyncio.sleep(0.02)
+    drops = layer_drops()
+    assert drops["channels"] == {channel: 3}
+    assert drops["groups"] == {"busy": 3}
+    assert [(await layer.receive(channel))["n"] for _ in range(2)] == [0, 1]
+    await layer.flush()
+
+
+async def test_status_json_and_metrics_show_drops(layer, layer_broker):
+    """status.json's channel_layer and /metrics' coremq_layer_dropped_total carry the drop counters."""
+    reset_layer_drops()
+    channel = await layer.new_channel()
+    await layer.group_add("full-room", channel)
+    for n in range(4):
+        await layer.group_send("full-room", {"type": "n", "n": n})
+    for _ in range(100):
+        if layer_drops()["total"] >= 2:
+            break
+        await asyncio.sleep(0.02)
+    with override_settings(COREMQ={"HOST": "127.0.0.1", "PORT": layer_broker.port, "STATUS_TOKEN": "layer-test"}):
+        client, token = AsyncClient(), {"Authorization": "Bearer layer-test"}
+        status = (await client.get("/coremq/status.json", headers=token)).json()
+        metrics = (await client.get("/metrics", headers=token)).content.decode()
+    assert status["channel_layer"]["groups"] == {"full-room": 2}
+    assert status["channel_layer"]["channels"] == {channel: 2}
+    assert f'coremq_layer_dropped_total{{channel="{channel}"}} 2.0' in metrics
+    assert 'coremq_layer_group_dropped_total{group="full-room"} 2.0' in metrics
+    await layer.flush()
+
+
+async def test_without_hosts_the_broker_of_settings_coremq(layer_broker):
+    """Without hosts the layer reaches the broker that settings.COREMQ names."""
+    with override_settings(COREMQ={"HOST": "127.0.0.1", "PORT": layer_broker.port}):
+        layer = CoreMQChannelLayer(prefix=f"s{os.urandom(3).hex()}")
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "hello"})
+        assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "hello"}
+        assert layer._links[asyncio.get_running_loop()].mq.port == layer_broker.port
+        await layer.flush()
+
+
+async def test_channel_layers_setting_builds_it():
+    """CHANNEL_LAYERS with the issue's CONFIG builds the layer with those values."""
+    from channels.layers import get_channel_layer
+
+    config = {"hosts": ["coremq://127.0.0.1:6747"], "capacity": 100, "expiry": 60, "group_expiry": 86400,
+              "channel_capacity": {"http.request": 200}}
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "coremq_broker.layers.CoreMQChannelLayer",
+                                                       "CONFIG": config}}):
+        built = get_channel_layer()
+    assert isinstance(built, CoreMQChannelLayer)
+    assert (built.capacity, built.expiry, built.group_expiry) == (100, 60, 86400)
+    assert built.get_capacity("http.request") == 200 and built.get_capacity("other") == 100
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("coremq://10.0.0.1:7000", ("10.0.0.1", 7000)), ("coremq://broker", ("broker", 6747)),
+    ("127.0.0.1:7001", ("127.0.0.1", 7001)), (("h", 7002), ("h", 7002)), ({"address": "coremq://h:1"}, ("h", 1)),
+])
+async def test_host_forms(given, expected):
+    """hosts entries: coremq://host:port, host:port, (host, port) or {"address": ...}."""
+    assert _address(given) == expected
+
+
+async def test_bad_hosts():
+    """A redis:// address or several addresses are refused with ValueError."""
+    with pytest.raises(ValueError):
+        _address("redis://127.0.0.1:6379")
+    with pytest.raises(ValueError):
+        CoreMQChannelLayer(hosts=["coremq://a:1", "coremq://b:2"])
