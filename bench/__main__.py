@@ -1,7 +1,8 @@
 """``python -m bench fanout|latency|conns|all [--compare redis,mqtt,nats] [--quick]``.
 
 (``python -m bench websocket [--quick]`` is the WebSocket fan-out against Channels, Node ``ws`` and
-``websockets``: :mod:`bench.websocket`.)
+``websockets``: :mod:`bench.websocket`; ``python -m bench layer`` the Channels layer on CoreMQ
+against channels_redis: :mod:`bench.layer`.)
 
 Starts the CoreMQ broker as ``run_coremq`` serves it, finds the peers that
 answer on this machine, runs the benchmarks, prints a table with CoreMQ's
@@ -215,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .websocket import main as websocket_main
 
         return websocket_main(argv[1:])
+    if argv[:1] == ["layer"]:  # the Channels layer on CoreMQ against channels_redis
+        from .layer import main as layer_main
+
+        return layer_main(argv[1:])
     args = parse_args(argv)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_run(args))

@@ -1,0 +1,22 @@
+"""``python -m bench layer --quick`` runs both layers end to end and writes its results (no figure is judged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from servers import ROOT
+
+
+def test_bench_layer_quick(tmp_path):
+    """The layer benchmark delivers every group message on both layers and writes layer.json."""
+    done = subprocess.run([sys.executable, "-m", "bench", "layer", "--quick", "--members", "10",
+                           "--results-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "layer.json").read_text())
+    for backend in ("coremq", "redis"):
+        entry = results["layers"][backend]
+        assert entry["group_send"]["ok"] and entry["group_send"]["lost"] == 0
+        assert entry["round_trips_local"]["round_trips"] > 0 and entry["round_trips_normal"]["round_trips"] > 0
+    assert "CoreMQChannelLayer" in done.stdout and "channels_redis" in done.stdout
