@@ -45,6 +45,7 @@ from coremq_client.codec import JSONCodec
 
 from .core.access import POLICIES
 from .core.config import DEFAULT_HOST, BrokerConfig
+from .store.config import StoreConfig
 
 __all__ = [
     "SETTING",
@@ -60,6 +61,8 @@ __all__ = [
     "get_status_token",
     "get_client_credentials",
     "setting_errors",
+    "STORE_SETTINGS",
+    "get_store_config",
 ]
 
 SETTING = "COREMQ"
@@ -75,8 +78,11 @@ WEB_DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"] = 64 * 2**10
 WEB_DEFAULTS.update(DEFAULT_POLICY="open", CLIENT_TOKEN=None, CLIENT_USERNAME=None, CLIENT_PASSWORD=None)
 #: Secrets and names that are a string when set.
 _OPTIONAL_TEXT = ("STATUS_TOKEN", "CLIENT_TOKEN", "CLIENT_USERNAME", "CLIENT_PASSWORD")
-KNOWN_SETTINGS = frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
-_PORTS = frozenset({"PORT", "WEB_PORT"})
+#: The store's settings (``MEMCACHED_PORT``, ``MEMCACHED_MEMORY``, ...): StoreConfig's fields, upper-cased.
+STORE_SETTINGS: dict[str, Field] = {f.name.upper(): f for f in fields(StoreConfig)}
+KNOWN_SETTINGS = (frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
+                  | frozenset(STORE_SETTINGS))
+_PORTS = frozenset({"PORT", "WEB_PORT", "MEMCACHED_PORT"})
 #: Limits whose zero switches them off (see BrokerConfig) instead of being a mistake.
 _ZERO_MEANS_NO_LIMIT = frozenset({"MAX_PUBLISH_RATE", "MAX_CONNECTIONS_PER_ADDRESS", "MAX_QUEUES"})
 #: Text settings with a fixed set of values. The slow consumer policies are the
@@ -111,6 +117,17 @@ def get_config() -> BrokerConfig:
         options = {name.lower(): value for name, value in values.items() if name in BROKER_SETTINGS}
         _cache["config"] = BrokerConfig(codec=codec, **options)
     return _cache["config"]
+
+
+def get_store_config() -> StoreConfig:
+    """The store's configuration (``MEMCACHED_PORT``, ``MEMCACHED_MEMORY``, ...) from ``settings.COREMQ``."""
+    if "store" not in _cache:
+        values, errors = _resolve_all()
+        if errors:
+            raise errors[0]
+        _cache["store"] = StoreConfig(**{name.lower(): value for name, value in values.items()
+                                         if name in STORE_SETTINGS})
+    return _cache["store"]
 
 
 def get_web_address() -> tuple[str, int]:
@@ -183,7 +200,7 @@ def _resolve_all() -> tuple[dict[str, Any], list[SettingError]]:
 
 def _defaults() -> dict[str, Any]:
     defaults = {name: f.default for name, f in BROKER_SETTINGS.items() if f.default is not MISSING}
-    return {**defaults, **WEB_DEFAULTS}
+    return {**defaults, **WEB_DEFAULTS, **{name: f.default for name, f in STORE_SETTINGS.items()}}
 
 
 def _resolve(name: Any, value: Any) -> Any:
@@ -196,7 +213,8 @@ def _resolve(name: Any, value: Any) -> Any:
         )
     if name in CODEC_SETTINGS:
         return _codec_part(name, value)
-    default = WEB_DEFAULTS[name] if name in WEB_DEFAULTS else BROKER_SETTINGS[name].default
+    default = (WEB_DEFAULTS[name] if name in WEB_DEFAULTS else STORE_SETTINGS[name].default if name in STORE_SETTINGS
+               else BROKER_SETTINGS[name].default)
     value = _typed(name, value, default)
     if name in _OPTIONAL_TEXT and value is not None and not isinstance(value, str):
         raise SettingError(

@@ -24,7 +24,8 @@ class StoreConfig:
     memcached_memory: int = 64 * MEBIBYTE
     #: The largest item (key, value and memcached's per-item overhead), as ``memcached -I``.
     memcached_max_item_size: int = MEBIBYTE
-    #: Changes of key K are published to the queue ``<prefix>K`` when that queue exists; "" turns watching off.
+    #: Publish each change of key K to the queue ``<prefix>K`` when that queue exists (docs/store.md, Watch).
+    memcached_watch: bool = True
     memcached_watch_prefix: str = "coremq.store."
     #: Connections the memcached listener holds at most (memcached's ``-c``); more are closed at once.
     memcached_max_connections: int = 1024
