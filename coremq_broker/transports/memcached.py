@@ -24,11 +24,13 @@ import socket
 import time
 from typing import Any, Callable
 
+from ..store.config import StoreConfig
 from ..store.store import (
     EXISTS, MAX_U64, NON_NUMERIC, NOT_FOUND, NOT_STORED, STORED, TOO_LARGE, Store,
 )
+from ..store.watch import broker_watch
 
-__all__ = ["MemcachedSession", "MemcachedServer", "VERSION", "KEY_MAX_LENGTH", "LINE_MAX_LENGTH"]
+__all__ = ["MemcachedSession", "MemcachedServer", "MemcachedService", "VERSION", "KEY_MAX_LENGTH", "LINE_MAX_LENGTH"]
 
 logger = logging.getLogger("coremq.memcached")
 
@@ -761,3 +763,52 @@ class MemcachedServer:
     async def __aexit__(self, *exc_info: Any) -> None:
         self.close()
 
+
+
+class MemcachedService:
+    """The store and its memcached listener beside a broker: ``run_coremq`` attaches it when the broker starts.
+
+    :meth:`attach` binds at once (a busy port raises ``OSError`` before
+    anything is served), announces the address, serves on the broker's loop,
+    and returns the function that closes the listener. Changes of keys are
+    published to the broker's queues (:func:`coremq_broker.store.broker_watch`)
+    when ``config.memcached_watch`` is on.
+    """
+
+    _running: "MemcachedService | None" = None
+
+    def __init__(self, config: StoreConfig, *, port: int | None = None,
+                 announce: Callable[[str, str, int], None] | None = None) -> None:
+        self.config = config
+        self.port = config.memcached_port if port is None else port
+        self.announce = announce
+        self._broker: Any = None
+        watch = broker_watch(lambda: self._broker, config.memcached_watch_prefix) if config.memcached_watch else None
+        self.store = Store(config.memcached_memory, max_item_size=config.memcached_max_item_size, watch=watch)
+        self.server = MemcachedServer(self.store, max_connections=config.memcached_max_connections)
+
+    @classmethod
+    def running(cls) -> "MemcachedService | None":
+        """The service attached last in this process and not yet stopped (the status page reads it)."""
+        return cls._running
+
+    def attach(self, broker: Any) -> Callable[[], None]:
+        host, port = self.server.bind(broker.host, self.port)
+        self._broker = broker
+        self.server.start_on(broker.loop)
+        MemcachedService._running = self
+        if self.announce is not None:
+            self.announce("memcached", host, port)
+        return self.stop
+
+    def stop(self) -> None:
+        self.server.close()
+        self._broker = None
+        if MemcachedService._running is self:
+            MemcachedService._running = None
+
+    def figures(self) -> dict[str, Any]:
+        """Items, bytes, hits, misses, evictions and connections, for the status page and ``/metrics``."""
+        return {**self.store.figures(), "connections": len(self.server.connections),
+                "connections_total": self.server.total_connections,
+                "address": f"{self.server.host}:{self.server.port}"}

@@ -21,6 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("--web-host", help="web address (default: COREMQ['WEB_HOST'])")
         parser.add_argument("--web-port", type=int, help="web port, 0 for any (default: COREMQ['WEB_PORT'])")
         parser.add_argument("--no-web", action="store_true", help="run the broker only, without daphne")
+        parser.add_argument("--memcached-port", type=int,
+                            help="the store's memcached port on the broker's host, 0 for any "
+                                 "(default: COREMQ['MEMCACHED_PORT'], 11211)")
+        parser.add_argument("--no-memcached", action="store_true", help="do not serve the store (memcached protocol)")
         parser.add_argument("--tls-cert", help="serve TCP clients over TLS with this PEM certificate "
                                                "(default: COREMQ['TLS_CERT'])")
         parser.add_argument("--tls-key", help="the certificate's PEM key, if not in its file (default: COREMQ['TLS_KEY'])")
@@ -31,7 +35,7 @@ class Command(BaseCommand):
         from coremq_broker.queue_settings import QueueSettingsWatcher
         from coremq_broker.server import WebServer, run
 
-        for name in ("port", "web_port"):
+        for name in ("port", "web_port", "memcached_port"):
             if options[name] is not None and not 0 <= options[name] <= 65535:
                 raise CommandError(f"--{name.replace('_', '-')} must be from 0 to 65535")
         config = conf.get_config()
@@ -60,15 +64,28 @@ class Command(BaseCommand):
         _check_durable_path(config, queue_settings.resolver)
         self.tls = bool(config.tls_cert)
         try:
-            run(config, web=web, announce=self.announce, on_start=_attach_all(queue_settings, access),
+            run(config, web=web, announce=self.announce, on_start=_attach_all(queue_settings, access,
+                                                                              *self._store(options)),
                 broker_options={"queue_settings": queue_settings.resolver, "access": access.snapshot,
                                 "authenticator": authenticate})
         except OSError as exc:
             raise CommandError(f"cannot serve: {exc}") from exc
 
+    def _store(self, options: dict[str, Any]) -> list[Any]:
+        """The store served over the memcached protocol beside the broker (docs/store.md), unless --no-memcached."""
+        if options["no_memcached"]:
+            return []
+        from coremq_broker.transports.memcached import MemcachedService
+
+        store_config = conf.get_store_config()
+        return [MemcachedService(store_config, port=_given(options["memcached_port"], store_config.memcached_port),
+                                 announce=self.announce)]
+
     def announce(self, service: str, host: str, port: int) -> None:
         """Print a bound address on stdout (scripts and tests wait for these lines)."""
-        if service == "web":
+        if service == "memcached":
+            self.stdout.write(f"CoreMQ store (memcached protocol) listening on {host}:{port}")
+        elif service == "web":
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             self.stdout.write(f"CoreMQ web app on {url}")
         else:
