@@ -104,6 +104,7 @@ class RedisEngine:
         self._pending: list[_Pending] = []
         self._flushing = False
         self._batches = itertools.count(1)
+        self._origin_prefix = self.name.encode() + b" "
         self.published = 0
         self.refused = 0
 
@@ -137,14 +138,23 @@ class RedisEngine:
 
     # -- publishing ------------------------------------------------------------------
 
+    def next_origin(self) -> bytes:
+        """A new batch tag ``<node> <n>``: deliveries and history entries of the batch carry it."""
+        return b"%s %d" % (self.name.encode(), next(self._batches))
+
+    def is_mine(self, origin: bytes) -> bool:
+        """Whether ``origin`` tags a batch this node published."""
+        return origin.startswith(self._origin_prefix)
+
     async def publish(self, queue: str, bodies: Sequence[bytes], stamps: bytes, *, history_length: int,
-                      to_connection: str | None = None) -> Numbered:
+                      to_connection: str | None = None, origin: bytes | None = None) -> Numbered:
         """Number ``bodies`` (one batch to ``queue``), keep the last ``history_length`` of the queue, deliver.
 
         Batches are sent in the order of the calls, pipelined, so a queue's
         ids follow the calls' order. ``to_connection``: the batch is for that
         connection (``queue`` is its id or a sub-address of it) on whichever
         node holds it; if none does, nothing is kept and it raises LookupError.
+        ``origin`` tags the batch (:meth:`next_origin` by default).
         Raises :class:`ClusterUnavailable` if Redis did not answer (nothing may
         be taken as published).
         """
@@ -152,7 +162,7 @@ class RedisEngine:
             raise ValueError("a batch needs at least one message")
         direct = to_connection is not None
         channel = self.keys.connection_channel(to_connection) if direct else self.keys.queue_channel(queue)
-        origin = b"%s %d" % (self.name.encode(), next(self._batches))
+        origin = self.next_origin() if origin is None else origin
         args = [history_length, self._ttl_ms, channel, queue, 1 if direct else 0, origin, stamps, *bodies]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending([self.keys.meta(queue), self.keys.history(queue)], args, future))
@@ -262,7 +272,12 @@ class RedisEngine:
     def forget(self, connection_id: str) -> None:
         self.subscriber.forget(connection_id)
 
+    def listening(self, queue: str) -> bool:
+        """Whether this node listens to ``queue``'s channel (it has local subscribers)."""
+        return self.subscriber.listening(self.keys.queue_channel(queue))
+
     async def sync(self) -> None:
+        """Return once Redis applied every (un)subscribe so far, and every delivery it sent before was read."""
         await self.subscriber.sync()
 
     # -- nodes -----------------------------------------------------------------------

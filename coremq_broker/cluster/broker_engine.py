@@ -1,0 +1,192 @@
+"""The cluster library behind the broker's engine seam (coremq_broker/core/engine.py).
+
+:class:`ClusterEngine` implements the ``Engine`` protocol on a
+:class:`~coremq_broker.cluster.engine.RedisEngine`: every batch is numbered
+in Redis; ``node.numbered`` or ``node.refused`` is called exactly once per
+batch; batches of other nodes come through ``node.delivered_elsewhere``.
+
+Order on this node. A queue with local subscribers is delivered here in the
+order of its Redis channel, this node's own batches included: a batch is
+numbered here when its delivery comes back through the channel (its origin
+tag says it is ours), not when the script's answer comes, so a subscriber
+never sees id 6 (ours, answered early) before id 5 (another node's, still on
+the way). When the answer comes first, a PING through the pub/sub connection
+tells whether the delivery is still on its way (Redis answers the PING after
+every delivery it sent before); if it is not (the node started listening
+after the script ran), the batch is numbered at once. A queue without local
+subscribers is numbered as soon as Redis answers.
+
+Not yet in the protocol (docs/cluster.md, "What remains"): the broker must
+call :meth:`subscriber_added` / :meth:`subscriber_removed` and
+:meth:`connection_opened` / :meth:`connection_closed`; :meth:`history` is the
+part of a queue's history this node saw (a complete read, on any node, is the
+asynchronous :meth:`RedisEngine.history`); resets and missing ids are kept in
+the local history and counted, not yet told to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from coremq_client.codec import split_address
+
+from ..core.engine import Batch, Node
+from ..core.limits import keep_run, recount
+from .engine import RedisEngine
+from .errors import ClusterUnavailable
+from .settings import ClusterSettings
+from .subscriber import Delivery
+
+if TYPE_CHECKING:
+    from ..core.limits import Bounds
+    from ..core.registry import Queue, Registry
+
+__all__ = ["ClusterEngine"]
+
+logger = logging.getLogger("coremq.cluster")
+
+
+class ClusterEngine:
+    """Several nodes, one numbering: ids, history and fan-out through Redis (see the module docstring)."""
+
+    name = "redis"
+
+    def __init__(self, cluster: ClusterSettings, *, address: str = "",
+                 figures: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.redis = RedisEngine(cluster, address=address, on_delivery=self._delivered, figures=figures)
+        self._node: Node | None = None
+        self._registry: "Registry | None" = None
+        self._bounds: "Bounds | None" = None
+        self._pending: dict[bytes, Batch] = {}  # origin -> a batch of ours not numbered yet
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.resets = 0
+
+    def bind(self, node: Node, registry: "Registry", bounds: "Bounds") -> None:
+        self._node, self._registry, self._bounds = node, registry, bounds
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Connect to Redis; raise ClusterUnavailable if it does not answer."""
+        await self.redis.start()
+
+    async def close(self) -> None:
+        """Let the batches sent get their answer (or error), then leave the cluster."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.redis.settings.command_timeout)
+        await self.redis.close()
+
+    # -- what this node listens to (to be called by the broker) ---------------------------
+
+    def subscriber_added(self, queue: str) -> None:
+        self.redis.subscribe(queue)
+
+    def subscriber_removed(self, queue: str) -> None:
+        self.redis.unsubscribe(queue)
+
+    def connection_opened(self, connection_id: str) -> None:
+        self.redis.listen(connection_id)
+
+    def connection_closed(self, connection_id: str) -> None:
+        self.redis.forget(connection_id)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, batch: Batch) -> None:
+        origin = self.redis.next_origin()
+        self._pending[origin] = batch
+        task = asyncio.ensure_future(self._publish(batch, origin))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, batch: Batch, origin: bytes) -> None:
+        queue = batch.queue
+        to_connection = split_address(queue.name)[0] if queue.owner is not None else None
+        try:
+            numbered = await self.redis.publish(queue.name, batch.bodies, batch.stamps, origin=origin,
+                                                history_length=queue.settings.history_length,
+                                                to_connection=to_connection)
+        except (ClusterUnavailable, LookupError) as exc:
+            if self._pending.pop(origin, None) is not None:
+                self._node.refused(batch, str(exc).strip("'\""))  # type: ignore[union-attr]
+            return
+        if origin not in self._pending:
+            return  # its delivery came back first and numbered it
+        if numbered.receivers and self._listens_to(queue.name, to_connection):
+            try:
+                await self.redis.subscriber.sync()  # every delivery Redis sent before is read now
+            except ClusterUnavailable:
+                pass  # not listening now: number it here (the catch-up will know it as ours)
+        batch = self._pending.pop(origin, None)  # type: ignore[assignment]
+        if batch is not None:
+            self._number(batch, numbered.first_id)
+
+    def _listens_to(self, queue: str, to_connection: str | None) -> bool:
+        if to_connection is not None:
+            return self.redis.subscriber.listening(self.redis.keys.connection_channel(to_connection))
+        return self.redis.listening(queue)
+
+    def _number(self, batch: Batch, first_id: int) -> None:
+        queue = batch.queue
+        queue.last_id = max(queue.last_id, first_id + len(batch.bodies) - 1)
+        keep_run(self._bounds, self._registry, queue, first_id, batch.bodies, batch.stamps)  # type: ignore[arg-type]
+        self._node.numbered(batch, first_id)  # type: ignore[union-attr]
+
+    # -- deliveries through Redis --------------------------------------------------------------
+
+    def _delivered(self, delivery: Delivery) -> None:
+        """A batch from the channel, in id order: ours is numbered here now; another node's delivered here."""
+        if delivery.missing is not None or delivery.reset:
+            self._note_hole(delivery)
+        if not delivery.bodies:
+            return
+        origin = delivery.origin
+        batch = self._pending.pop(origin, None) if origin else None
+        if batch is not None:
+            # Whole, or cut to what was not delivered yet, or one entry read back from history.
+            first_id = (delivery.first_id if len(delivery.bodies) in (1, len(batch.bodies))
+                        else delivery.last_id - len(batch.bodies) + 1)
+            self._number(batch, first_id)
+            return
+        if origin and self.redis.is_mine(origin):
+            return  # numbered here already (a batch read back from history after a reconnect)
+        queue = self._registry.queues.get(delivery.queue)  # type: ignore[union-attr]
+        if queue is not None:
+            queue.last_id = max(queue.last_id, delivery.last_id)
+            keep_run(self._bounds, self._registry, queue, delivery.first_id, delivery.bodies,  # type: ignore[arg-type]
+                     delivery.stamps)
+        self._node.delivered_elsewhere(delivery.queue, delivery.first_id, delivery.bodies,  # type: ignore[union-attr]
+                                       delivery.stamps)
+
+    def _note_hole(self, delivery: Delivery) -> None:
+        queue = self._registry.queues.get(delivery.queue)  # type: ignore[union-attr]
+        if delivery.reset:
+            self.resets += 1
+            logger.warning("cluster: queue %r was lost by Redis: its numbering restarted", delivery.queue)
+            if queue is not None:
+                queue.history.clear()
+                recount(self._bounds, queue)  # type: ignore[arg-type]
+                queue.last_id = delivery.first_id - 1
+        if delivery.missing is not None:
+            logger.warning("cluster: queue %r: ids %d to %d left history before this node read them",
+                           delivery.queue, *delivery.missing)
+
+    # -- history -----------------------------------------------------------------------------
+
+    def history(self, queue: "Queue") -> Iterable[tuple[int, bytes, bytes]]:
+        """What this node kept of ``queue``: its own batches and what it received while listening."""
+        return queue.history
+
+    def purge(self, queue: "Queue") -> None:
+        queue.history.clear()
+        task = asyncio.ensure_future(self.redis.purge(queue.name))
+        self._tasks.add(task)
+        task.add_done_callback(self._purged)
+
+    def _purged(self, task: "asyncio.Task[None]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("cluster: history not purged in Redis: %s", task.exception())
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.redis.describe(), "resets": self.resets, "waiting": len(self._pending)}
