@@ -2,7 +2,9 @@
 
 Run by the benchmark as ``python -m daphne -p PORT bench.channels_peer:application``:
 a minimal Django configuration of its own (no project, no database), with
-``CHANNEL_LAYERS`` on ``channels_redis`` at ``127.0.0.1:6379``. It speaks the
+``CHANNEL_LAYERS`` on ``channels_redis`` at ``127.0.0.1:6379``, or, with
+``BENCH_CHANNEL_LAYER=coremq``, on CoreMQ's layer at ``BENCH_COREMQ_URL`` (the
+same consumer; only the setting changes). It speaks the
 same browser protocol as ``/ws/coremq/`` as far as the benchmark uses it:
 ``?queues=q`` joins group ``q`` and answers ``subscribed``; a ``publish``
 frame is encoded once and handed to ``group_send``, each member sends it on
@@ -36,6 +38,10 @@ if not settings.configured:
                     "capacity": 5000,
                     "prefix": "bench-ws",
                 },
+            } if os.environ.get("BENCH_CHANNEL_LAYER", "redis") == "redis" else {
+                "BACKEND": "coremq_broker.layers.CoreMQChannelLayer",
+                "CONFIG": {"hosts": [os.environ.get("BENCH_COREMQ_URL", "coremq://127.0.0.1:6747")],
+                           "capacity": 5000, "prefix": "bench-ws"},
             },
         },
         LOGGING_CONFIG=None,

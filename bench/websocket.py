@@ -11,6 +11,10 @@ One publisher and N subscribers, all speaking the browser protocol of
 - **Channels**: ``daphne bench.channels_peer:application``, a plain consumer
   that fans out with ``group_send`` over ``channels_redis`` on this machine's
   Redis (127.0.0.1:6379);
+- **Channels consumer + CoreMQ layer**: the same ``bench.channels_peer``
+  consumer under daphne, its ``CHANNEL_LAYERS`` switched to
+  ``coremq_broker.layers.CoreMQChannelLayer`` on a ``run_coremq --no-web``
+  broker started for it (both processes' CPU counted);
 - **Node ws**: ``node bench/node/broadcast.js``, a bare broadcast server on the
   ``ws`` npm package (no history, no auth): the leanest fan-out a user could
   pick instead. ``npm ci`` installs ``ws`` into ``bench/node/node_modules`` on
@@ -70,7 +74,7 @@ __all__ = ["main", "Settings"]
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 NODE_PEER = Path(__file__).resolve().parent / "node"
-PEERS = ("channels", "node", "websockets")
+PEERS = ("channels", "channels-coremq", "node", "websockets")
 CHANNELS_BUDGET = 20_000
 PATH = "/ws/coremq/"
 HOST = "127.0.0.1"
@@ -477,6 +481,23 @@ def start_channels(workdir: Path) -> Server:
     return server
 
 
+def start_channels_coremq(workdir: Path) -> Server:
+    """The same Channels consumer on CoreMQ's channel layer: daphne and a ``run_coremq --no-web`` broker."""
+    from .coremq_process import CoreMQProcess
+
+    broker = CoreMQProcess("command", log_path=workdir / f"channels-coremq-broker-{next(_STARTS)}.log").start()
+    log = workdir / f"channels-coremq-{next(_STARTS)}.log"
+    port = _free_port()
+    process = _spawn([sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port), "bench.channels_peer:application"],
+                     log, {"BENCH_CHANNEL_LAYER": "coremq", "BENCH_COREMQ_URL": f"coremq://{HOST}:{broker.port}"})
+    _wait_for(lambda: _accepts(port), "daphne (Channels peer, CoreMQ layer)", process, log)
+    assert broker.process is not None
+    server = Server("channels-coremq", "Channels consumer + CoreMQ layer", port, [process.pid, broker.pid],
+                    [process, broker.process])
+    server.max_budget = CHANNELS_BUDGET  # the same window as channels_redis', for the same consumer
+    return server
+
+
 def node_packages() -> Path:
     """``bench/node/node_modules``, installed from ``package-lock.json`` by ``npm ci`` if ``ws`` is missing."""
     modules = NODE_PEER / "node_modules"
@@ -534,7 +555,8 @@ def starters(settings: Settings, workdir: Path) -> dict[str, Any]:
         found["coremq"] = lambda: start_coremq("in-process", workdir)
     if settings.coremq in ("remote", "both"):
         found["coremq-remote"] = lambda: start_coremq("remote", workdir)
-    peers = {"channels": start_channels, "node": start_node, "websockets": start_websockets}
+    peers = {"channels": start_channels, "channels-coremq": start_channels_coremq, "node": start_node,
+             "websockets": start_websockets}
     for name in settings.peers:
         found[name] = lambda start=peers[name]: start(workdir)
     return found
@@ -612,6 +634,7 @@ async def run_all(settings: Settings, log: Any) -> dict[str, Any]:
     results["quiet"] = {"waited_s": round(quiet.waited, 1), "repeated_s": round(quiet.repeated, 1)}
     results["comparison"] = compare(results)
     results["target"] = check_target(results)
+    results["layer_target"] = check_layer_target(results)
     if profiles:
         results["profiles"] = profiles
     return results
@@ -655,6 +678,21 @@ def check_target(results: dict[str, Any]) -> dict[str, Any] | None:
             "met": throughput_x >= 1.0 and ratio["p99_ratio"] <= 1.0}
 
 
+def check_layer_target(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Issue 18: the Channels consumer on CoreMQ's layer >= 3x channels_redis' deliveries/s at 1,000 subscribers,
+    and a lower p99 at 100."""
+    servers = results["servers"]
+    ours, theirs = servers.get("channels-coremq"), servers.get("channels")
+    if ours is None or theirs is None:
+        return None
+    ratios = {str(a["subscribers"]): round(a["deliveries_per_s"] / b["deliveries_per_s"], 2)
+              for a, b in zip(ours["throughput"], theirs["throughput"]) if b["deliveries_per_s"]}
+    p99, their_p99 = ours["latency"]["latency_ms"]["p99"], theirs["latency"]["latency_ms"]["p99"]
+    judged = "1000" in ratios and results["settings"]["latency_subscribers"] == 100
+    return {"throughput_x": ratios, "p99_ms": p99, "peer_p99_ms": their_p99,
+            "met": (ratios["1000"] >= 3.0 and p99 < their_p99) if judged else None}
+
+
 def render(results: dict[str, Any]) -> str:
     lines = ["CPU: cores used during the run by the server (with Redis for Channels), the load generator, "
              "everything else;",
@@ -690,6 +728,13 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"issue 12 target (CoreMQ >= 1x Node ws at N=1000, p99 no higher): "
                      f"{'MET' if target['met'] else 'NOT MET'} (x{target['throughput_x_at_1000']} deliveries/s, "
                      f"p99 x{target['p99_ratio']})")
+    layer = results.get("layer_target")
+    if layer is not None:
+        xs = ", ".join(f"N={n}: x{x}" for n, x in layer["throughput_x"].items())
+        verdict = "not judged (needs N=1000 and latency at 100)" if layer["met"] is None else (
+            "MET" if layer["met"] else "NOT MET")
+        lines.append(f"issue 18 target (Channels consumer + CoreMQ layer >= 3x channels_redis at N=1000, lower p99 "
+                     f"at 100): {verdict} (deliveries/s {xs}; p99 {layer['p99_ms']} ms vs {layer['peer_p99_ms']} ms)")
     for what, profile in results.get("profiles", {}).items():
         lines += ["", f"py-spy, {what}:", profile]
     return "\n".join(lines)
