@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 from memcached_peers import MEMCACHED, RealMemcached, StoreServerThread  # noqa: E402
 
