@@ -48,7 +48,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, defaults: bool) -> 
         return value if defaults else argparse.SUPPRESS
 
     parser.add_argument("--host", default=default("127.0.0.1"), help="broker host (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=default(DEFAULT_PORT), help=f"broker port (default: {DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, default=default(DEFAULT_PORT),
+                        help=f"broker port (default: {DEFAULT_PORT})")
     parser.add_argument("--timeout", type=float, default=default(5.0),
                         help="seconds to wait for a reply (default: 5.0)")
     login = parser.add_argument_group("logging in")
