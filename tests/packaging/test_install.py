@@ -80,7 +80,7 @@ def test_wheel_holds_both_packages_with_templates_static_files_and_migrations(wh
 
 
 def test_new_project_publishes_from_a_view_to_a_browser(venv: Path, tmp_path: Path, chromium) -> None:
-    """startproject + the README's settings, asgi.py and view; run_coremq serves it; a view's message reaches Chromium."""
+    """startproject, the README's settings, asgi.py and view; under run_coremq a view's message reaches Chromium."""
     python, bin_dir = venv / "bin" / "python", venv / "bin"
     installed = json.loads(run([python, "-m", "pip", "list", "--format", "json"], cwd=tmp_path).stdout)
     assert not {package["name"].lower() for package in installed} & TEST_PACKAGES

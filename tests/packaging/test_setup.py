@@ -41,7 +41,7 @@ def declared() -> tuple[dict[str, Requirement], dict[str, dict[str, Requirement]
 
 
 def test_requirements_files_and_pyproject_agree() -> None:
-    """Each pin of requirements*.txt is in pyproject.toml with the same versions, and back; no test package at run time."""
+    """Each pin of requirements*.txt is in pyproject.toml with the same versions, and back; none is a test package."""
     runtime, dev = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-dev.txt")
     dependencies, extras = declared()
     everywhere = {**dependencies, **{name: r for extra in extras.values() for name, r in extra.items()}}
