@@ -2,7 +2,8 @@
 
 (``python -m bench websocket [--quick]`` is the WebSocket fan-out against Channels, Node ``ws`` and
 ``websockets``: :mod:`bench.websocket`; ``python -m bench layer`` the Channels layer on CoreMQ
-against channels_redis: :mod:`bench.layer`.)
+against channels_redis: :mod:`bench.layer`; ``python -m bench store [--compare memcached]`` the store's
+memcached protocol against memcached: :mod:`bench.store`.)
 
 Starts the CoreMQ broker as ``run_coremq`` serves it, finds the peers that
 answer on this machine, runs the benchmarks, prints a table with CoreMQ's
@@ -220,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .layer import main as layer_main
 
         return layer_main(argv[1:])
+    if argv[:1] == ["store"]:  # the store's memcached protocol against memcached
+        from .store import main as store_main
+
+        return store_main(argv[1:])
     args = parse_args(argv)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_run(args))
