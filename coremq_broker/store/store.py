@@ -194,6 +194,12 @@ class Store:
             return self._put(key, value, flags, expires, now, "set")
         return self._put(key, value, flags, self.expiry(exptime, now), now, "set")
 
+    def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> StoreResult:
+        """``store("set", ...)`` for a value known to fit: the fast path of the commonest command."""
+        self.stats["cmd_set"] += 1
+        now = self.clock()
+        return self._put(key, value, flags, self.expiry(exptime, now) if exptime else 0.0, now, "set")
+
     def refuse_too_large(self, mode: Mode, key: bytes) -> None:
         """Count a value over ``max_item_size``; a refused ``set`` deletes the key, as memcached does."""
         self.stats["store_too_large"] += 1

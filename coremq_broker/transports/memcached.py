@@ -20,6 +20,7 @@ import base64
 import binascii
 import logging
 import os
+import re
 import socket
 import time
 from typing import Any, Callable
@@ -105,6 +106,12 @@ def _uint64(token: bytes) -> int | None:
     return None if value is None or value < 0 else value
 
 
+#: Commands in their plainest form (printable key, small numbers, CRLF), parsed in one step; all else
+#: takes the general path, which answers them the same.
+_PLAIN_SET = re.compile(rb"set ([!-~]{1,250}) (\d{1,9}) (\d{1,9}) (\d{1,7})( noreply)?\r\n").match
+_PLAIN_GET = re.compile(rb"get ([!-~]{1,250})\r\n").match
+
+
 def _tokens(line: bytes) -> list[bytes]:
     return [token for token in line.split(_SPACE) if token] if b"  " in line or line[:1] == _SPACE \
         else line.split(_SPACE) if line else []
@@ -161,6 +168,28 @@ class MemcachedSession:
                 complete(buffer[position:position + need], length, *arguments, out)
                 position += need
                 continue
+            if buffer[position] == 0x73:  # the common shapes first: "set <key> <n> <n> <n>[ noreply]\r\n<data>\r\n"
+                match = _PLAIN_SET(buffer, position)
+                if match is not None:
+                    key, flags, exptime, length, noreply = match.groups()
+                    start = match.end()
+                    stop = start + int(length)
+                    if stop + 2 <= size and buffer[stop:stop + 2] == b"\r\n" and self.store.fits(key, stop - start):
+                        result = self.store.set(key, buffer[start:stop], int(flags), int(exptime))
+                        if noreply is None:
+                            out.append(_STORE_REPLIES[result])
+                        position = stop + 2
+                        continue
+            elif buffer[position] == 0x67:  # "get <key>\r\n"
+                match = _PLAIN_GET(buffer, position)
+                if match is not None:
+                    key = match.group(1)
+                    item = self.store.get(key)
+                    out.append(b"END\r\n" if item is None else b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (
+                        key, item.flags, len(item.value), item.value))
+                    self._written = len(out)
+                    position = match.end()
+                    continue
             end = buffer.find(b"\n", position)
             if end < 0:
                 if size - position > LINE_MAX_LENGTH and not self._long_line_allowed(buffer, position, size):
