@@ -53,6 +53,7 @@ from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerE
 from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
 from ._state import ClientState
 from .resume import RESUME_PAGE, Item, Resumer
+from .transports import Stream, open_stream
 
 __all__ = ["MessageQueue"]
 
@@ -68,7 +69,7 @@ class _NotSent(ConnectionClosed):
 class _Connection:
     """One socket with its protocol state, its pending replies and events read with the welcome."""
 
-    def __init__(self, sock: socket.socket, protocol: ClientProtocol, welcome: Welcome, backlog: list[Any]) -> None:
+    def __init__(self, sock: Stream, protocol: ClientProtocol, welcome: Welcome, backlog: list[Any]) -> None:
         self.sock = sock
         self.protocol = protocol
         self.welcome = welcome
@@ -292,13 +293,10 @@ class MessageQueue(ClientState):
         """
         limit = remaining(deadline) if deadline is not None else self.connect_timeout
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=limit)
+            sock = open_stream(self.host, self.port, timeout=limit, tls=self.ssl)
         except OSError as exc:
             raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ssl is not None:
-                sock = self.ssl.wrap_socket(sock, server_hostname=self.host)
             protocol = ClientProtocol(codec=self.codec, max_frame_size=self.max_frame_size)
             welcome, backlog = self._read_welcome(sock, protocol, deadline)
             self._resumer.connected(welcome.connection_id)
@@ -322,7 +320,7 @@ class MessageQueue(ClientState):
         self._user = user
         return conn, futures
 
-    def _log_in(self, sock: socket.socket, protocol: ClientProtocol, credentials: dict[str, str],
+    def _log_in(self, sock: Stream, protocol: ClientProtocol, credentials: dict[str, str],
                 backlog: list[Any], deadline: float | None) -> str | None:
         """Send ``coremq_auth`` and wait for its answer; what else arrives meanwhile joins ``backlog``."""
         number, data = protocol.authenticate(credentials)
@@ -357,7 +355,7 @@ class MessageQueue(ClientState):
         return number, data
 
     def _read_welcome(
-        self, sock: socket.socket, protocol: ClientProtocol, deadline: float | None
+        self, sock: Stream, protocol: ClientProtocol, deadline: float | None
     ) -> tuple[Welcome, list[Any]]:
         while True:
             sock.settimeout(remaining(deadline) if deadline is not None else self.connect_timeout)

@@ -485,3 +485,47 @@ def test_frame_limit_announced_by_the_broker_is_kept_before_sending():
             assert client.errors == []
     finally:
         small.stop()
+
+
+def test_tls_connections_shared_by_many_threads_stay_intact(broker_config, tmp_path):
+    """Over TLS, threads publishing on a connection whose reader takes deliveries never break it.
+
+    Each round opens fresh connections and publishes from four threads at
+    once right away, while the TLS 1.3 session tickets are still being read:
+    one SSL object used by two threads at once loses the connection.
+    """
+    from selfsigned import tls_contexts
+
+    server_tls, client_tls = tls_contexts(tmp_path)
+    tls_broker = BrokerThread(broker_config, ssl=server_tls)
+    errors: list[CoreMQError] = []
+    try:
+        for round_number in range(30):
+            queue = f"stress{round_number}"
+            with MessageQueue("127.0.0.1", tls_broker.port, ssl=client_tls, queues=[queue], reconnect=False,
+                              options={"echo": True}, on_error=errors.append) as client, \
+                    MessageQueue("127.0.0.1", tls_broker.port, ssl=client_tls, queues=[queue], reconnect=False,
+                                 options={"echo": True}, on_error=errors.append) as other:
+                failures: list[BaseException] = []
+
+                def publish(mq: MessageQueue, thread: int) -> None:
+                    try:
+                        for n in range(25):
+                            mq.publish(queue, {"thread": thread, "n": n, "pad": "x" * (n * 97 % 3000)})
+                    except BaseException as exc:  # reported below, not lost in the thread
+                        failures.append(exc)
+
+                threads = [threading.Thread(target=publish, args=(mq, t))
+                           for t, mq in enumerate([client, other] * 3)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(30)
+                assert failures == []
+                for mq in (client, other):
+                    ids = [mq.receive(timeout=10).id for _ in range(150)]
+                    assert ids == list(range(1, 151))
+                    assert mq.connected
+        assert errors == []
+    finally:
+        tls_broker.stop()
