@@ -12,12 +12,25 @@
   mq.on("state", (state) => {
     $("connection").dataset.state = state;
     $("state").textContent = state;
-    if (state !== "open") $("connection-id").textContent = "";
+    if (state !== "open") $("connection-id").replaceChildren();
   });
   mq.on("open", (welcome) => {
-    $("connection-id").textContent = welcome.connection_id;
+    showConnectionId(welcome.connection_id);
     log(`connected as ${shortId(welcome.connection_id)}`);
   });
+
+  // "<bridge id>/<n>": the tabs of one web process share the bridge id, so the header elides
+  // that part when space is short and always shows the /<n> that tells this tab apart.
+  function showConnectionId(id) {
+    const slash = id.indexOf("/");
+    const head = document.createElement("span");
+    head.className = "id-head";
+    head.textContent = slash < 0 ? id : id.slice(0, slash);
+    const tail = document.createElement("span");
+    tail.className = "id-tail";
+    tail.textContent = slash < 0 ? "" : id.slice(slash);
+    $("connection-id").replaceChildren(head, tail);
+  }
   mq.on("reconnecting", ({ attempt, delay }) => log(`reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`));
   mq.on("reset", () => log("the broker restarted: catching up from its history"));
   mq.on("gap", ({ queue, from, to }) => log(`messages ${from}–${to} of ${queue} were lost`, "warn"));
