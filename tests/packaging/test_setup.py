@@ -41,7 +41,7 @@ def declared() -> tuple[dict[str, Requirement], dict[str, dict[str, Requirement]
 
 
 def test_requirements_files_and_pyproject_agree() -> None:
-    """Each pin of requirements*.txt is in pyproject.toml with the same versions, and back; none is a test package."""
+    """Each pin in requirements*.txt is in pyproject.toml with the same versions, and back; no test tool at run time."""
     runtime, dev = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-dev.txt")
     dependencies, extras = declared()
     everywhere = {**dependencies, **{name: r for extra in extras.values() for name, r in extra.items()}}
@@ -79,6 +79,8 @@ def test_make_run_installs_the_runtime_only_and_says_what_it_does(tmp_path: Path
     venv = tmp_path / "venv"
     env = clean_env(COREMQ_DATABASE=str(tmp_path / "db.sqlite3"),
                     COREMQ_DURABLE_PATH=str(tmp_path / "history.sqlite3"))
+    for inherited in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):  # under `make test`, the outer make's variables
+        env.pop(inherited, None)
     make = subprocess.Popen(
         ["make", "run", f"VENV={venv}", "ARGS=--port 0 --web-port 0"], cwd=copy, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
