@@ -170,3 +170,28 @@ async def test_unreachable_redis_at_start_raises(redis_server: RedisServer) -> N
     with pytest.raises(ClusterUnavailable, match=f"cluster unavailable: Redis at redis://127.0.0.1:{port}/0"):
         await engine.start()
     await engine.close()
+
+
+async def test_script_reloaded_after_script_flush(redis_server: RedisServer, nodes: tuple[Node, Node]) -> None:
+    """A Redis that forgot the script (SCRIPT FLUSH, a restart) gets it again; the batches go through once."""
+    a, _ = nodes
+    await a.engine.publish("s", [body(1)], STAMPS, history_length=5)
+    redis_server.client().script_flush()
+    numbered = await asyncio.gather(*(a.engine.publish("s", [body(i)], STAMPS, history_length=5) for i in range(3)))
+    assert sorted(n.first_id for n in numbered) == [2, 3, 4]
+    assert (await a.engine.history("s")).last == 4
+
+
+async def test_idle_queue_expires_into_a_new_epoch(redis_server: RedisServer) -> None:
+    """A queue not published to for queue_ttl loses its keys; its next publish starts a new epoch at id 1."""
+    node = Node(redis_server, "a", queue_ttl=0.2)
+    await node.engine.start()
+    try:
+        first = await node.engine.publish("idle", [body(1), body(2)], STAMPS, history_length=5)
+        client = redis_server.client()
+        while client.exists("test:q:idle:m", "test:q:idle:h"):
+            await asyncio.sleep(0.05)
+        again = await node.engine.publish("idle", [body(3)], STAMPS, history_length=5)
+        assert again.first_id == 1 and again.epoch != first.epoch
+    finally:
+        await node.engine.close()
