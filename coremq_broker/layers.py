@@ -145,8 +145,8 @@ class _Link:
     def claim(self, queue: str, ticket: int) -> asyncio.Future[dict | None]:
         future: asyncio.Future[dict | None] = self.loop.create_future()
         seen = self.seen[queue]
-        for old in [i for i in seen if i < ticket and i not in self.tickets[queue]]:
-            del seen[old]  # ids below our newest ticket that we do not wait for are someone else's
+        while seen and next(iter(seen)) < ticket:  # ids below our newest ticket are other receivers'
+            del seen[next(iter(seen))]
         if ticket in seen:
             future.set_result(seen.pop(ticket))
         else:
@@ -302,10 +302,19 @@ class CoreMQChannelLayer(BaseChannelLayer):
 
     async def _message(self, link: _Link, body: dict) -> dict | None:
         """The message of a body, or None when it expired or its parts are lost."""
-        if time.time() - float(body.get("t", 0)) > self.expiry:
+        sent = body.get("t")
+        if not isinstance(sent, (int, float)) or time.time() - sent > self.expiry:
             return None
         if "m" in body:
-            return _unpack(binascii.a2b_base64(body["m"]))
+            try:
+                message = _unpack(binascii.a2b_base64(body["m"]))
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                logger.warning("channel layer: a message that cannot be decoded was skipped: %s", exc)
+                return None
+            return message if isinstance(message, dict) else None
+        if not isinstance(body.get("p"), list) or not isinstance(body.get("pq"), str):
+            logger.warning("channel layer: a message that no channel layer sent was skipped: %.200r", body)
+            return None
         chunks = []
         for part_id in body["p"]:
             reply = await link.mq.history(body["pq"], since={body["pq"]: part_id - 1}, limit=1)

@@ -114,3 +114,22 @@ async def test_bad_hosts():
         _address("redis://127.0.0.1:6379")
     with pytest.raises(ValueError):
         CoreMQChannelLayer(hosts=["coremq://a:1", "coremq://b:2"])
+
+
+async def test_foreign_messages_on_layer_queues_are_skipped(layer_broker):
+    """Frames another client publishes to a channel's or group's queue are skipped; the layer goes on."""
+    layer = CoreMQChannelLayer(hosts=[f"coremq://127.0.0.1:{layer_broker.port}"], prefix=f"f{os.urandom(3).hex()}")
+    channel = await layer.new_channel()
+    await layer.group_add("open-room", channel)
+    local_queue = f"{layer.prefix}.channel.{layer.non_local_name(channel)}"
+    async with AsyncMessageQueue("127.0.0.1", layer_broker.port) as other:
+        for queue in (local_queue, f"{layer.prefix}.group.open-room", f"{layer.prefix}.channel.plain"):
+            for junk in ({"m": "not base64!", "t": 9e99, "c": channel}, {"m": "AAAA", "t": "x", "c": channel},
+                         {"t": 9e99, "c": channel}, {"m": base64.b64encode(b"\xc1").decode(), "t": 9e99, "c": 1},
+                         "a string", ["a", "list"]):
+                await other.publish(queue, junk)
+    await layer.group_send("open-room", {"type": "real"})
+    await layer.send("plain", {"type": "real.plain"})
+    assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "real"}
+    assert await asyncio.wait_for(layer.receive("plain"), 10) == {"type": "real.plain"}
+    await layer.flush()
