@@ -12,9 +12,10 @@ tag says it is ours), not when the script's answer comes, so a subscriber
 never sees id 6 (ours, answered early) before id 5 (another node's, still on
 the way). When the answer comes first, a PING through the pub/sub connection
 tells whether the delivery is still on its way (Redis answers the PING after
-every delivery it sent before); if it is not (the node started listening
-after the script ran), the batch is numbered at once. A queue without local
-subscribers is numbered as soon as Redis answers.
+every delivery it sent before; one PING covers every answer before it); if
+it is not (the node started listening after the script ran), the batch is
+numbered then. A queue without local subscribers is numbered as soon as
+Redis answers.
 
 Not yet in the protocol (docs/cluster.md, "What remains"): the broker must
 call :meth:`subscriber_added` / :meth:`subscriber_removed` and
@@ -61,6 +62,9 @@ class ClusterEngine:
         self._bounds: "Bounds | None" = None
         self._pending: dict[bytes, Batch] = {}  # origin -> a batch of ours not numbered yet
         self._tasks: set[asyncio.Task[None]] = set()
+        # Answered batches of listened queues whose delivery had not come back: (origin, first id).
+        self._unsure: list[tuple[bytes, int]] = []
+        self._settling = False
         self.resets = 0
 
     def bind(self, node: Node, registry: "Registry", bounds: "Bounds") -> None:
@@ -95,9 +99,7 @@ class ClusterEngine:
     def publish(self, batch: Batch) -> None:
         origin = self.redis.next_origin()
         self._pending[origin] = batch
-        task = asyncio.ensure_future(self._publish(batch, origin))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._publish(batch, origin))
 
     async def _publish(self, batch: Batch, origin: bytes) -> None:
         queue = batch.queue
@@ -113,13 +115,37 @@ class ClusterEngine:
         if origin not in self._pending:
             return  # its delivery came back first and numbered it
         if numbered.receivers and self._listens_to(queue.name, to_connection):
-            try:
-                await self.redis.subscriber.sync()  # every delivery Redis sent before is read now
-            except ClusterUnavailable:
-                pass  # not listening now: number it here (the catch-up will know it as ours)
-        batch = self._pending.pop(origin, None)  # type: ignore[assignment]
-        if batch is not None:
-            self._number(batch, numbered.first_id)
+            self._unsure.append((origin, numbered.first_id))
+            if not self._settling:
+                self._settling = True
+                self._spawn(self._settle())
+            return
+        del self._pending[origin]
+        self._number(batch, numbered.first_id)
+
+    async def _settle(self) -> None:
+        """Number the answered batches whose delivery did not come back, once a PING shows it is not coming.
+
+        One PING covers every answer that came before it was sent.
+        """
+        try:
+            while self._unsure:
+                answered, self._unsure = self._unsure, []
+                try:
+                    await self.redis.subscriber.sync()  # every delivery Redis sent before is read now
+                except ClusterUnavailable:
+                    pass  # not listening now: number them here (the catch-up will know them as ours)
+                for origin, first_id in answered:
+                    batch = self._pending.pop(origin, None)
+                    if batch is not None:
+                        self._number(batch, first_id)
+        finally:
+            self._settling = False
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _listens_to(self, queue: str, to_connection: str | None) -> bool:
         if to_connection is not None:

@@ -132,8 +132,8 @@ class RedisEngine:
         await self.subscriber.stop()
         for client in (self.client, self._pubsub_client):
             try:
-                await client.aclose()
-            except (RedisError, OSError):
+                await asyncio.wait_for(client.aclose(), self.settings.command_timeout)
+            except (RedisError, OSError, asyncio.TimeoutError):
                 pass
 
     # -- publishing ------------------------------------------------------------------

@@ -80,10 +80,7 @@ class Heartbeat:
         """Stop beating; with ``remove``, take this node out of the list at once (a clean stop)."""
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._task], timeout=self.timeout)
             self._task = None
         if remove:
             try:

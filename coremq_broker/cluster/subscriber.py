@@ -159,16 +159,17 @@ class Subscriber:
             return  # the next connection subscribes to what is wanted then
         new = [channel for channel in self._wanted if channel not in self._sent]
         old = [channel for channel in self._sent if channel not in self._wanted]
+        timeout = self.settings.command_timeout
         try:
             if new:
                 self._sent.update(new)
                 self.subscribe_commands += 1
-                await pubsub.subscribe(*new)
+                await asyncio.wait_for(pubsub.subscribe(*new), timeout)
             if old:
                 self._sent.difference_update(old)
                 self.unsubscribe_commands += 1
-                await pubsub.unsubscribe(*old)
-        except (RedisError, OSError) as exc:
+                await asyncio.wait_for(pubsub.unsubscribe(*old), timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
             logger.warning("cluster: subscription change not sent: %s (sent again on reconnect)", exc)
 
     async def sync(self, timeout: float | None = None) -> None:
@@ -190,7 +191,7 @@ class Subscriber:
         token = b"sync %d" % next(self._tokens)
         waiter = self._waiters[token] = asyncio.get_running_loop().create_future()
         try:
-            await pubsub.ping(token)
+            await asyncio.wait_for(pubsub.ping(token), timeout)
             await asyncio.wait_for(waiter, timeout)
         finally:
             self._waiters.pop(token, None)
@@ -202,15 +203,12 @@ class Subscriber:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="coremq-cluster-subscriber")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._tasks]:
-            if task is not None:
-                task.cancel()
-        for task in [self._task, *self._tasks]:
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        """Stop reading, probing and catching up; close the connection. Bounded in time."""
+        tasks = [task for task in [self._task, *self._tasks] if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.command_timeout)
         self._task = None
         await self._drop_connection()
 
