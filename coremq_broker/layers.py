@@ -257,9 +257,26 @@ class CoreMQChannelLayer(BaseChannelLayer):
             link = self._links.get(loop)  # another coroutine may have connected meanwhile
             if link is None:
                 link = self._links[loop] = _Link(self, mq)
+                self._close_with(loop)
             else:
                 await mq.close()
         return link
+
+    def _close_with(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close this loop's connection when the loop closes (async_to_sync's loops come and go)."""
+        original = loop.close
+
+        def close(*args: Any, **kwargs: Any) -> None:
+            link = self._links.get(loop)
+            if link is not None and not loop.is_running():
+                loop.run_until_complete(self.close())
+            loop.close = original  # type: ignore[method-assign]
+            original(*args, **kwargs)
+
+        try:
+            loop.close = close  # type: ignore[method-assign]
+        except AttributeError:  # a loop class that takes no attributes (uvloop): it keeps the connection
+            pass
 
     async def _home_link(self) -> _Link:
         """The link of this loop, made home if there is none (or its loop has closed)."""

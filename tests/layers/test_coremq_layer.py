@@ -133,3 +133,22 @@ async def test_foreign_messages_on_layer_queues_are_skipped(layer_broker):
     assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "real"}
     assert await asyncio.wait_for(layer.receive("plain"), 10) == {"type": "real.plain"}
     await layer.flush()
+
+
+async def test_connections_of_closed_loops_are_closed(layer, layer_broker):
+    """async_to_sync's short-lived loops: the layer's connection of each is closed with the loop."""
+    from asgiref.sync import async_to_sync
+
+    channel = await layer.new_channel()
+    for n in range(3):
+        await asyncio.to_thread(lambda: async_to_sync(layer.send)(channel, {"type": "n", "n": n}))
+        assert (await asyncio.wait_for(layer.receive(channel), 10))["n"] == n
+    assert list(layer._links) == [asyncio.get_running_loop()]
+    async with AsyncMessageQueue("127.0.0.1", layer_broker.port) as watcher:
+        for _ in range(100):  # the broker sees the closed connections end
+            connections = (await watcher.status())["connections"]
+            if connections <= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert connections == 2  # the layer's on this loop, and the watcher
+    await layer.flush()
