@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from .layer import layer_metrics
+from .store import store_metrics
 
 __all__ = ["SnapshotCollector", "render", "CONTENT_TYPE", "TRANSPORTS"]
 
@@ -48,6 +49,7 @@ class SnapshotCollector(Collector):
         yield from self._connections(self.snapshot["connections"])
         yield from self._queues(self.snapshot["queues"])
         yield from layer_metrics(self.snapshot)
+        yield from store_metrics(self.snapshot)
 
     def _broker(self, broker: dict[str, Any], source: str) -> Iterator[Metric]:
         yield InfoMetricFamily("coremq_broker", "The broker's name, version and address.", value={

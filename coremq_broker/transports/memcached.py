@@ -806,10 +806,12 @@ class MemcachedService:
 
     _running: "MemcachedService | None" = None
 
-    def __init__(self, config: StoreConfig, *, port: int | None = None,
+    def __init__(self, config: StoreConfig, *, port: int | None = None, required: bool = True,
                  announce: Callable[[str, str, int], None] | None = None) -> None:
         self.config = config
         self.port = config.memcached_port if port is None else port
+        #: False: a port that is taken is announced as ``memcached-unavailable`` and the broker runs on.
+        self.required = required
         self.announce = announce
         self._broker: Any = None
         watch = broker_watch(lambda: self._broker, config.memcached_watch_prefix) if config.memcached_watch else None
@@ -822,7 +824,15 @@ class MemcachedService:
         return cls._running
 
     def attach(self, broker: Any) -> Callable[[], None]:
-        host, port = self.server.bind(broker.host, self.port)
+        try:
+            host, port = self.server.bind(broker.host, self.port)
+        except OSError:
+            if self.required:
+                raise
+            logger.warning("store not served: %s:%d is taken", broker.host, self.port)
+            if self.announce is not None:
+                self.announce("memcached-unavailable", broker.host, self.port)
+            return self.stop
         self._broker = broker
         self.server.start_on(broker.loop)
         MemcachedService._running = self

@@ -77,14 +77,24 @@ class Command(BaseCommand):
             return []
         from coremq_broker.transports.memcached import MemcachedService
 
+        from django.conf import settings
+
         store_config = conf.get_store_config()
-        return [MemcachedService(store_config, port=_given(options["memcached_port"], store_config.memcached_port),
+        port, required = options["memcached_port"], True
+        if port is None and "MEMCACHED_PORT" not in getattr(settings, "COREMQ", {}):
+            # The default: any free port beside a broker on any free port (--port 0); 11211
+            # otherwise, and if that is taken the broker runs without the store (and says so).
+            port, required = (0 if options["port"] == 0 else store_config.memcached_port), False
+        return [MemcachedService(store_config, port=_given(port, store_config.memcached_port), required=required,
                                  announce=self.announce)]
 
     def announce(self, service: str, host: str, port: int) -> None:
         """Print a bound address on stdout (scripts and tests wait for these lines)."""
         if service == "memcached":
             self.stdout.write(f"CoreMQ store (memcached protocol) listening on {host}:{port}")
+        elif service == "memcached-unavailable":
+            self.stdout.write(f"CoreMQ store not served: {host}:{port} is taken "
+                              "(choose one with --memcached-port or COREMQ['MEMCACHED_PORT'], or --no-memcached)")
         elif service == "web":
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             self.stdout.write(f"CoreMQ web app on {url}")

@@ -308,6 +308,18 @@
     root.querySelector("#cmq-durable").classList.toggle("cmq-failing", d.state === "unavailable");
   }
 
+  // The store served over the memcached protocol by this process (null: none here).
+  function renderStore(s) {
+    if (!s) {
+      setField("store_items", "Not served here");
+      setField("store_detail", "run_coremq serves it unless --no-memcached");
+      return;
+    }
+    setField("store_items", `${fmt.int(s.items)} items`);
+    setField("store_detail", `${fmt.bytes(s.bytes)} of ${fmt.bytes(s.limit_bytes)}, ${fmt.int(s.hits)} hits, `
+      + `${fmt.int(s.misses)} misses, ${fmt.int(s.evictions)} evicted, ${fmt.int(s.connections)} connections`);
+  }
+
   // The Channels layer of this process: messages dropped for full channels, the top channels and groups.
   function renderLayerDrops(layer) {
     const top = (counts) => Object.entries(counts || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
@@ -406,6 +418,7 @@
     last = snapshot;
     renderBroker(snapshot);
     renderLayerDrops(snapshot.channel_layer || {});
+    renderStore(snapshot.store);
     tables.connections.update(snapshot.connections, snapshot);
     tables.queues.update(snapshot.queues, snapshot);
     drawChart([
