@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
-import pytest
 import pytest_asyncio
 
 from redis_nodes import Node, RedisServer
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.close()
+from redis_servers import redis_server  # noqa: F401  (the fixture)
 
 
 @pytest_asyncio.fixture

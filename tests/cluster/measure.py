@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: redis_servers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from redis_nodes import Node, RedisServer  # noqa: E402
