@@ -8,10 +8,12 @@ normally, so the process exits 0.
 - Without web: a plain asyncio loop (uvloop when installed) runs the broker.
 - With web: daphne's Twisted reactor runs on an asyncio loop (importing
   ``daphne.server`` installs it); the broker is started on that same loop, so
-  ASGI code (the future WebSocket bridge, the status page) reaches the live
+  ASGI code (the WebSocket bridge, the status page) reaches the live
   ``broker.registry`` in-process. Twisted handles the signals and, before it
   shuts down, waits for ``broker.close()``.
 
+This is where the parts are put together: the core's :class:`Broker` gets its
+TCP transport here (:func:`new_broker`); the core imports no transport.
 Nothing here imports Django: the caller passes the ASGI application in.
 """
 
@@ -26,8 +28,9 @@ from typing import Any, Callable
 
 from .core.broker import Broker
 from .core.config import BrokerConfig
+from .transports.tcp import TcpConnection
 
-__all__ = ["WebServer", "Announce", "OnStart", "run", "serve", "new_event_loop"]
+__all__ = ["WebServer", "Announce", "OnStart", "run", "serve", "new_broker", "new_event_loop"]
 
 logger = logging.getLogger("coremq.server")
 
@@ -67,6 +70,11 @@ def run(config: BrokerConfig, *, web: WebServer | None = None, announce: Announc
         _run_with_daphne(config, web, announce, broker_options or {}, on_start)
 
 
+def new_broker(config: BrokerConfig, **options: Any) -> Broker:
+    """A broker of ``config`` that serves TCP clients (``options`` as for :class:`Broker`)."""
+    return Broker(config, **{"transport": TcpConnection, **options})
+
+
 def settle_garbage_collector() -> None:
     """Keep the cyclic garbage collector off the message path.
 
@@ -104,7 +112,7 @@ async def serve(config: BrokerConfig, *, announce: Announce | None = None,
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, _on_signal, signum, stop)
     try:
-        broker = Broker(config, **(broker_options or {}))
+        broker = new_broker(config, **(broker_options or {}))
         await broker.start()
         on_close = on_start(broker) if on_start is not None else None
         try:
@@ -141,7 +149,7 @@ def _run_with_daphne(config: BrokerConfig, web: WebServer, announce: Announce,
 
     loop: asyncio.AbstractEventLoop = reactor._asyncioEventloop  # type: ignore[attr-defined]
     asyncio.set_event_loop(loop)
-    broker = Broker(config, **broker_options)
+    broker = new_broker(config, **broker_options)
     loop.run_until_complete(broker.start())  # the reactor is not running yet: bind errors surface here
     on_close = on_start(broker) if on_start is not None else None
     announce("broker", broker.host, broker.port)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from coremq_broker.core.broker import Broker
 from coremq_broker.core.config import BrokerConfig
+from coremq_broker.transports.tcp import TcpConnection
 
 __all__ = ["BrokerThread"]
 
@@ -22,7 +23,7 @@ class BrokerThread:
 
     def __init__(self, config: BrokerConfig, **broker_options: Any) -> None:
         self.config = config
-        self.broker_options = broker_options
+        self.broker_options = {"transport": TcpConnection, **broker_options}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="coremq-test-broker", daemon=True)
         self.thread.start()

@@ -13,14 +13,12 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
-
-if TYPE_CHECKING:
-    from .registry import Connection
+from typing import Iterable, Protocol
 
 __all__ = [
-    "ACTIONS", "POLICIES", "Principal", "ANONYMOUS", "Rule", "AccessPolicy", "RulePolicy",
-    "FailureTracker", "AuthAttempt", "CONNECTIONS", "is_connection_address", "peer_address",
+    "ACTIONS", "POLICIES", "Principal", "ANONYMOUS", "Holder", "Rule", "AccessPolicy", "RulePolicy",
+    "FailureTracker", "AuthAttempt", "CONNECTIONS", "is_connection_address", "peer_address", "denial",
+    "subscription_limit",
 ]
 
 #: What a rule can grant on a queue; "status" and "admin" are for staff.
@@ -58,6 +56,25 @@ class Principal:
 
 
 ANONYMOUS = Principal()
+
+
+class Holder(Protocol):
+    """What the policy asks about: a broker connection or a browser of the WebSocket bridge."""
+
+    principal: Principal
+
+
+def denial(action: str, name: str | None = None, why: str = "") -> str:
+    """The text of a refusal by the access rules (or, with ``why``, by the privacy of a connection's queues)."""
+    target = f" on queue {name!r}" if name else ""
+    return f"permission denied: {action}{target}{f' ({why})' if why else ''}"
+
+
+def subscription_limit(held: int, new: int, limit: int) -> str | None:
+    """The refusal's text when ``new`` more subscriptions on top of ``held`` pass ``limit``, else None."""
+    if held + new > limit:
+        return f"too many subscriptions: limit is {limit} per connection"
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,12 +116,20 @@ class AccessPolicy:
     ``"admin"``. A connection's private queues are checked by the broker first.
     """
 
-    def allows(self, connection: "Connection", action: str, queue: str | None) -> bool:
+    def allows(self, holder: Holder, action: str, queue: str | None) -> bool:
         return True
 
     def is_revoked(self, principal: Principal) -> bool:
         """True when the credentials behind ``principal`` no longer hold (a revoked token)."""
         return False
+
+    def ended(self, holder: Holder, names: Iterable[str]) -> list[str]:
+        """Of the subscriptions ``names`` that ``holder`` holds, those this policy no longer allows, sorted.
+
+        The one check of a policy change (or a new login) for TCP connections
+        and the bridge's browsers alike.
+        """
+        return sorted(name for name in names if not self.allows(holder, "subscribe", name))
 
 
 @dataclass(frozen=True)
@@ -129,8 +154,8 @@ class RulePolicy(AccessPolicy):
         if self.default not in POLICIES:
             raise ValueError(f"default policy must be one of {POLICIES}, not {self.default!r}")
 
-    def allows(self, connection: "Connection", action: str, queue: str | None) -> bool:
-        return self.check(connection.principal, action, queue)
+    def allows(self, holder: Holder, action: str, queue: str | None) -> bool:
+        return self.check(holder.principal, action, queue)
 
     def check(self, principal: Principal, action: str, queue: str | None) -> bool:
         if action == "admin":

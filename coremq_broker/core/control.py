@@ -1,33 +1,33 @@
 """Control requests: what a client asks of the broker on its own id queue.
 
-A mixin of :class:`~coremq_broker.core.broker.Broker`, kept apart so that the
-publish path and the lifecycle stay short. Every handler validates its value,
-asks the access policy, and replies once; a refusal raises
-:class:`RequestError`, which the broker turns into an ``ERROR:`` reply.
+:class:`Control` is composed with the :class:`~coremq_broker.core.broker.Broker`
+(``broker.control``); the pipeline hands it every frame to a connection's own
+id queue that carries a ``coremq_*`` control key. Every handler validates its
+value, asks the access policy (``broker.check``), and answers once; a refusal
+raises :class:`RequestError`, which the pipeline turns into an ``ERROR:`` reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from coremq_client import protocol as P
 from coremq_client.codec import encode_frame, validate_queue_name
 from coremq_client.errors import CoreMQError
 
-from .access import peer_address
-from .limits import Bounds, history_reply, recount
-from .registry import Connection, splice_stamps
+from .access import denial, peer_address, subscription_limit
+from .limits import history_reply, recount
+from .registry import Connection
 from .version import VERSION
+from .wire import stamped
 
 if TYPE_CHECKING:
-    from .access import AccessPolicy, AuthAttempt, FailureTracker, Principal
-    from .durable import HistoryStore
-    from .config import BrokerConfig
-    from .registry import Registry
+    from .access import AuthAttempt
+    from .broker import Broker
 
-__all__ = ["ControlRequests", "RequestError"]
+__all__ = ["Control", "RequestError"]
 
 logger = logging.getLogger("coremq.broker")
 
@@ -36,22 +36,24 @@ class RequestError(CoreMQError):
     """A request was refused; the text becomes the ``ERROR:`` reply."""
 
 
-class ControlRequests:
-    """The handlers of the ``coremq_*`` control keys."""
+class Control:
+    """The handlers of the ``coremq_*`` control keys, and the status and admin requests, of one broker."""
 
-    config: "BrokerConfig"
-    registry: "Registry"
-    bounds: Bounds
-    access: "AccessPolicy"
-    authenticator: "Callable[[dict], Awaitable[Principal | None]] | None"
-    auth_failures: "FailureTracker"
-    _store: "HistoryStore | None"
-    address: str
+    def __init__(self, broker: "Broker") -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.registry = broker.registry
+        self.bounds = broker.bounds
 
-    def _reply(self, connection: Connection, reply: dict, request: int | None = None) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def _reply(self, connection: Connection, reply: dict, request: int | None = None) -> None:
+        """Answer ``request`` (by default the connection's latest) with ``reply``."""
+        self.broker.answer(connection, reply, connection.requests if request is None else request)
 
-    def _control(self, connection: Connection, message: dict) -> None:
+    def _check(self, connection: Connection, action: str, name: str | None) -> None:
+        self.broker.check(connection, action, name)
+
+    def handle(self, connection: Connection, message: dict) -> None:
+        """Carry out the control request ``message`` (exactly one control key); raise :class:`RequestError`."""
         keys = [key for key in message if key in P.CONTROL_KEYS]
         unknown = [key for key in message if key.startswith("coremq_") and key not in P.CONTROL_KEYS
                    and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
@@ -91,16 +93,7 @@ class ControlRequests:
         owner = self.registry.owner_of(name)
         if (owner is not None and owner != connection.id) or (owner is None and self.registry.is_closed_address(name)):
             self.registry.denials += 1
-            raise RequestError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
-
-    def _check(self, connection: Connection, action: str, name: str | None) -> None:
-        if not self.access.allows(connection, action, name):
-            self._deny(connection, action, name)
-
-    def _deny(self, connection: Connection, action: str, name: str | None) -> None:
-        self.registry.denials += 1
-        target = f" on queue {name!r}" if name else ""
-        raise RequestError(f"permission denied: {action}{target}")
+            raise RequestError(denial(action, name, "another connection's private queue"))
 
     def _subscribe(self, connection: Connection, value: Any) -> None:
         names = self._queue_list(value, P.SUBSCRIBE)
@@ -110,8 +103,9 @@ class ControlRequests:
         new = [name for name in names if name not in connection.subscriptions]
         limit = self.config.max_subscriptions
         held = sum(1 for name in connection.subscriptions if self.registry.owner_of(name) != connection.id)
-        if held + len(new) > limit:
-            raise RequestError(f"too many subscriptions: limit is {limit} per connection")
+        refusal = subscription_limit(held, len(new), limit)
+        if refusal is not None:
+            raise RequestError(refusal)
         self.bounds.admit_queue(self.registry, len({name for name in new if name not in self.registry.queues}))
         for name in new:
             self.registry.subscribe(connection, name)
@@ -158,8 +152,8 @@ class ControlRequests:
             asked.append((name, self.registry.queues.get(name), since.get(name)))
         # No reply is larger than a frame: what does not fit is named in "more", for the next page.
         body = history_reply(asked, limit=limit, room=self.config.max_frame_size - connection.id_length,
-                             request=connection.requests, dumps=self.codec.dumps, splice=splice_stamps,
-                             bounds=self.bounds)
+                             request=connection.requests, dumps=self.broker.wire.dumps, splice=stamped,
+                             bounds=self.bounds, history=self.broker.engine.history)
         connection.send(encode_frame(connection.id, body))
 
     def _auth(self, connection: Connection, value: Any) -> None:
@@ -173,11 +167,11 @@ class ControlRequests:
         if not isinstance(value, dict) or not (isinstance(value.get("token"), str) or (
                 isinstance(value.get("username"), str) and isinstance(value.get("password"), str))):
             raise RequestError(f"{P.AUTH} takes {{\"token\": ...}} or {{\"username\": ..., \"password\": ...}}")
-        if self.authenticator is None:
+        if self.broker.authenticator is None:
             raise RequestError("authentication is not configured on this broker")
         address = peer_address(connection.peer.rpartition(":")[0] or connection.peer)
         username = None if isinstance(value.get("token"), str) else value["username"]
-        attempt = self.auth_failures.begin(address, username)
+        attempt = self.broker.auth_failures.begin(address, username)
         if attempt is None:
             logger.warning("connection %s: %s is blocked after repeated failed authentications%s",
                            connection.id, address, f" (or user {username[:64]!r} is)" if username else "")
@@ -193,15 +187,15 @@ class ControlRequests:
         succeeded = False
         try:
             try:
-                principal = await self.authenticator(credentials)  # type: ignore[misc]
+                principal = await self.broker.authenticator(credentials)  # type: ignore[misc]
             except Exception:
                 logger.exception("authenticator failed")
                 principal = None
-            if principal is None or self.access.is_revoked(principal):
-                self.auth_failures.settle(attempt, False)
+            if principal is None or self.broker.access.is_revoked(principal):
+                self.broker.auth_failures.settle(attempt, False)
                 logger.warning("connection %s (%s): authentication failed for %r", connection.id, connection.peer,
                                str(credentials.get("username") or "a token")[:64])
-                await asyncio.sleep(self.auth_failures.delay(attempt.address, attempt.username))  # slows guessing
+                await asyncio.sleep(self.broker.auth_failures.delay(attempt.address, attempt.username))  # slows guessing
                 self._reply(connection, {"response": "ERROR: authentication failed"}, request)
                 return
             succeeded = True
@@ -216,17 +210,17 @@ class ControlRequests:
                 return
             connection.principal = principal
             logger.info("connection %s authenticated as %r", connection.id, principal.username)
-            self.enforce(connection)  # type: ignore[attr-defined]  # the new user may not hold every subscription
+            self.broker.enforce(connection)  # the new user may not hold every subscription
             self._reply(connection, {"response": P.OK_AUTH, "user": principal.username,
                                      "staff": principal.is_staff}, request)
         finally:
             if succeeded:
-                self.auth_failures.settle(attempt, True)
+                self.broker.auth_failures.settle(attempt, True)
             connection.authenticating = False
             connection.release()
             held, connection.held_frames = connection.held_frames, []
             if held and not connection.closing:
-                self.handle_frames(connection, held)  # type: ignore[attr-defined]
+                self.broker.handle_frames(connection, held)
 
     def _status(self, connection: Connection, value: Any) -> None:
         self._check(connection, "status", None)
@@ -260,10 +254,8 @@ class ControlRequests:
             queue = self.registry.queues.get(value.get("queue"))  # type: ignore[arg-type]
             purged = len(queue.history) if queue is not None else 0
             if queue is not None:
-                queue.history.clear()
+                self.broker.engine.purge(queue)
                 recount(self.bounds, queue)
-                if self._store is not None:
-                    self._store.purge(queue.name)  # its durable history too
             return {"response": "OK: Purged", "purged": purged}
         raise RequestError(f"unknown admin action {action!r}")
 
@@ -277,16 +269,15 @@ class ControlRequests:
         """
         status = {
             "server": self.config.server_name,
-            "address": self.address,
+            "address": self.broker.address,
             "version": VERSION,
             "role": "master",
             **self.registry.describe(),
-            **self.auth_failures.describe(),  # failed logins, refused attempts, blocked addresses and users
+            **self.broker.auth_failures.describe(),  # failed logins, refused attempts, blocked addresses and users
         }
         # The durable history's writer: "ok", "unavailable" (with its error), or "unused" until a durable
         # queue needs it (HistoryStore.describe).
-        status["durable"] = (self._store.describe() if self._store is not None
-                             else {"state": "unused", "path": self.config.durable_path})
+        status["durable"] = self.broker.engine.describe()
         if connections:
             status["connection_list"] = [c.describe() for c in self.registry.connections.values()]
         if queues:

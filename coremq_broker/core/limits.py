@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .registry import Connection, Queue, QueueSettings, Registry
 
 __all__ = ["Bounds", "FrameDeadline", "LimitExceeded", "HISTORY_ENTRY_BYTES", "address_of", "history_reply",
-           "keep", "keep_run", "recount"]
+           "keep_run", "recount"]
 
 logger = logging.getLogger("coremq.broker")
 
@@ -252,20 +252,6 @@ class Bounds:
                        "recently published queues", self.max_history_bytes, self.history_evicted - before)
 
 
-def keep(bounds: Bounds, registry: "Registry", queue: "Queue", entry: tuple[int, bytes, bytes | None]) -> None:
-    """Append one ``(id, JSON, stamps)`` entry to ``queue``'s history, counting its bytes."""
-    history = queue.history
-    size = len(entry[1]) + HISTORY_ENTRY_BYTES
-    if len(history) == history.maxlen:  # the deque drops its oldest entry, or keeps none (maxlen 0)
-        size = size - len(history[0][1]) - HISTORY_ENTRY_BYTES if history else 0
-    history.append(entry)
-    if size:  # as Bounds.held, spelled out: this runs once per message of the single-publish path
-        queue.history_bytes += size
-        bounds.history_bytes += size
-        if bounds.history_bytes > bounds.max_history_bytes:
-            bounds.trim_history(registry)
-
-
 def keep_run(bounds: Bounds, registry: "Registry", queue: "Queue", first_id: int, bodies: list[bytes],
              stamps: bytes) -> None:
     """Append a run of messages as sent, numbered from ``first_id``, that share their ``stamps``; count their bytes."""
@@ -380,7 +366,8 @@ class FrameDeadline:
 
 def history_reply(asked: Iterable[tuple[str, "Queue | None", int | None]], *, limit: int | None, room: int,
                   request: int, dumps: Callable[[Any], bytes], splice: Callable[[bytes, bytes, int], bytes],
-                  bounds: Bounds | None = None) -> bytes:
+                  bounds: Bounds | None = None,
+                  history: Callable[["Queue"], Iterable[tuple[int, bytes, bytes]]] | None = None) -> bytes:
     """The JSON of a history reply to request number ``request`` that is at most ``room`` bytes long.
 
     ``asked`` gives each queue's name, the queue (None if unknown) and the id
@@ -388,7 +375,9 @@ def history_reply(asked: Iterable[tuple[str, "Queue | None", int | None]], *, li
     come oldest first, at most ``limit`` of them; they are the stored JSON,
     spliced into the reply, not decoded and encoded again. Whatever does not
     fit is left out and the queue is named in ``more``: its client asks again
-    from the last id it got. A message too large for any reply is left out
+    from the last id it got. ``history(queue)`` gives a queue's kept
+    ``(id, body, stamps)`` entries, oldest first (the engine's; by default
+    ``queue.history``). A message too large for any reply is left out
     (the client sees its id missing) and counted. Raises
     :class:`LimitExceeded` if even an empty reply for these queues does not fit.
     """
@@ -410,13 +399,13 @@ def history_reply(asked: Iterable[tuple[str, "Queue | None", int | None]], *, li
     for (name, queue, since), name_json in zip(asked, names):
         messages: list[bytes] = []
         if queue is not None:
-            for message_id, body, stamps in queue.history:
+            for message_id, body, stamps in (queue.history if history is None else history(queue)):
                 if since is not None and message_id <= since:
                     continue
                 if limit is not None and len(messages) >= limit:
                     more[name] = True
                     break
-                data = body if stamps is None else splice(body, stamps, message_id)
+                data = splice(body, stamps, message_id)
                 if len(data) + 1 > largest:
                     if bounds is not None:
                         bounds.history_skipped += 1

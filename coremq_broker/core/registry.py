@@ -13,26 +13,15 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from coremq_client.codec import split_address
-from coremq_client.protocol import OK_SENT
 
 from .access import ANONYMOUS, Principal, is_connection_address
 from .limits import Bounds, recount
+from .wire import stamped
 
 if TYPE_CHECKING:
     from .config import BrokerConfig
 
-__all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter", "splice_stamps"]
-
-# The reply to a publish, formatted rather than encoded: it is sent once per publish.
-_OK_SENT = b'{"response":"%s","id":%%d,"request":%%d}' % OK_SENT.encode()
-
-
-def splice_stamps(body: bytes, stamps: bytes, message_id: int) -> bytes:
-    """A JSON object as sent, with ``stamps`` (its members but the id's value) and the id before its brace.
-
-    The broker's fast path formats whole runs of frames the same way (``Queue.frame_format``).
-    """
-    return b"%s%s%d}" % (body[:-1], stamps, message_id)
+__all__ = ["Connection", "Queue", "Registry", "QueueSettings", "RateCounter"]
 
 
 class RateCounter:
@@ -115,9 +104,6 @@ class Connection:
         self.id = connection_id
         self.id_bytes = connection_id.encode()
         self.id_length = len(self.id_bytes) + 1  # the id and the space of a frame's payload
-        #: The frame of a reply to a publish, to be formatted with its size, the id and the request number.
-        self.reply_format = b"+%%d %s %s" % (self.id_bytes.replace(b"%", b"%%"), _OK_SENT)
-        self.reply_size = self.id_length + len(_OK_SENT.replace(b"%d", b""))  # and the digits of both numbers
         self.peer = peer
         self.principal: Principal = ANONYMOUS
         #: While a login is being checked, the frames that came after it wait here.
@@ -147,10 +133,13 @@ class Connection:
         """Queue ``data``, one or more whole frames, for the peer; only appends to a buffer."""
         raise NotImplementedError
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes, queue: str, first_id: int, last_id: int) -> bool:
         """Like :meth:`send`, for the broker's fan-out at the end of a loop iteration.
 
-        A transport may write ``data`` at once here when nothing else waits to
+        ``data`` is whole frames of messages of ``queue``, ids ``first_id`` to
+        ``last_id`` (a subscriber that published some of them without echo
+        gets the others), so that the transport never reads them back. A
+        transport may write ``data`` at once here when nothing else waits to
         be sent, which saves buffering it until the flush that follows. It
         returns True while the connection is congested (flow control: the
         broker then holds the publishers of ``data`` with :meth:`hold_publisher`).
@@ -182,6 +171,9 @@ class Connection:
 
     def hold_publisher(self, publisher: "Connection", queue: str) -> None:
         """Flow control: hold ``publisher`` (of ``queue``) until this congested connection drains."""
+
+    def turn_over(self) -> None:
+        """The broker wrote this loop turn's output (a transport that held reading for its budget reads again)."""
 
     def shutdown(self) -> None:
         """Close gracefully on the broker's shutdown, after its BYE was sent."""
@@ -223,34 +215,30 @@ class Connection:
 class Queue:
     """A named queue: its subscribers and the ring of its latest messages.
 
-    ``history`` holds ``(id, JSON of the stamped message)`` pairs; ids start at 1 and only
-    increase. A private queue (a connection's id queue) has an ``owner``: no
+    ``history`` holds ``(id, body, stamps)`` entries, the message as published and
+    the stamps of its batch (:func:`~coremq_broker.core.wire.stamped` gives its
+    stored JSON); ids start at 1 and only increase. A private queue (a connection's id queue) has an ``owner``: no
     other connection may subscribe to it or read its history.
     """
 
-    __slots__ = ("name", "name_bytes", "name_length", "frame_format", "owner", "subscribers", "history", "last_id",
+    __slots__ = ("name", "name_bytes", "owner", "subscribers", "history", "last_id",
                  "published", "last_publish", "settings", "plain", "rate", "pending", "history_bytes")
 
     def __init__(self, name: str, settings: QueueSettings, owner: str | None = None) -> None:
         self.name = name
         self.name_bytes = name.encode()
-        self.name_length = len(self.name_bytes) + 1  # the name and the space of a frame's payload
-        #: A frame to this queue but the end of its JSON, to be formatted with its size and the
-        #: JSON but its closing brace (the broker adds stamps; see Broker.handle_frames).
-        self.frame_format = b"+%%d %s %%.*s" % self.name_bytes.replace(b"%", b"%%")
         self.owner = owner
         self.settings = settings
         self.plain = settings.max_message_size is None and not settings.durable
         self.subscribers: dict[Connection, None] = {}  # insertion-ordered set
-        # (id, JSON, None), or (id, JSON as sent, stamps) for a publish stamped without re-encoding.
-        self.history: deque[tuple[int, bytes, bytes | None]] = deque(maxlen=settings.history_length)
+        # (id, JSON as published, the stamps of its batch): see wire.stamped.
+        self.history: deque[tuple[int, bytes, bytes]] = deque(maxlen=settings.history_length)
         self.last_id = 0
         self.published = 0
         self.last_publish: float | None = None
         self.rate = RateCounter()
-        # Frames published in this loop iteration, fanned out together at its end: (frames,
-        # how many, the subscriber that must not get them: their sender, or None; their sender).
-        self.pending: list[tuple[bytes, int, Connection | None, Connection | None]] = []
+        # Frames published in this loop iteration, fanned out together at its end (pipeline.Pending).
+        self.pending: list[tuple[bytes, int, Connection | None, Connection | None, int]] = []
         self.history_bytes = 0  # what its history holds, as counted by limits.Bounds
 
     def apply_settings(self, settings: QueueSettings) -> None:
@@ -263,7 +251,7 @@ class Queue:
 
     def history_since(self, since: int | None) -> list[bytes]:
         """The JSON of the stored messages with an id above ``since`` (all of them when None)."""
-        return [body if stamps is None else splice_stamps(body, stamps, message_id)
+        return [stamped(body, stamps, message_id)
                 for message_id, body, stamps in self.history if since is None or message_id > since]
 
     @property

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from coremq_client import protocol as P
 from coremq_client.codec import encode_frame
 
-__all__ = ["ID_STAMP", "Wire", "split_stored", "stamped", "split_frames"]
+__all__ = ["ID_STAMP", "Wire", "split_stored", "stamped", "split_frames", "payloads"]
 
 #: The last stamp's key: the id's value follows it, then the message's closing brace.
 ID_STAMP = b',"%s":' % P.ID.encode()
@@ -156,3 +156,12 @@ def split_frames(blob: bytes) -> list[tuple[int, int]]:
         spans.append((position, following))
         position = following
     return spans
+
+
+def payloads(blob: bytes) -> list[bytes]:
+    """The JSON of each frame in a run of frames this module formatted (for an in-process link)."""
+    result = []
+    for start, end in split_frames(blob):
+        space = blob.index(b" ", blob.index(b" ", start) + 1)  # after the size, then after the queue name
+        result.append(blob[space + 1 : end])
+    return result

@@ -34,7 +34,6 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
-from coremq_client import protocol as P
 from coremq_client.codec import Frame, FrameParser
 from coremq_client.errors import ProtocolError
 
@@ -64,11 +63,13 @@ class TcpConnection(asyncio.Protocol, Connection):
         self.parser = FrameParser(max_frame_size=broker.config.max_frame_size)
         self.transport: asyncio.Transport | None = None
         self._out: deque[bytes] = deque()
+        # Beside each frame (or run of frames) in _out: its queue and ids, or None for an answer.
+        self._spans: deque[tuple[str, int, int] | None] = deque()
         self._out_bytes = 0
         self._max_out = broker.config.max_write_buffer
         self._writing_paused = False
         self._holds = 0
-        self._gaps: dict[str, list[bytes]] = {}  # queue -> [first, last] frame dropped
+        self._gaps: dict[str, tuple[int, int]] = {}  # queue -> (first, last) id dropped
         # Work per loop iteration: bytes read in the broker's flush turn ``_read_turn``.
         self._read_budget = broker.config.max_read_per_iteration
         self._read_turn = -1
@@ -160,8 +161,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         self._congested = False
         self._release_publishers()
         self.deadline.cancel()
-        self._out.clear()
-        self._out_bytes = 0
+        self._clear()
         self.broker.connection_lost(self, str(exc) if exc else "")
 
     def pause_writing(self) -> None:
@@ -281,24 +281,30 @@ class TcpConnection(asyncio.Protocol, Connection):
     # -- Connection --------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
+        self._buffer(frame, None)
+
+    def _buffer(self, frame: bytes, span: tuple[str, int, int] | None) -> None:
+        """Append ``frame`` (an answer, or messages of ``span``: queue, first and last id) to the output."""
         if self.closing:
             return
         out = self._out
         if not out:
             self.broker.schedule_flush(self)
         out.append(frame)
+        self._spans.append(span)
         self._out_bytes += len(frame)
         if self._out_bytes > self._max_out:
             transport = self.transport
             if self._writing_paused or transport is None or transport.is_closing():
-                self._overflow(frame)
+                self._overflow(self.id if span is None else span[0])
             else:  # one iteration's burst to a socket that takes data: to the socket with it now
                 self.flush()
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes, queue: str, first_id: int, last_id: int) -> bool:
         """Send ``data``; return whether this connection is congested (its publishers are to be held)."""
         if self._out or self._writing_paused or self.closing or self._gaps or self.transport is None:
-            self.send(data)  # behind what waits, or into the bounded buffer, or dropped when closing
+            # Behind what waits, or into the bounded buffer, or dropped when closing.
+            self._buffer(data, (queue, first_id, last_id))
         else:
             self.bytes_out += len(data)
             self.transport.write(data)
@@ -313,10 +319,14 @@ class TcpConnection(asyncio.Protocol, Connection):
         if self._gaps:
             out.appendleft(self._gap_notice())
         data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._out_bytes = 0
+        self._clear()
         self.bytes_out += len(data)
         transport.write(data)
+
+    def _clear(self) -> None:
+        self._out.clear()
+        self._spans.clear()
+        self._out_bytes = 0
 
     @property
     def buffered(self) -> int:
@@ -330,7 +340,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         if self.closing or self.transport is None:
             return
         if reason:
-            self.broker.send_error(self, reason)
+            self.broker.refuse(self, reason)
         self._writing_paused = False  # hand everything to the transport, which drains then closes
         self.flush()
         self._close_within(_CLOSE_GRACE)
@@ -388,10 +398,13 @@ class TcpConnection(asyncio.Protocol, Connection):
 
     # -- slow consumers ----------------------------------------------------
 
-    def _overflow(self, frame: bytes) -> None:
-        """The hard limit: output of its own past ``max_write_buffer`` while the socket is over its high-water mark."""
+    def _overflow(self, name: str) -> None:
+        """The hard limit: output of its own past ``max_write_buffer`` while the socket is over its high-water mark.
+
+        ``name`` is the queue of what came last (the connection's id for an answer): its policy applies.
+        """
         registry = self.broker.registry
-        queue = registry.queues.get(_frame_queue(frame))
+        queue = registry.queues.get(name)
         policy = queue.settings.slow_consumer_policy if queue is not None else "disconnect"
         if policy == "drop":
             if not self._lagging:  # judged here rather than by the timeout: counted once
@@ -406,64 +419,32 @@ class TcpConnection(asyncio.Protocol, Connection):
         assert self.transport is not None
         logger.warning("connection %s (%s) is a slow consumer: %s; %d bytes unsent; disconnecting",
                        self.id, self.peer, why, self.buffered)
-        self._out.clear()
-        self._out_bytes = 0
+        self._clear()
         # The ERROR goes behind what the socket already holds; if the peer
         # still does not read within a second, that is dropped too.
-        self.transport.write(self.broker.error_frame(self, "slow consumer"))
+        self.transport.write(self.broker.wire.error(self.id, "slow consumer"))
         self._close_within(1.0)
 
     def _drop_oldest(self) -> None:
-        """Drop the oldest deliveries down to half the limit, keeping replies; note the ids lost."""
-        kept: list[bytes] = []
-        out = self._out
-        gaps = self._gaps
+        """Drop the oldest deliveries down to half the limit, keeping answers; note the ids lost."""
+        kept: list[tuple[bytes, None]] = []
+        out, spans, gaps = self._out, self._spans, self._gaps
         target = self._max_out // 2
         while out and self._out_bytes > target:
-            frame = out.popleft()
-            queue = _frame_queue(frame)
-            if queue == self.id:  # replies and point-to-point messages are not dropped
-                kept.append(frame)
+            frame, span = out.popleft(), spans.popleft()
+            if span is None or span[0] == self.id:  # answers and point-to-point messages are not dropped
+                kept.append((frame, None))
                 continue
             self._out_bytes -= len(frame)
-            frames = _split_frames(frame)  # one queue's frames of one loop iteration
-            self.dropped += len(frames)
-            span = gaps.get(queue)
-            if span is None:
-                gaps[queue] = [frames[0], frames[-1]]
-            else:
-                span[1] = frames[-1]
-        out.extendleft(reversed(kept))
+            queue, first, last = span
+            self.dropped += last - first + 1
+            gaps[queue] = (gaps[queue][0], last) if queue in gaps else (first, last)
+        for frame, span in reversed(kept):
+            out.appendleft(frame)
+            spans.appendleft(span)
 
     def _gap_notice(self) -> bytes:
         """The notice of what :meth:`_drop_oldest` dropped since the last flush."""
-        dropped = {queue: {"first": self._frame_id(first), "last": self._frame_id(last)}
-                   for queue, (first, last) in self._gaps.items()}
-        self._gaps.clear()
+        dropped, self._gaps = self._gaps, {}
         logger.warning("connection %s (%s) is a slow consumer: dropped %s", self.id, self.peer, dropped)
-        return self.broker.encode_reply(self, {"response": "ERROR: slow consumer: messages dropped",
-                                                "dropped": dropped})
-
-    def _frame_id(self, frame: bytes) -> int | None:
-        body = frame.split(b" ", 2)[2]
-        try:
-            return self.broker.codec.loads(body).get(P.ID)
-        except (ProtocolError, AttributeError):
-            return None
-
-
-def _frame_queue(frame: bytes) -> str:
-    """The queue name of a frame this broker encoded."""
-    return frame.split(b" ", 2)[1].decode()
-
-
-def _split_frames(blob: bytes) -> list[bytes]:
-    """The frames, headers included, of a run of frames this broker encoded."""
-    frames = []
-    position = 0
-    while position < len(blob):
-        space = blob.index(b" ", position)
-        end = space + 1 + int(blob[position + 1 : space])
-        frames.append(blob[position:end])
-        position = end
-    return frames
+        return self.broker.wire.drop_notice(self.id, dropped)

@@ -408,12 +408,12 @@ async def test_a_browser_gets_a_paged_history_whole():
     """The WebSocket bridge gathers the pages of a long history, so a browser (coremq.js) gets every message at once."""
     from channels.testing import WebsocketCommunicator
 
-    from coremq_broker.core.broker import Broker
+    from coremq_broker.server import new_broker
     from coremq_broker.transports.websocket.links import close_bridges
     from coremq_project.asgi import application
 
-    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0, history_length=20,
-                                 max_frame_size=16 * 2**10))
+    broker = new_broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0, history_length=20,
+                                     max_frame_size=16 * 2**10))
     await broker.start()
     browser = WebsocketCommunicator(application, "/ws/coremq/", headers=[(b"origin", b"http://127.0.0.1:8000")])
     try:

@@ -14,6 +14,7 @@ import pytest
 
 from brokers import BrokerThread
 from coremq_broker.core.broker import Broker
+from coremq_broker.server import new_broker
 from coremq_broker.core.config import BrokerConfig
 from coremq_broker.core.registry import QueueSettings
 from coremq_broker.transports.websocket.protocol import browser_number
@@ -264,7 +265,7 @@ async def test_the_corpus_through_an_in_process_bridge() -> None:
     sub-addresses of the bridge reach no one; browsers and TCP clients pass the probe after each case."""
     from coremq_broker.transports.websocket.links import close_bridges, open_bridge
 
-    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, history_length=HISTORY, shutdown_timeout=2.0))
+    broker = new_broker(BrokerConfig(host="127.0.0.1", port=0, history_length=HISTORY, shutdown_timeout=2.0))
     await broker.start()
     try:
         bridge = await open_bridge(broker.config)

@@ -32,16 +32,13 @@ def test_add_and_remove_connection_cleans_up():
 def test_history_ring_and_since():
     """History keeps the newest messages; since filters by id; shrinking keeps the newest.
 
-    An entry is kept as encoded, or as sent with the stamps to splice in before
-    its closing brace (the broker's fast path): history gives the stamped JSON.
+    An entry is the message as sent and the stamps of its batch, spliced in
+    before its closing brace (wire.stamped): history gives the stamped JSON.
     """
     registry = Registry(lambda name: QueueSettings(3))
     queue = registry.queue("q")
     for n in range(1, 6):
-        if n % 2:
-            queue.history.append((n, b'{"n":%d,"coremq_id":%d}' % (n, n), None))
-        else:
-            queue.history.append((n, b'{"n": %d }' % n, b',"coremq_id":'))
+        queue.history.append((n, b'{"n": %d }' % n if n % 2 else b'{"n":%d}' % n, b',"coremq_id":'))
     messages = [json.loads(body) for body in queue.history_since(None)]
     assert messages == [{"n": n, "coremq_id": n} for n in (3, 4, 5)]
     assert [json.loads(body)["n"] for body in queue.history_since(4)] == [5]

@@ -34,6 +34,7 @@ from coremq_broker.auth.policy import access_watcher
 from coremq_broker.core.broker import Broker
 from coremq_broker.core.config import BrokerConfig
 from coremq_broker.models import ApiToken, PermissionRule
+from coremq_broker.transports.tcp import TcpConnection
 from coremq_client import AsyncMessageQueue
 
 HERE = Path(__file__).resolve().parent
@@ -151,7 +152,7 @@ async def secured(settings) -> AsyncIterator[Secured]:
     world = await sync_to_async(make_world)()
     watcher = await sync_to_async(access_watcher)()
     broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=1.0),
-                    access=watcher.snapshot, authenticator=authenticate)
+                    access=watcher.snapshot, authenticator=authenticate, transport=TcpConnection)
     await broker.start()
     stop = watcher.attach(broker)
     clients: list[AsyncMessageQueue] = []

@@ -16,6 +16,7 @@ from channels.testing import WebsocketCommunicator
 
 from coremq_broker.core.broker import Broker
 from coremq_broker.core.config import BrokerConfig
+from coremq_broker.transports.tcp import TcpConnection
 from coremq_broker.transports.websocket.links import close_bridges
 from webservers import CHROMIUM, CHROMIUM_ARGS, ROOT, Servers
 
@@ -74,7 +75,7 @@ OpenBrowser = Callable[..., Awaitable[Browser]]
 @pytest_asyncio.fixture
 async def in_process_broker() -> AsyncIterator[Broker]:
     """A broker started on the test's own event loop, so the bridge links to it in-process (as in run_coremq)."""
-    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0))
+    broker = Broker(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0), transport=TcpConnection)
     await broker.start()
     try:
         yield broker

@@ -2,8 +2,9 @@
 
 - :class:`InProcessLink`: inside ``run_coremq``, where daphne and the broker
   share one event loop, the bridge is a broker connection like a TCP client's,
-  minus the socket: the broker calls :meth:`InProcessLink.send` once per
-  delivered frame (an append), and flushes once per loop turn.
+  minus the socket: the broker calls :meth:`BridgeConnection.send` (answers)
+  and :meth:`BridgeConnection.deliver` (messages, with their queue) once per
+  loop turn (an append), and flushes once per loop turn.
 - :class:`RemoteLink`: any other process (``daphne coremq_project.asgi:application``)
   reaches the broker of ``settings.COREMQ`` with one
   :class:`~coremq_client.AsyncMessageQueue`, which reconnects and resubscribes by
@@ -24,8 +25,8 @@ from django.dispatch import receiver
 
 from coremq_client import protocol as P
 from coremq_client.async_client import AsyncMessageQueue
-from coremq_client.codec import Frame, FrameParser
-from coremq_client.errors import ConnectionClosed, CoreMQError, ProtocolError
+from coremq_client.codec import Frame
+from coremq_client.errors import ConnectionClosed, CoreMQError
 
 from ... import conf
 from ...auth.policy import BRIDGE, follow_policy
@@ -33,6 +34,7 @@ from ...core.broker import Broker
 from ...publishing import client_options
 from ...core.registry import Connection
 from ...core.version import VERSION
+from ...core.wire import payloads
 from .bridge import Bridge, BrokerLink
 from .daphne import close_on_shutdown
 
@@ -48,7 +50,7 @@ class InProcessLink(BrokerLink):
     """The bridge as a connection of a broker on the same event loop.
 
     Requests go through :meth:`Broker.handle_frame` like a TCP client's frames;
-    replies and deliveries come back through :meth:`BridgeConnection.send`, are
+    answers and deliveries come back through :class:`BridgeConnection`, are
     buffered, and are handled once per loop turn (or at once, before and after
     each request, so that answers keep their order with messages).
     """
@@ -58,7 +60,6 @@ class InProcessLink(BrokerLink):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.codec = broker.codec
-        self._parser = FrameParser(max_frame_size=2**62)  # what the broker sends this link; no limit
         self.connection = BridgeConnection(self, broker.new_connection_id())
         self._pending: dict[int, asyncio.Future[dict]] = {}
         self._bridge: Bridge | None = None
@@ -105,18 +106,14 @@ class InProcessLink(BrokerLink):
         connection.flush()
         return future
 
-    def received(self, data: bytes) -> None:
-        """Frames from the broker: replies to requests, and deliveries for the browsers."""
-        parser = self._parser
-        parser.receive_data(data)
-        for event in parser.events():
-            if isinstance(event, ProtocolError):  # the broker encoded it: not to be
-                logger.error("bridge %s: the broker sent %s", self.connection.id, event)
-                continue
-            queue, body = event
-            message = self.codec.loads(body)
-            if queue == self.connection.id and isinstance(message, dict) and P.SENDER not in message:
-                self._reply(message)
+    def received(self, data: bytes, queue: str | None) -> None:
+        """Frames from the broker: answers (``queue`` None), or messages of ``queue`` for the browsers."""
+        loads = self.codec.loads
+        for body in payloads(data):
+            message = loads(body)
+            if queue is None:
+                if isinstance(message, dict):
+                    self._reply(message)
             elif self._bridge is not None:
                 self._bridge.delivered(queue, message)
 
@@ -158,22 +155,29 @@ class BridgeConnection(Connection):
     def __init__(self, link: InProcessLink, connection_id: str) -> None:
         super().__init__(connection_id, peer="in-process")
         self.link = link
-        self._out: list[bytes] = []
+        self._out: list[tuple[bytes, str | None]] = []  # (frames, their queue: None for answers), in order
 
     def send(self, data: bytes) -> None:
+        self._buffer(data, None)
+
+    def deliver(self, data: bytes, queue: str, first_id: int, last_id: int) -> bool:
+        self._buffer(data, queue)
+        return False
+
+    def _buffer(self, data: bytes, queue: str | None) -> None:
         if self.closing:
             return
         out = self._out
         if not out:
             self.link.broker.schedule_flush(self)
-        out.append(data)
+        out.append((data, queue))
 
     def flush(self) -> None:
         while self._out:
             pieces, self._out = self._out, []
-            self.bytes_out += sum(map(len, pieces))
-            for data in pieces:
-                self.link.received(data)
+            self.bytes_out += sum([len(data) for data, _ in pieces])
+            for data, queue in pieces:
+                self.link.received(data, queue)
 
     def close(self, reason: str | None = None) -> None:
         self.link.closed_by(reason or "the broker closed")
