@@ -1,0 +1,51 @@
+"""Two real brokers (TCP) on one Redis through ClusterEngine: a publish on one reaches a subscriber on the other.
+
+The broker does not yet tell the engine about its subscribers (docs/cluster.md, "Not done
+yet"), so the test does, as the broker will: ``subscriber_added`` on the subscriber's node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from coremq_broker.cluster.broker_engine import ClusterEngine
+from coremq_broker.core.config import BrokerConfig
+from coremq_client.sync_client import MessageQueue
+
+from brokers import BrokerThread
+from redis_nodes import settings_for
+from redis_servers import RedisServer
+
+
+def test_publish_on_one_broker_delivered_by_the_other(redis_server: RedisServer) -> None:
+    """Ids come from Redis whichever broker takes the publish; each subscriber gets every message once, in order."""
+    engines = {name: ClusterEngine(settings_for(redis_server, name), address=name) for name in ("a", "b")}
+    brokers = {name: BrokerThread(BrokerConfig(port=0), engine=engine) for name, engine in engines.items()}
+    clients = []
+    try:
+        subscriber = MessageQueue(brokers["b"].host, brokers["b"].port, queues=["news"], resume=False)
+        clients.append(subscriber)
+        subscriber.connect()
+        b = brokers["b"]
+        b.call(lambda: engines["b"].subscriber_added("news"))
+        asyncio.run_coroutine_threadsafe(engines["b"].redis.sync(), b.loop).result(10)
+        publishers = [MessageQueue(brokers[name].host, brokers[name].port) for name in ("a", "b", "a")]
+        clients.extend(publishers)
+        for publisher in publishers:
+            publisher.connect()
+        acknowledged = []
+        for n in range(30):
+            reply = publishers[n % 3].publish("news", {"n": n})
+            acknowledged.append(reply["id"])
+        assert acknowledged == list(range(1, 31))  # one numbering across both brokers
+        received = []
+        while len(received) < 30:
+            delivery = subscriber.receive(timeout=10)
+            assert delivery is not None, received
+            received.append((delivery.id, delivery.message["n"]))
+        assert received == [(n + 1, n) for n in range(30)]
+    finally:
+        for client in clients:
+            client.close()
+        for broker in brokers.values():
+            broker.stop()
