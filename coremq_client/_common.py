@@ -521,6 +521,8 @@ class ErrorReporter:
     def __init__(self, on_error: ErrorCallback | None = None, *, keep: int = RECENT_ERRORS) -> None:
         self.on_error = on_error
         self.recent: deque[CoreMQError] = deque(maxlen=keep)
+        #: Given what ``on_error`` returned (the asyncio client runs a coroutine as a task).
+        self.on_result: Callable[[Any], Any] = _ignore
 
     def report(self, error: CoreMQError) -> Any:
         self.recent.append(error)
@@ -528,10 +530,12 @@ class ErrorReporter:
         if self.on_error is None:
             return None
         try:
-            return self.on_error(error)
+            result = self.on_error(error)
         except Exception:
             logger.exception("on_error callback failed")
             return None
+        self.on_result(result)
+        return result
 
 
 class GapReporter:
@@ -544,6 +548,7 @@ class GapReporter:
     def __init__(self, on_gap: GapCallback | None = None, *, keep: int = RECENT_ERRORS) -> None:
         self.on_gap = on_gap
         self.recent: deque[Gap] = deque(maxlen=keep)
+        self.on_result: Callable[[Any], Any] = _ignore  # as ErrorReporter's
 
     def report(self, gap: Gap) -> Any:
         self.recent.append(gap)
@@ -557,7 +562,13 @@ class GapReporter:
         if self.on_gap is None:
             return None
         try:
-            return self.on_gap(gap)
+            result = self.on_gap(gap)
         except Exception:
             logger.exception("on_gap callback failed")
             return None
+        self.on_result(result)
+        return result
+
+
+def _ignore(result: Any) -> None:
+    """What a callback returned, where nothing is to be done with it (the blocking client)."""

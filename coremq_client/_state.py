@@ -1,90 +1,130 @@
-"""The read-only state both clients show, written once for both.
+"""What both clients share above the I/O: the constructor, the read-only state, the public methods' work.
 
-:class:`ClientState` is a mixin of :class:`~coremq_client.MessageQueue` and
-:class:`~coremq_client.AsyncMessageQueue`; it reads the attributes that each
-client's ``__init__`` sets and never changes them.
+:class:`ClientState` is the base of :class:`~coremq_client.MessageQueue` and
+:class:`~coremq_client.AsyncMessageQueue`. Its ``__init__`` takes the
+arguments both document and builds the :class:`~coremq_client.session.Session`;
+its properties read the session and the front end's current connection and
+never change them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import ssl as ssl_module
+from typing import Any, Mapping
 
+from ._common import ConnectCallback, ErrorCallback, GapCallback, JSONObject, MAX_PENDING, credentials_from
+from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, Decoder, Encoder, JSONCodec
 from .errors import CoreMQError
 from .protocol import Gap
-
-from ._common import JSONObject
-
-if TYPE_CHECKING:
-    from ._common import ErrorReporter, GapReporter, SessionState
-    from .protocol import Welcome
-    from .resume import Resumer
+from .session import Session
 
 __all__ = ["ClientState"]
 
 
 class ClientState:
-    """Properties common to both clients."""
+    """The constructor and the properties common to both clients."""
 
-    _conn: Any
-    _ended: Any
+    _conn: Any  # the front end's current connection (with .link), or None
     _deliveries: Any  # queue.Queue or asyncio.Queue
-    _welcome: "Welcome | None"
-    _state: "SessionState"
-    _resumer: "Resumer"
-    _user: str | None
-    _reporter: "ErrorReporter"
-    _gap_reporter: "GapReporter"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        queues: tuple[str, ...] | list[str] = (),
+        options: Mapping[str, Any] | None = None,
+        timeout: float | None = 5.0,
+        connect_timeout: float | None = 5.0,
+        reconnect: bool = True,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        encoder: Encoder = None,
+        decoder: Decoder = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        ssl: ssl_module.SSLContext | None = None,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        resume: bool = True,
+        on_error: ErrorCallback | None = None,
+        on_connect: ConnectCallback | None = None,
+        on_gap: GapCallback | None = None,
+        max_pending: int | None = MAX_PENDING,
+    ) -> None:
+        self._session = Session(
+            queues=queues, options=options, reconnect=reconnect, backoff=backoff, max_backoff=max_backoff,
+            codec=JSONCodec(encoder, decoder), max_frame_size=max_frame_size,
+            credentials=credentials_from(token, username, password),
+            resume=resume, on_error=on_error, on_connect=on_connect, on_gap=on_gap, max_pending=max_pending,
+        )
+        # What the I/O loops use; the rest of the arguments live in the session.
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.ssl = ssl
+        self.max_pending = max_pending
+        self._conn = None
+
+    @property
+    def reconnect(self) -> bool:
+        """True when a lost connection is opened again (with backoff)."""
+        return self._session.reconnect
 
     @property
     def connected(self) -> bool:
         """True while a connection is open."""
         conn = self._conn
-        return conn is not None and conn.alive
+        return conn is not None and conn.link.alive
 
     @property
     def closed(self) -> bool:
         """True once the client has ended for good (close(), or a loss without reconnect)."""
-        return self._ended is not None
+        return self._session.ended is not None
 
     @property
     def connection_id(self) -> str | None:
         """The id of the current (or last) connection, from its welcome."""
-        return self._welcome.connection_id if self._welcome else None
+        welcome = self._session.welcome
+        return welcome.connection_id if welcome else None
 
     @property
     def welcome(self) -> JSONObject | None:
         """The whole welcome object of the current (or last) connection."""
-        return self._welcome.message if self._welcome else None
+        welcome = self._session.welcome
+        return welcome.message if welcome else None
 
     @property
     def welcome_message(self) -> str | None:
         """The welcome's ``response`` text, e.g. ``"OK: Welcome from CoreMQ!"``."""
-        return self._welcome.message.get("response") if self._welcome else None
+        welcome = self._session.welcome
+        return welcome.message.get("response") if welcome else None
 
     @property
     def queues(self) -> tuple[str, ...]:
         """The queues this client subscribes to on every connect."""
-        return self._state.queues
+        return self._session.state.queues
 
     @property
     def options(self) -> dict[str, Any]:
         """The options this client sets on every connect."""
-        return self._state.options
+        return self._session.state.options
 
     @property
     def resume(self) -> bool:
         """True when the client fetches what it missed after a reconnect."""
-        return self._resumer.enabled
+        return self._session.resumer.enabled
 
     @property
     def user(self) -> str | None:
         """The user this connection is logged in as (from ``OK: Authenticated``), or None."""
-        return self._user
+        return self._session.user
 
     @property
     def last_ids(self) -> dict[str, int]:
         """The ``coremq_id`` of the last message delivered per queue (a copy)."""
-        return self._resumer.last_ids
+        return self._session.resumer.last_ids
 
     @property
     def pending(self) -> int:
@@ -94,9 +134,13 @@ class ClientState:
     @property
     def errors(self) -> list[CoreMQError]:
         """The most recent errors that no caller waited for, oldest first."""
-        return list(self._reporter.recent)
+        return list(self._session.reporter.recent)
 
     @property
     def gaps(self) -> list[Gap]:
         """The most recent gaps reported (messages that will never be delivered), oldest first."""
-        return list(self._gap_reporter.recent)
+        return list(self._session.gap_reporter.recent)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected" if self.connected else "disconnected"
+        return f"<{type(self).__name__} {self.host}:{self.port} {state} id={self.connection_id}>"

@@ -1,58 +1,30 @@
 """The blocking CoreMQ client: :class:`MessageQueue`, the 2015 API on a reader thread.
 
-One background thread per client owns reading: it feeds bytes to
-:class:`~coremq_client.protocol.ClientProtocol`, completes the future of each
-request by its reply number, puts deliveries on a :class:`queue.Queue` and, when
-the connection drops, reconnects with backoff, logs in again, replays the
-subscriptions and options and fetches what it missed (see
-:mod:`coremq_client.resume`). Any number of threads may call the methods at once: frames are
-numbered and written under one lock, which the reader never takes, so a writer
-stuck on a full socket cannot stop replies from being read.
+A thin I/O loop around :class:`~coremq_client.session.Session`, which decides
+everything that does not wait. One background thread per client owns
+reading: it feeds bytes to the connection's :class:`~coremq_client.session.Link`,
+acts on each batch (deliveries on a :class:`queue.Queue`, replies to their
+futures) and, when the connection drops, reconnects with backoff. Any number
+of threads may call the methods at once: frames are numbered and written
+under one lock, which the reader never takes, so a writer stuck on a full
+socket cannot stop replies from being read. The history requests that the
+resume asks for while reading are written by one more thread per client,
+fed by the reader.
 """
 
 from __future__ import annotations
 
 import queue as queue_module
 import socket
-import ssl as ssl_module
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Iterator, Mapping
 
-from ._common import (
-    ConnectCallback,
-    ErrorCallback,
-    ErrorReporter,
-    GapCallback,
-    GapReporter,
-    HistoryPages,
-    JSONObject,
-    MAX_PENDING,
-    PendingReplies,
-    Routed,
-    SessionState,
-    backoff_delays,
-    check_backoff,
-    check_max_pending,
-    credentials_from,
-    deadline_after,
-    handshake_reply,
-    logger,
-    notify_connected,
-    remaining,
-    resume_batch,
-    route,
-    settle,
-    since_map,
-    split_welcome,
-    user_of,
-)
-from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, JSONCodec, validate_queue_name
-from .codec import Decoder, Encoder
-from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
-from .protocol import ClientProtocol, Delivery, Gap, Welcome, wrap
+from ._common import JSONObject, deadline_after, logger, remaining
 from ._state import ClientState
-from .resume import RESUME_PAGE, Item, Resumer
+from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, Timeout
+from .protocol import ClientProtocol, Delivery
+from .session import Batch, Done, Link, Operation, Probe, Request, advance
 from .transports import Stream, open_stream
 
 __all__ = ["MessageQueue"]
@@ -67,19 +39,15 @@ class _NotSent(ConnectionClosed):
 
 
 class _Connection:
-    """One socket with its protocol state, its pending replies and events read with the welcome."""
+    """One socket and the session's link over it."""
 
-    def __init__(self, sock: Stream, protocol: ClientProtocol, welcome: Welcome, backlog: list[Any]) -> None:
+    def __init__(self, sock: Stream, link: Link) -> None:
         self.sock = sock
-        self.protocol = protocol
-        self.welcome = welcome
-        self.backlog = backlog
-        self.pending: PendingReplies[Future[JSONObject]] = PendingReplies()
-        self.resyncs: dict[int, dict[str, int]] = {}  # history requests of the resume, by number
+        self.link = link
 
     @property
     def alive(self) -> bool:
-        return self.pending.closed is None
+        return self.link.alive
 
     def abort(self) -> None:
         """Make the reader's ``recv`` return at once. Safe to repeat, from any thread."""
@@ -152,66 +120,18 @@ class MessageQueue(ClientState):
     it alive otherwise.
     """
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        queues: tuple[str, ...] | list[str] = (),
-        options: Mapping[str, Any] | None = None,
-        timeout: float | None = 5.0,
-        connect_timeout: float | None = 5.0,
-        reconnect: bool = True,
-        backoff: float = 0.1,
-        max_backoff: float = 5.0,
-        encoder: Encoder = None,
-        decoder: Decoder = None,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        ssl: ssl_module.SSLContext | None = None,
-        token: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        resume: bool = True,
-        on_error: ErrorCallback | None = None,
-        on_connect: ConnectCallback | None = None,
-        on_gap: GapCallback | None = None,
-        max_pending: int | None = MAX_PENDING,
-    ) -> None:
-        check_backoff(backoff, max_backoff)
-        check_max_pending(max_pending)
-        self._credentials = credentials_from(token, username, password)
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.reconnect = reconnect
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.codec = JSONCodec(encoder, decoder)
-        self.max_frame_size = max_frame_size
-        self.ssl = ssl
-        self.max_pending = max_pending
-        self._state = SessionState(queues, options)
-        self._resumer = Resumer(enabled=resume, max_held=max_pending)
-        self._reporter = ErrorReporter(on_error)
-        self._gap_reporter = GapReporter(on_gap)
-        self._on_connect = on_connect
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._deliveries: queue_module.Queue[Any] = queue_module.Queue()
         self._room = threading.Condition()  # the reader waits on it while max_pending messages wait
         self._reader_waits = False
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._stop = threading.Event()  # set by close(); wakes backoff sleeps
-        self._cond = threading.Condition()  # guards the four fields below
-        self._conn: _Connection | None = None
+        self._cond = threading.Condition()  # guards _conn, _reader and the session's connection fields
         self._reader: threading.Thread | None = None
-        self._ended: ConnectionClosed | None = None  # no connection will ever come again
-        self._orderly = False
-        self._welcome: Welcome | None = None
-        self._user: str | None = None
-        self._auth_failure: AuthenticationFailed | None = None  # set while waiting for new credentials
-
-    # -- state: the read-only properties are ClientState's ----------------------
+        self._asks: queue_module.SimpleQueue[tuple[_Connection, dict[str, int]] | None] = queue_module.SimpleQueue()
+        self._asker: threading.Thread | None = None
 
     def set_credentials(self, *, token: str | None = None, username: str | None = None,
                         password: str | None = None) -> None:
@@ -220,10 +140,8 @@ class MessageQueue(ClientState):
         A client waiting after refused credentials reconnects with them. The
         live connection, if any, stays logged in as it is.
         """
-        credentials = credentials_from(token, username, password)
         with self._cond:
-            self._credentials = credentials
-            self._auth_failure = None
+            self._session.set_credentials(token, username, password)
             self._cond.notify_all()
 
     # -- connecting ----------------------------------------------------------
@@ -241,69 +159,56 @@ class MessageQueue(ClientState):
         """
         deadline = deadline_after(self.connect_timeout)
         with self._connect_lock:
-            if self._ended is not None:
-                raise ConnectionClosed(f"client is closed: {self._ended}")
+            if self._session.ended is not None:
+                raise ConnectionClosed(f"client is closed: {self._session.ended}")
             if self._reader is not None:
                 self._wait_connection(deadline)
                 return
-            conn, replayed = self._establish_with_retries(deadline, first_delay=False, wait=True)
+            conn = self._establish_with_retries(deadline, first_delay=False, wait=True)
             with self._cond:
                 if self._stop.is_set():
                     conn.sock.close()
                     raise ConnectionClosed("client is closed")
                 self._conn = conn
+                self._session.connected(conn.link)
                 self._reader = threading.Thread(
                     target=self._run, args=(conn,), name=f"coremq-reader-{self.host}:{self.port}", daemon=True
                 )
                 self._reader.start()
-                self._cond.notify_all()
-            self._connected(conn)
-        for future in replayed:
+            self._session.notify_connected(conn.link)  # outside the lock: on_connect may use the client
+        for future in conn.link.replayed:
             self._result(future, deadline)
 
-    def _establish_with_retries(
-        self, deadline: float | None, *, first_delay: bool, wait: bool
-    ) -> tuple[_Connection, list[Future[JSONObject]]]:
-        delays = backoff_delays(self.backoff, self.max_backoff)
+    def _establish_with_retries(self, deadline: float | None, *, first_delay: bool, wait: bool) -> _Connection:
+        delays = self._session.delays()
         if first_delay and self._stop.wait(next(delays)):
             raise ConnectionClosed("client is closed")
         while True:
             try:
                 return self._establish(deadline, wait=wait)
-            except (ConnectionClosed, Timeout):
-                if not self.reconnect or self._stop.is_set():
+            except CoreMQError as exc:
+                if self._stop.is_set() and isinstance(exc, (ConnectionClosed, Timeout)):
                     raise
-                delay = next(delays)
-                left = remaining(deadline)
-                if left is not None and left <= delay:
-                    raise
-            except ServerError as exc:
-                if wait or isinstance(exc, AuthenticationFailed):
-                    raise
-                self._reporter.report(exc)  # say, too many connections for this user: try again later
-                delay = next(delays)
+                delay = self._session.retry_delay(exc, delays, deadline, wait=wait)
             if self._stop.wait(delay):
                 raise ConnectionClosed("client is closed")
 
-    def _establish(self, deadline: float | None, *, wait: bool) -> tuple[_Connection, list[Future[JSONObject]]]:
-        """One attempt: open the socket, read the welcome, log in, send the replay and resume requests.
-
-        With ``wait`` the replay requests get futures (for connect() to wait
-        on); without, their errors reach the error reporter.
-        """
+    def _establish(self, deadline: float | None, *, wait: bool) -> _Connection:
+        """One attempt: open the socket, then the handshake (welcome, login, replay and resume requests)."""
         limit = remaining(deadline) if deadline is not None else self.connect_timeout
         try:
             sock = open_stream(self.host, self.port, timeout=limit, tls=self.ssl)
         except OSError as exc:
             raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        link = Link(self._session, wait=wait, future=Future)
         try:
-            protocol = ClientProtocol(codec=self.codec, max_frame_size=self.max_frame_size)
-            welcome, backlog = self._read_welcome(sock, protocol, deadline)
-            self._resumer.connected(welcome.connection_id)
-            credentials = self._credentials
-            user = self._log_in(sock, protocol, credentials, backlog, deadline) if credentials else None
-            conn = _Connection(sock, protocol, welcome, backlog)
-            futures = self._replay(conn, wait)
+            while not link.ready:
+                waiting = self.connect_timeout if link.welcome is None else self.timeout
+                sock.settimeout(remaining(deadline) if deadline is not None else waiting)
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    raise ConnectionClosed(f"{self.host}:{self.port} closed the connection while connecting")
+                sock.sendall(link.handshake(data))
             sock.settimeout(self.timeout)
         except CoreMQError:
             sock.close()
@@ -316,69 +221,15 @@ class MessageQueue(ClientState):
         except BaseException:
             sock.close()
             raise
-        self._welcome = welcome
-        self._user = user
-        return conn, futures
-
-    def _log_in(self, sock: Stream, protocol: ClientProtocol, credentials: dict[str, str],
-                backlog: list[Any], deadline: float | None) -> str | None:
-        """Send ``coremq_auth`` and wait for its answer; what else arrives meanwhile joins ``backlog``."""
-        number, data = protocol.authenticate(credentials)
-        sock.sendall(data)
-        while True:
-            sock.settimeout(remaining(deadline) if deadline is not None else self.timeout)
-            data = sock.recv(_READ_SIZE)
-            if not data:
-                raise ConnectionClosed(f"{self.host}:{self.port} closed the connection while logging in")
-            reply = handshake_reply(protocol.receive_data(data), number, backlog)
-            if reply is not None:
-                return user_of(reply)
-
-    def _replay(self, conn: _Connection, wait: bool) -> list[Future[JSONObject]]:
-        """Send the subscriptions and options, then the resume's history request (if it may reconnect)."""
-        futures: list[Future[JSONObject]] = []
-        for number, data in self._state.replay(conn.protocol):
-            if wait:
-                futures.append(Future())
-                conn.pending.add(number, futures[-1])
-            conn.sock.sendall(data)
-        since = self._resumer.plan(self._state.queues) if self.reconnect else {}
-        if since:
-            conn.sock.sendall(self._resync_frame(conn, conn.protocol, since)[1])
-        return futures
-
-    @staticmethod
-    def _resync_frame(conn: _Connection, protocol: ClientProtocol, since: dict[str, int]) -> tuple[int, bytes]:
-        """A history request of the resume, registered so the reader hands its reply to the resumer."""
-        number, data = protocol.get_history(list(since), since, limit=RESUME_PAGE)
-        conn.resyncs[number] = since
-        return number, data
-
-    def _read_welcome(
-        self, sock: Stream, protocol: ClientProtocol, deadline: float | None
-    ) -> tuple[Welcome, list[Any]]:
-        while True:
-            sock.settimeout(remaining(deadline) if deadline is not None else self.connect_timeout)
-            data = sock.recv(_READ_SIZE)
-            if not data:
-                raise ConnectionClosed(f"{self.host}:{self.port} closed the connection before the welcome")
-            welcome, backlog = split_welcome(protocol.receive_data(data))
-            if welcome is not None:
-                return welcome, backlog
+        return _Connection(sock, link)
 
     def _wait_connection(self, deadline: float | None) -> _Connection:
         """The live connection, waiting for a reconnect until ``deadline``."""
         with self._cond:
             while True:
-                if self._ended is not None:
-                    raise ConnectionClosed(str(self._ended))
-                if self._auth_failure is not None:
-                    raise AuthenticationFailed(self._auth_failure.reason, self._auth_failure.request)
                 conn = self._conn
-                if conn is not None and conn.alive:
-                    return conn
-                if self._reader is None:
-                    raise ConnectionClosed("not connected: call connect() first")
+                if self._session.check_usable(conn and conn.link, started=self._reader is not None):
+                    return conn  # type: ignore[return-value]
                 left = remaining(deadline)
                 if left is not None and left <= 0:
                     raise ConnectionClosed(f"not connected to {self.host}:{self.port} within {self.timeout} s")
@@ -408,7 +259,7 @@ class MessageQueue(ClientState):
         """Connect again (with backoff), waiting for new credentials if these are refused; None once closed."""
         while True:
             try:
-                conn, _ = self._establish_with_retries(None, first_delay=True, wait=False)
+                conn = self._establish_with_retries(None, first_delay=True, wait=False)
             except AuthenticationFailed as exc:
                 if not self._await_credentials(exc):
                     return None
@@ -420,32 +271,29 @@ class MessageQueue(ClientState):
                     conn.sock.close()
                     return None
                 self._conn = conn
+                self._session.connected(conn.link)
                 self._cond.notify_all()
-            self._connected(conn)
+            self._session.notify_connected(conn.link)
             return conn
 
     def _await_credentials(self, failure: AuthenticationFailed) -> bool:
         """Report refused credentials and wait for set_credentials(); False if closed meanwhile."""
         logger.error("%s:%s refused the credentials; waiting for new ones", self.host, self.port)
-        self._reporter.report(failure)
+        self._session.reporter.report(failure)
         with self._cond:
-            self._auth_failure = failure
+            self._session.auth_failure = failure
             self._cond.notify_all()  # waiting requests raise it
-            while self._auth_failure is failure and not self._stop.is_set():
+            while self._session.auth_failure is failure and not self._stop.is_set():
                 self._cond.wait()
         return not self._stop.is_set()
 
-    def _connected(self, conn: _Connection) -> None:
-        """Hand the welcome of a new connection to ``on_connect``."""
-        notify_connected(self._on_connect, conn.welcome.message)
-
     def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
-        """Read and dispatch until the connection ends: ``(why, orderly)``."""
-        routed = route(conn.backlog)
+        """Read and act until the connection ends: ``(why, orderly)``."""
+        batch = conn.link.first_batch()
         while True:
-            self._act(routed, conn)
-            if routed.ended is not None:
-                return routed.ended, routed.orderly
+            self._act(batch, conn)
+            if batch.ended is not None:
+                return batch.ended, batch.orderly
             self._wait_for_room()
             try:
                 data = conn.sock.recv(_READ_SIZE)
@@ -455,7 +303,10 @@ class MessageQueue(ClientState):
                 return ConnectionClosed(f"connection lost: {exc}"), False
             if not data:
                 return ConnectionClosed("connection closed"), self._stop.is_set()
-            routed = route(conn.protocol.receive_data(data))
+            batch = conn.link.receive_data(data)
+
+    def _act(self, batch: Batch, conn: _Connection) -> None:
+        self._session.act(batch, conn.link, self._deliveries.put, lambda since: self._ask(conn, since))
 
     def _wait_for_room(self) -> None:
         """While ``max_pending`` messages wait for receive(), do not read (TCP pushes back on the broker)."""
@@ -468,36 +319,25 @@ class MessageQueue(ClientState):
                 self._room.wait()
             self._reader_waits = False
 
-    def _act(self, routed: Routed, conn: _Connection) -> None:
-        """Deliver, report and settle one batch; the resume's history replies and drop notices go to the resumer."""
-        items, requests, replies = resume_batch(self._resumer, conn.resyncs, routed, self._state)
-        self._dispatch(items)
-        for since in requests:
-            self._resync_later(conn, since)
-        for error in routed.errors:
-            self._reporter.report(error)
-        settle(replies, conn.pending, self._reporter.report)
+    def _ask(self, conn: _Connection, since: dict[str, int]) -> None:
+        """Have the asker thread send a history request of the resume: the reader never waits for the write lock."""
+        if self._asker is None:
+            self._asker = threading.Thread(target=self._run_asker, name=f"coremq-resync-{self.host}:{self.port}",
+                                           daemon=True)
+            self._asker.start()
+        self._asks.put((conn, since))
 
-    def _dispatch(self, items: list[Item]) -> None:
-        for item in items:
-            if isinstance(item, Gap):
-                self._gap_reporter.report(item)
-            else:
-                self._deliveries.put(item)
-
-    def _resync_later(self, conn: _Connection, since: dict[str, int]) -> None:
-        """Ask for history again from another thread: the reader never waits for the write lock."""
-        def send() -> None:
+    def _run_asker(self) -> None:
+        while (ask := self._asks.get()) is not None:
+            conn, since = ask
             try:
                 # No deadline: the lock comes free at the latest when the connection is lost.
-                self._send(conn, lambda p: self._resync_frame(conn, p, since), None, None)
+                self._send(conn, lambda p: (0, conn.link.resync(since)), None, None)
             except CoreMQError:
                 pass  # the next connection asks again
 
-        threading.Thread(target=send, name="coremq-resync", daemon=True).start()
-
     def _lose(self, conn: _Connection, error: ConnectionClosed) -> None:
-        conn.pending.close(error)
+        conn.link.lose(error)
         conn.abort()  # wakes a writer blocked in sendall, so the lock comes free
         with self._write_lock:
             conn.sock.close()
@@ -508,31 +348,37 @@ class MessageQueue(ClientState):
 
     def _end(self, error: ConnectionClosed, *, orderly: bool) -> None:
         with self._cond:
-            if self._ended is not None:
-                return
-            self._ended, self._orderly = error, orderly
+            ended = self._session.end(error, orderly=orderly)
             self._cond.notify_all()
-        self._deliveries.put(_END)
+        if ended:
+            self._deliveries.put(_END)
+            self._asks.put(None)
 
     # -- requests --------------------------------------------------------------
 
-    def _request(self, build: _Build, *, reply: bool = True, retry: bool = True) -> JSONObject | None:
-        """Send one frame and wait for its reply, within ``timeout``.
+    def _perform(self, operation: Operation[Any]) -> Any:
+        """Carry out a public method's operation (see :mod:`coremq_client.session`)."""
+        result, error = None, None
+        while not isinstance(step := advance(operation, result, error), Done):
+            result, error = None, None
+            try:
+                result = self._probe(step.queues) if isinstance(step, Probe) else self._request(step)
+            except Exception as exc:
+                error = exc
+        return step.value
 
-        A request that never left (the connection was already gone) is always
-        re-sent on the next connection; with ``retry`` (idempotent requests)
-        so is one whose connection dropped before the reply came.
-        """
+    def _request(self, request: Request) -> JSONObject | None:
+        """Send one frame and wait for its reply, within ``timeout``; see :class:`~coremq_client.session.Request`."""
         deadline = deadline_after(self.timeout)
         while True:
             conn = self._wait_connection(deadline)
-            future: Future[JSONObject] | None = Future() if reply else None
+            future: Future[JSONObject] | None = Future() if request.reply else None
             try:
-                number = self._send(conn, build, future, deadline)
+                number = self._send(conn, request.build, future, deadline)
             except _NotSent:
                 continue  # _wait_connection waits for the next connection or raises
             except ConnectionClosed:
-                if not (retry and self.reconnect) or remaining(deadline) == 0:
+                if not self._session.may_retry(request, deadline):
                     raise
                 continue
             if future is None:
@@ -540,10 +386,10 @@ class MessageQueue(ClientState):
             try:
                 return self._result(future, deadline)
             except Timeout:
-                conn.pending.discard(number)
+                conn.link.pending.discard(number)
                 raise
             except ConnectionClosed:
-                if not (retry and self.reconnect) or remaining(deadline) == 0:
+                if not self._session.may_retry(request, deadline):
                     raise
 
     def _send(self, conn: _Connection, build: _Build, future: Future[JSONObject] | None, deadline: float | None) -> int:
@@ -553,10 +399,10 @@ class MessageQueue(ClientState):
         try:
             if not conn.alive:
                 raise _NotSent("connection lost")
-            number, data = build(conn.protocol)
+            number, data = build(conn.link.protocol)
             if future is not None:
                 try:
-                    conn.pending.add(number, future)
+                    conn.link.pending.add(number, future)
                 except ConnectionClosed as exc:
                     raise _NotSent(str(exc)) from None
             try:
@@ -564,7 +410,7 @@ class MessageQueue(ClientState):
             except OSError as exc:
                 # Part of the frame may be out: the stream is unusable now.
                 lost = ConnectionClosed(f"connection lost while sending: {exc}")
-                conn.pending.close(lost)
+                conn.link.lose(lost)
                 conn.abort()
                 if isinstance(exc, TimeoutError):
                     raise Timeout(f"sending took longer than {self.timeout} s; connection dropped") from exc
@@ -572,6 +418,17 @@ class MessageQueue(ClientState):
             return number
         finally:
             self._write_lock.release()
+
+    def _probe(self, queues: list[str]) -> None:
+        """Ask where new subscriptions stand on the live connection, if any (no wait for a reconnect)."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            self._send(conn, lambda p: (0, conn.link.resync(self._session.resumer.plan(queues))), None,
+                       deadline_after(self.timeout))
+        except CoreMQError:
+            pass  # a reconnect probes every subscribed queue anyway
 
     def _result(self, future: Future[JSONObject], deadline: float | None) -> JSONObject:
         try:
@@ -583,44 +440,15 @@ class MessageQueue(ClientState):
 
     def subscribe(self, *queues: str) -> JSONObject:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
-        names = [validate_queue_name(q) for q in queues]
-        added = self._state.add_queues(names)
-        self._resumer.forget(added)
-        try:
-            reply = self._request(lambda p: p.subscribe(names))
-        except ServerError:
-            self._state.discard_queues(added)
-            raise
-        if added and self.resume and self.reconnect:
-            self._probe(added)
-        return reply  # type: ignore[return-value]
-
-    def _probe(self, queues: list[str]) -> None:
-        """Learn where new subscriptions stand, to resume from there after a reconnect (no wait)."""
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            self._send(conn, lambda p: self._resync_frame(conn, p, self._resumer.plan(queues)), None,
-                       deadline_after(self.timeout))
-        except CoreMQError:
-            pass  # a reconnect probes every subscribed queue anyway
+        return self._perform(self._session.subscribe(queues))
 
     def unsubscribe(self, *queues: str) -> JSONObject:
         """Unsubscribe from ``queues``; return the broker's reply."""
-        names = [validate_queue_name(q) for q in queues]
-        self._state.discard_queues(names)
-        self._resumer.forget(names)
-        return self._request(lambda p: p.unsubscribe(names))  # type: ignore[return-value]
+        return self._perform(self._session.unsubscribe(queues))
 
     def set_options(self, **options: Any) -> JSONObject:
         """Set options (``None`` removes one; kept for reconnects); return the reply with ``options``."""
-        previous = self._state.update_options(options)
-        try:
-            return self._request(lambda p: p.set_options(options))  # type: ignore[return-value]
-        except ServerError:
-            self._state.restore_options(previous)
-            raise
+        return self._perform(self._session.set_options(options))
 
     def publish(self, queue: str, message: Any, *, reply: bool = True) -> JSONObject | None:
         """Publish ``message`` (a dict, list or str) to ``queue``.
@@ -632,10 +460,7 @@ class MessageQueue(ClientState):
         A publish is never sent twice: if the connection drops before the
         reply, :class:`ConnectionClosed` is raised.
         """
-        validate_queue_name(queue)
-        wrap(message)
-        wait = reply and not self._state.replies_off
-        return self._request(lambda p: p.publish(queue, message), reply=wait, retry=False)
+        return self._perform(self._session.publish(queue, message, reply))
 
     def send_message(self, queue: str, message: Any) -> JSONObject | None:
         """The 2015 name of :meth:`publish`."""
@@ -649,9 +474,7 @@ class MessageQueue(ClientState):
         ``limit`` at most that many per queue, the reply's ``more`` naming the
         queues cut short (the broker also cuts a reply at its frame size).
         """
-        names = [validate_queue_name(q) for q in queues]
-        after = since_map(names, since)
-        return self._request(lambda p: p.get_history(names, after, limit=limit))  # type: ignore[return-value]
+        return self._perform(self._session.history(queues, since, limit))
 
     def get_history(self, *queues: str, since: Mapping[str, int] | int | None = None) -> dict[str, list[Any]]:
         """``{queue: [message, ...]}``, oldest first, each message as the publisher sent it.
@@ -659,11 +482,7 @@ class MessageQueue(ClientState):
         Follows the broker's pages (``more``): the whole history kept, however
         large. :meth:`history` is one raw page.
         """
-        pages = HistoryPages([validate_queue_name(q) for q in queues], since)
-        reply = self.history(*pages.queues, since=pages.since)
-        while (after := pages.take(reply)) is not None:
-            reply = self.history(*after, since=after)
-        return pages.messages
+        return self._perform(self._session.get_history(queues, since))
 
     def status(self, **detail: bool) -> JSONObject:
         """The broker's description of itself (connections, queues, counters).
@@ -671,7 +490,7 @@ class MessageQueue(ClientState):
         ``connections=True``, ``queues=True``, ``series=True`` add the list of
         connections, of public queues, and the per-second rates of the last minute.
         """
-        return self._request(lambda p: p.status(**detail))  # type: ignore[return-value]
+        return self._perform(self._session.status(detail))
 
     def admin(self, action: str, **fields: Any) -> JSONObject:
         """An administrator's request (``"disconnect"`` with ``connection=``, ``"purge"`` with ``queue=``).
@@ -679,7 +498,7 @@ class MessageQueue(ClientState):
         The broker's access policy decides who may; a refusal raises :class:`PermissionDenied`.
         Never re-sent after a lost connection.
         """
-        return self._request(lambda p: p.admin(action, **fields), retry=False)  # type: ignore[return-value]
+        return self._perform(self._session.admin(action, fields))
 
     # -- receiving -------------------------------------------------------------
 
@@ -700,7 +519,7 @@ class MessageQueue(ClientState):
                 self._room.notify()
         if item is _END:
             self._deliveries.put(_END)  # wake the next waiter too
-            raise ConnectionClosed(str(self._ended))
+            raise ConnectionClosed(str(self._session.ended))
         return item  # type: ignore[no-any-return]
 
     def get_message(self, timeout: float | None = 1) -> tuple[str | None, Any]:
@@ -714,7 +533,7 @@ class MessageQueue(ClientState):
             try:
                 delivery = self.receive()
             except ConnectionClosed:
-                if self._orderly:
+                if self._session.orderly:
                     return
                 raise
             assert delivery is not None
@@ -752,7 +571,3 @@ class MessageQueue(ClientState):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "connected" if self.connected else "disconnected"
-        return f"<MessageQueue {self.host}:{self.port} {state} id={self.connection_id}>"
