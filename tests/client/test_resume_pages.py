@@ -49,3 +49,35 @@ def test_a_resume_over_size_paged_history_loses_nothing():
             assert got == {name: list(range(20)) for name in queues}
     finally:
         broker.stop()
+
+
+def test_a_paged_resume_sends_its_requests_from_one_thread(monkeypatch):
+    """The blocking client's follow-up history requests of a long resume come from one thread, not one each."""
+    import threading
+
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def record(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", record)
+    broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, history_length=500, shutdown_timeout=2.0))
+    try:
+        publisher = RawClient(broker.host, broker.port)
+        with MessageQueue(broker.host, broker.port, queues=["paged"], backoff=0.05) as mq:
+            publisher.send("paged", {"n": 0})
+            publisher.read()
+            assert mq.receive(timeout=5).message["n"] == 0
+            broker.call(lambda: [c.abort() for c in list(broker.broker.registry.connections.values())
+                                 if c.id != publisher.id])
+            publisher.send_raw(b"".join(encode_frame("paged", json.dumps({"n": n}).encode()) for n in range(1, 450)))
+            for _ in range(449):
+                publisher.read()
+            got = [mq.receive(timeout=10) for _ in range(449)]
+            assert [d.message["n"] for d in got] == list(range(1, 450))  # five pages of RESUME_PAGE
+            assert all(d.gap is None for d in got)
+        assert len([name for name in started if name.startswith("coremq-resync")]) == 1
+    finally:
+        broker.stop()
