@@ -211,13 +211,18 @@ class Store:
         if size > self.memory:
             self.stats["store_no_memory"] += 1
             return NO_MEMORY
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= len(key) + len(old.value) + ITEM_OVERHEAD
-        self.last_cas += 1
-        item = Item(value, flags, expires, self.last_cas, now)
-        self.items[key] = item
-        self.bytes += size
+        items = self.items
+        self.last_cas = cas = self.last_cas + 1
+        item = items.get(key)
+        if item is None:
+            item = items[key] = Item(value, flags, expires, cas, now)
+            self.bytes += size
+        else:  # updated in place: no new object for the garbage collector to track
+            self.bytes += len(value) - len(item.value)
+            item.value, item.flags, item.expires, item.cas = value, flags, expires, cas
+            item.stored = item.accessed = now
+            item.fetched = False
+            items.move_to_end(key)
         self.stats["total_items"] += 1
         if expires:
             heapq.heappush(self._expiries, (expires, key))
