@@ -125,8 +125,13 @@ def _ntokens(tokens: list[bytes]) -> int:
 class MemcachedSession:
     """One client's conversation: bytes in, answer bytes out, in order (sans-I/O)."""
 
-    def __init__(self, store: Store, *, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, store: Store, *, stats: Callable[[], dict[str, Any]] | None = None,
+                 max_output: int = 4 * 2**20) -> None:
         self.store = store
+        #: Bytes of values one call of :meth:`receive` answers at most; the commands after them wait in
+        #: the buffer for the next call (:attr:`waiting`), so output is bounded whatever one read asked.
+        self.max_output = max_output
+        self.values_out = 0
         self.extra_stats = stats
         #: The client said ``quit`` or sent a line too long: close once the answer is written.
         self.closed = False
@@ -146,14 +151,19 @@ class MemcachedSession:
             b"mg": self._mg, b"ms": self._ms, b"md": self._md, b"ma": self._ma, b"mn": self._mn,
         }
 
+    @property
+    def waiting(self) -> bool:
+        """Commands are buffered that a call of ``receive(b"")`` would carry out (output was at its bound)."""
+        return bool(self._buffer) and self.values_out >= self.max_output and not self.closed
+
     def receive(self, data: bytes) -> bytes:
-        """Take what the client sent; return the answers to every command it completed."""
+        """Take what the client sent; return the answers to the commands it completed, up to ``max_output``."""
         buffer = self._buffer + data if self._buffer else data
         out: list[bytes] = []
-        self._written = 0
+        self._written = self.values_out = 0
         position = 0
         size = len(buffer)
-        while position < size and not self.closed:
+        while position < size and not self.closed and self.values_out < self.max_output:
             if self._swallow:
                 taken = min(self._swallow, size - position)
                 self._swallow -= taken
@@ -185,8 +195,12 @@ class MemcachedSession:
                 if match is not None:
                     key = match.group(1)
                     item = self.store.get(key)
-                    out.append(b"END\r\n" if item is None else b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (
-                        key, item.flags, len(item.value), item.value))
+                    if item is None:
+                        out.append(b"END\r\n")
+                    else:
+                        out.append(b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(item.value),
+                                                                         item.value))
+                        self.values_out += len(item.value)
                     self._written = len(out)
                     position = match.end()
                     continue
@@ -269,6 +283,7 @@ class MemcachedSession:
                                                                     item.value))
                 else:
                     parts.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, item.flags, len(item.value), item.value))
+                self.values_out += len(item.value)
         parts.append(b"END\r\n")
         self._flush = True
         return b"".join(parts)
@@ -501,6 +516,7 @@ class MemcachedSession:
             elif flag == 116:
                 parts.append(b"t%d" % item.ttl(now))
         if 118 in flags:
+            self.values_out += len(item.value)
             return b" ".join([b"VA %d" % len(item.value), *parts]) + b"\r\n" + item.value + b"\r\n"
         return b" ".join([b"HD", *parts]) + b"\r\n"
 
@@ -666,6 +682,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.session = MemcachedSession(server.store, stats=server.stats)
         self.transport: asyncio.Transport | None = None
+        self._paused_writing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -697,14 +714,24 @@ class _Connection(asyncio.Protocol):
             transport.write(answer)
         if self.session.closed:
             transport.close()
+        elif self.session.waiting and not self._paused_writing:
+            asyncio.get_running_loop().call_soon(self._continue)  # the rest after other clients' turn
+
+    def _continue(self) -> None:
+        if self.transport is not None and self.session.waiting and not self._paused_writing:
+            self.data_received(b"")
 
     def pause_writing(self) -> None:
+        self._paused_writing = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused_writing = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            if self.session.waiting:
+                self._continue()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
