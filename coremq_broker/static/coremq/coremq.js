@@ -36,6 +36,7 @@
       super(message);
       this.name = "CoreMQError";
       this.frame = frame || null;
+      this.code = (frame && frame.code) || null;  // the error's stable code (docs/protocol.md, Errors)
     }
   }
 
