@@ -179,11 +179,9 @@ class AsyncMessageQueue(ClientState):
             while True:
                 error, orderly = await self._read(conn)
                 self._lose(conn, error)
-                if self._stop.is_set() or not self.reconnect:
+                if not self._session.reconnects_after(error, f"{self.host}:{self.port}", self._stop.is_set()):
                     break
-                logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
-                next_conn = await self._reconnect()
-                if next_conn is None:
+                if (next_conn := await self._reconnect()) is None:
                     break  # only when closing
                 conn = next_conn
         except Exception as exc:  # pragma: no cover - a bug; never leave callers hanging
@@ -224,18 +222,16 @@ class AsyncMessageQueue(ClientState):
     async def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
         """Read and act until the connection ends: ``(why, orderly)``."""
         batch = conn.link.first_batch()
-        while True:
+        while batch.ended is None:
             self._act(batch, conn)
-            if batch.ended is not None:
-                return batch.ended, batch.orderly
             await self._wait_for_room()
             try:
-                data = await conn.reader.read(_READ_SIZE)
+                data: bytes | OSError = await conn.reader.read(_READ_SIZE)
             except OSError as exc:
-                return ConnectionClosed(f"connection lost: {exc}"), False
-            if not data:
-                return ConnectionClosed("connection closed"), self._stop.is_set()
+                data = exc
             batch = conn.link.receive_data(data)
+        self._act(batch, conn)
+        return batch.ended, batch.orderly
 
     def _act(self, batch: Batch, conn: _Connection) -> None:
         self._session.act(batch, conn.link, self._deliveries.put_nowait,

@@ -49,6 +49,7 @@ from ._common import (
     check_max_pending,
     credentials_from,
     handshake_reply,
+    logger,
     notify_connected,
     remaining,
     resume_batch,
@@ -190,8 +191,12 @@ class Link:
         backlog, self._backlog = self._backlog, []
         return self._batch(route(backlog))
 
-    def receive_data(self, data: bytes) -> Batch:
-        """Take bytes read while live: the batch to act on."""
+    def receive_data(self, data: bytes | OSError) -> Batch:
+        """Take what a read while live brought: bytes, ``b""`` at the end of the stream, or the read's error."""
+        if isinstance(data, OSError):
+            return Batch([], [], Routed(ended=ConnectionClosed(f"connection lost: {data}")))
+        if not data:
+            return Batch([], [], Routed(ended=ConnectionClosed("connection closed")))
         return self._batch(route(self.protocol.receive_data(data)))
 
     def _batch(self, routed: Routed) -> Batch:
@@ -289,6 +294,13 @@ class Session:
             self.reporter.report(error)
             return next(delays)
         raise error
+
+    def reconnects_after(self, error: ConnectionClosed, where: str, closing: bool) -> bool:
+        """A connection to ``where`` was lost: whether to open another (logged), or end (closing, or no reconnect)."""
+        if closing or not self.reconnect:
+            return False
+        logger.info("connection to %s lost (%s); reconnecting", where, error)
+        return True
 
     def connected(self, link: Link) -> None:
         """``link`` is the client's connection now: its welcome and user are the client's."""

@@ -243,11 +243,9 @@ class MessageQueue(ClientState):
             while True:
                 error, orderly = self._read(conn)
                 self._lose(conn, error)
-                if self._stop.is_set() or not self.reconnect:
+                if not self._session.reconnects_after(error, f"{self.host}:{self.port}", self._stop.is_set()):
                     break
-                logger.info("connection to %s:%s lost (%s); reconnecting", self.host, self.port, error)
-                next_conn = self._reconnect()
-                if next_conn is None:
+                if (next_conn := self._reconnect()) is None:
                     break  # only when closing
                 conn = next_conn
         except BaseException as exc:  # pragma: no cover - a bug; never leave callers hanging
@@ -290,20 +288,22 @@ class MessageQueue(ClientState):
     def _read(self, conn: _Connection) -> tuple[ConnectionClosed, bool]:
         """Read and act until the connection ends: ``(why, orderly)``."""
         batch = conn.link.first_batch()
-        while True:
+        while batch.ended is None:
             self._act(batch, conn)
-            if batch.ended is not None:
-                return batch.ended, batch.orderly
             self._wait_for_room()
+            batch = conn.link.receive_data(self._recv(conn))
+        self._act(batch, conn)
+        return batch.ended, batch.orderly
+
+    @staticmethod
+    def _recv(conn: _Connection) -> bytes | OSError:
+        while True:
             try:
-                data = conn.sock.recv(_READ_SIZE)
+                return conn.sock.recv(_READ_SIZE)
             except TimeoutError:
                 continue  # the socket timeout bounds writes; reads just go on
             except OSError as exc:
-                return ConnectionClosed(f"connection lost: {exc}"), False
-            if not data:
-                return ConnectionClosed("connection closed"), self._stop.is_set()
-            batch = conn.link.receive_data(data)
+                return exc
 
     def _act(self, batch: Batch, conn: _Connection) -> None:
         self._session.act(batch, conn.link, self._deliveries.put, lambda since: self._ask(conn, since))
