@@ -79,12 +79,17 @@ def unwrap(message: Any) -> Any:
     """Return what the publisher sent: the inverse of :func:`wrap`.
 
     Objects keep the broker's stamps (as 2015 clients saw them); wrapped strings
-    and arrays come back as ``str`` and ``list``.
+    and arrays come back as ``str`` and ``list``. A wrapper is undone only when
+    it is alone beside the stamps: ``{"coremq_string": "s", "extra": 1}`` was
+    published as an object and stays one (``docs/protocol.md``, *Publishing*).
     """
-    if isinstance(message, dict):
-        if STRING in message and isinstance(message[STRING], str):
+    if isinstance(message, dict) and (STRING in message or ARRAY in message):
+        if any(key not in STAMP_KEYS for key in message if key != STRING and key != ARRAY) or len(
+                [key for key in (STRING, ARRAY) if key in message]) != 1:
+            return message
+        if isinstance(message.get(STRING), str):
             return message[STRING]
-        if ARRAY in message and isinstance(message[ARRAY], list):
+        if isinstance(message.get(ARRAY), list):
             return message[ARRAY]
     return message
 
