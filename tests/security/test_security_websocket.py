@@ -108,7 +108,7 @@ async def test_rules_over_websocket(secured: Secured, open_socket: Open, who: st
         assert allowed(answer, action), answer
     else:
         assert answer == {"type": "error", "error": f"permission denied: {action} on queue {queue!r}",
-                          "ref": "r", "action": action}
+                          "code": "permission_denied", "ref": "r", "action": action}
 
 
 async def test_token_in_the_query_or_an_auth_request(secured: Secured, open_socket: Open) -> None:
@@ -120,7 +120,7 @@ async def test_token_in_the_query_or_an_auth_request(secured: Secured, open_sock
     assert not allowed(await attempt(socket, "subscribe", "secret"), "subscribe")
     for bad in (secured.world.expired_token, secured.world.revoked_token, "cmq_wrong"):
         assert await ask(socket, {"action": "auth", "token": bad}) == {
-            "type": "error", "error": "authentication failed", "ref": "r", "action": "auth"}
+            "type": "error", "error": "authentication failed", "code": "auth_failed", "ref": "r", "action": "auth"}
     answer = await ask(socket, {"action": "auth", "token": secured.world.alice_token})
     assert answer == {"type": "authenticated", "user": "alice", "ref": "r"}
     assert allowed(await attempt(socket, "subscribe", "secret"), "subscribe")
@@ -130,7 +130,7 @@ async def test_a_token_that_does_not_log_in_is_refused(secured: Secured, open_so
     """A wrong, expired or revoked ?token= gets "authentication failed" and a close with code 4008."""
     for token in ("cmq_wrong", secured.world.expired_token, secured.world.revoked_token):
         socket, first = await open_socket(path=f"/ws/coremq/?token={token}")
-        assert first == {"type": "error", "error": "authentication failed", "ref": None}
+        assert first == {"type": "error", "error": "authentication failed", "code": "auth_failed", "ref": None}
         assert await next_frame(socket) == {"type": "websocket.close", "code": CLOSE_CREDENTIALS}
 
 
@@ -154,7 +154,7 @@ async def test_a_rule_change_ends_a_browsers_subscription(secured: Secured, open
     await sync_to_async(lambda: PermissionRule.objects.get(pattern="secret").groups.clear())()
     assert await next_frame(socket, timeout=2) == {
         "type": "error", "error": "permission denied: subscribe on queue 'secret' (subscription ended)",
-        "ref": None, "queue": "secret"}
+        "code": "permission_denied", "ref": None, "queue": "secret"}
     assert time.monotonic() - started < 1.0
     await relay.publish("secret", {"after": "the change"})
     assert await socket.receive_nothing(timeout=0.3)

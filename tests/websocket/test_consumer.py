@@ -136,8 +136,8 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays(in_process_b
     await browser.send("{not json")
     assert (await browser.receive())["error"].startswith("invalid JSON")
     await browser.send({"action": "fly", "ref": 5})
-    assert await browser.receive() == {"type": "error", "ref": 5,
-                                       "error": "unknown action 'fly': use subscribe, unsubscribe, publish or history"}
+    assert await browser.receive() == {"type": "error", "ref": 5, "code": "unknown_request",
+                                       "error": "unknown action 'fly': use subscribe, unsubscribe, publish, history or auth"}
     await browser.communicator.send_to(bytes_data=b"\x00\x01")
     assert "binary" in (await browser.receive())["error"]
     answer = await browser.request({"action": "publish", "queue": "q", "message": "still here", "ref": 6})
@@ -150,7 +150,7 @@ async def test_frame_size_limit_setting(in_process_broker, open_browser, setting
     browser = await open_browser()
     big = json.dumps({"action": "publish", "queue": "q", "message": "x" * 300, "ref": 1})
     await browser.send(big)
-    assert await browser.receive() == {"type": "error", "ref": None,
+    assert await browser.receive() == {"type": "error", "ref": None, "code": "message_too_large",
                                        "error": f"message too large: {len(big)} bytes, limit is 200"}
     assert (await browser.request({"action": "publish", "queue": "q", "message": "ok", "ref": 2}))["type"] == "published"
 

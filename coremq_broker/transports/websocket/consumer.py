@@ -141,8 +141,9 @@ class CoreMQConsumer(AsyncWebsocketConsumer):
         """Carry out one request and answer it; every failure becomes an error frame."""
         bridge, browser = self.bridge, self.browser
         assert bridge is not None and browser is not None
-        if isinstance(request, BadRequest):
-            bridge.send(browser, error_frame(request.error, request.ref))
+        if isinstance(request, BadRequest):  # with the action when it was understood
+            extra = {"action": request.action} if request.action is not None else {}
+            bridge.send(browser, error_frame(request.error, request.ref, **extra))
             return
         action = type(request).__name__.lower()
         try:
@@ -196,11 +197,11 @@ def _query_queues(query_string: bytes) -> str:
 def _parse_query_queues(value: str, max_length: int) -> Subscribe | BadRequest:
     names = [name for name in value.split(",") if name]
     if not names:
-        return BadRequest("?queues= names no queue")
+        return BadRequest("?queues= names no queue", action="subscribe")
     try:
         return Subscribe(parse_queue_list(names, max_length))
     except (InvalidQueueName, MessageError) as exc:
-        return BadRequest(f"?queues=: {exc}")
+        return BadRequest(f"?queues=: {exc}", action="subscribe")
 
 
 def _dumps(frame: dict[str, Any]) -> str:

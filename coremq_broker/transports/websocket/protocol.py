@@ -2,7 +2,8 @@
 
 A browser sends one JSON object per WebSocket text frame, with an ``action``
 (``subscribe``, ``unsubscribe``, ``publish``, ``history``; ``auth`` logs in
-with a token) and an optional ``ref`` that the answer carries back. :func:`parse_request` turns a frame into
+with a token) and an optional ``ref`` that the answer carries back. Every
+error frame carries the error's stable ``code`` (:mod:`coremq_client.error_codes`). :func:`parse_request` turns a frame into
 one of the frozen request dataclasses below or into a :class:`BadRequest`; it
 never raises. The ``*_frame`` functions build the objects sent back; the
 bridge encodes each delivered message once, whatever the number of browsers.
@@ -17,9 +18,11 @@ from typing import Any, Mapping, Union
 
 from coremq_client import protocol as P
 from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, JSONCodec, check_nesting, validate_queue_name
+from coremq_client.error_codes import error_code
 from coremq_client.errors import InvalidQueueName, MessageError
 
 __all__ = [
+    "ACTIONS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_REF_LENGTH",
     "Subscribe",
@@ -44,6 +47,9 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**10
 MAX_REF_LENGTH = 100
 
 Ref = Union[str, int, float, None]
+
+#: The actions a browser may ask for, as the unknown-action error lists them.
+ACTIONS = ("subscribe", "unsubscribe", "publish", "history", "auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +94,15 @@ class History:
 
 @dataclass(frozen=True, slots=True)
 class BadRequest:
-    """A frame that is not a valid request: answered with an error frame, never a close."""
+    """A frame that is not a valid request: answered with an error frame, never a close.
+
+    ``action`` is the request's action when it was understood (one of
+    :data:`ACTIONS`) and only its fields were wrong; the error frame carries it.
+    """
 
     error: str
     ref: Ref = None
+    action: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +139,11 @@ def parse_request(
         return BadRequest(str(exc))
     if not isinstance(value, dict):
         return BadRequest("a request must be a JSON object with an 'action'")
+    action = value.get("action")
+    known = action if isinstance(action, str) and action in ACTIONS else None
     ref = value.get("ref")
     if not _valid_ref(ref):
-        return BadRequest(f"ref must be a number or a string of at most {MAX_REF_LENGTH} characters")
-    action = value.get("action")
+        return BadRequest(f"ref must be a number or a string of at most {MAX_REF_LENGTH} characters", None, known)
     try:
         if action == "subscribe":
             return Subscribe(parse_queue_list(value.get("queues"), max_queue_name_length), ref)
@@ -143,12 +155,12 @@ def parse_request(
             return _history(value, ref, max_queue_name_length)
         if action == "auth":
             token = value.get("token")
-            return Auth(token, ref) if isinstance(token, str) and token else BadRequest("auth needs a 'token'", ref)
-    except (InvalidQueueName, MessageError) as exc:
-        return BadRequest(str(exc), ref)
+            return Auth(token, ref) if isinstance(token, str) and token else BadRequest("auth needs a 'token'", ref, "auth")
+    except (InvalidQueueName, MessageError, _Refused) as exc:
+        return BadRequest(str(exc), ref, known)
     if action is None:
         return BadRequest("a request must have an 'action'", ref)
-    return BadRequest(f"unknown action {action!r}: use subscribe, unsubscribe, publish or history", ref)
+    return BadRequest(f"unknown action {_json(action)}: use {', '.join(ACTIONS[:-1])} or {ACTIONS[-1]}", ref)
 
 
 def parse_queue_list(value: Any, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH) -> tuple[str, ...]:
@@ -160,36 +172,40 @@ def parse_queue_list(value: Any, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH
     return tuple(dict.fromkeys(validate_queue_name(name, max_length) for name in value))
 
 
-def _publish(value: dict, ref: Ref, max_length: int) -> Publish | BadRequest:
+class _Refused(Exception):
+    """A field of an understood request is wrong; the text is the error's."""
+
+
+def _publish(value: dict, ref: Ref, max_length: int) -> Publish:
     queue = validate_queue_name(value.get("queue"), max_length)
     if "message" not in value:
-        return BadRequest("publish needs a 'message'", ref)
+        raise _Refused("publish needs a 'message'")
     message = value["message"]
     if not isinstance(message, (dict, list, str)):
-        return BadRequest(f"a message must be a JSON object, array or string, not {_json_type(message)}", ref)
+        raise _Refused(f"a message must be a JSON object, array or string, not {_json_type(message)}")
     return Publish(queue, message, ref)
 
 
-def _history(value: dict, ref: Ref, max_length: int) -> History | BadRequest:
+def _history(value: dict, ref: Ref, max_length: int) -> History:
     since = value.get("since")
     if since is None:
         since = {}
     if not isinstance(since, dict):
-        return BadRequest("'since' must be an object of queue name to message id", ref)
+        raise _Refused("'since' must be an object of queue name to message id")
     names = parse_queue_list(value["queues"], max_length) if "queues" in value else ()
     names = tuple(dict.fromkeys(names + tuple(since)))
     if not names:
-        return BadRequest("history needs 'queues' or 'since'", ref)
+        raise _Refused("history needs 'queues' or 'since'")
     resolved: dict[str, int | None] = {}
     for name in names:
         validate_queue_name(name, max_length)
         after = since.get(name)
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-            return BadRequest(f"since[{name!r}] must be a message id (an integer) or null, not {after!r}", ref)
+            raise _Refused(f"since[{_json(name)}] must be a message id (an integer) or null, not {_json(after)}")
         resolved[name] = after
     limit = value.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        return BadRequest(f"history limit must be a positive integer, not {limit!r}", ref)
+        raise _Refused(f"history limit must be a positive integer, not {_json(limit)}")
     return History(resolved, ref, limit)
 
 
@@ -210,6 +226,16 @@ def _valid_ref(ref: Any) -> bool:
     if ref is None or isinstance(ref, (int, float)) and not isinstance(ref, bool):
         return True
     return isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH
+
+
+def _json(value: Any, limit: int = 40) -> str:
+    """``value`` for an error's text, never in Python syntax: a string in single quotes, anything else as JSON.
+
+    Cut at ``limit`` characters. Single quotes are how every CoreMQ error names
+    a queue, an option or a key (``unknown control key 'coremq_x'``).
+    """
+    text = f"'{value}'" if isinstance(value, str) else _CODEC.dumps(value).decode()
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -233,9 +259,8 @@ def message_entry(stored: Any) -> dict[str, Any]:
     """
     if not isinstance(stored, dict):
         return {"id": None, "message": stored, "sender": None, "sent": None}
-    message = P.unwrap(stored)
-    if message is stored:
-        message = {key: value for key, value in stored.items() if key not in P.STAMP_KEYS}
+    message = {key: value for key, value in stored.items() if key not in P.STAMP_KEYS}
+    message = P.unwrap(message)  # a wrapper alone (a published string or array) is undone; any other object stays
     return {"id": stored.get(P.ID), "message": message, "sender": stored.get(P.SENDER), "sent": stored.get(P.SENT)}
 
 
@@ -244,8 +269,12 @@ def message_frame(queue: str, stored: Any) -> dict[str, Any]:
     return {"type": "message", "queue": queue, **message_entry(stored)}
 
 
-def error_frame(error: str, ref: Ref = None, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "error": error, "ref": ref, **extra}
+def error_frame(error: str, ref: Ref = None, *, code: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The error frame saying ``error``, with its stable ``code`` (by default the table's for the text).
+
+    ``extra`` adds members such as the request's ``action``.
+    """
+    return {"type": "error", "error": error, "code": code or error_code(error), "ref": ref, **extra}
 
 
 def text_frame(payload: bytes) -> bytes:
