@@ -221,6 +221,7 @@ class CoreMQChannelLayer(BaseChannelLayer):
         self._receiving = 0
         self._members: dict[str, dict[str, float]] = {}  # group -> channel -> added at
         self._channels_used: set[str] = set()
+        self._short_history: set[str] = set()  # normal channels whose backlog outgrew the queue's history
 
     # -- names -------------------------------------------------------------------
 
@@ -375,8 +376,14 @@ class CoreMQChannelLayer(BaseChannelLayer):
         self._channels_used.add(channel)
         reply = await link.mq.history(queue, f"{self.prefix}.claim.{channel}", since=_LATEST)
         sequence = reply.get("sequence", {})
-        waiting = (sequence.get(queue, {}).get("last") or 0) - (
-            sequence.get(f"{self.prefix}.claim.{channel}", {}).get("last") or 0)
+        last, first = sequence.get(queue, {}).get("last") or 0, sequence.get(queue, {}).get("first")
+        claimed = sequence.get(f"{self.prefix}.claim.{channel}", {}).get("last") or 0
+        waiting = last - claimed
+        if waiting > 0 and first is not None and first > claimed + 1 and channel not in self._short_history:
+            self._short_history.add(channel)
+            logger.warning("channel layer: %s messages of channel %s left the broker's history unreceived: give "
+                           "queue %s a history of at least the capacity (%s)", first - claimed - 1, channel, queue,
+                           capacity)
         if waiting >= capacity:
             raise ChannelFull()
         await link.mq.publish(queue, await self._body(link, message))

@@ -152,3 +152,42 @@ async def test_connections_of_closed_loops_are_closed(layer, layer_broker):
             await asyncio.sleep(0.05)
     assert connections == 2  # the layer's on this loop, and the watcher
     await layer.flush()
+
+
+async def test_expired_members_are_counted(layer_broker):
+    """A member removed after group_expiry is counted per group (coremq_layer_expired_members_total)."""
+    reset_layer_drops()
+    layer = CoreMQChannelLayer(hosts=[f"coremq://127.0.0.1:{layer_broker.port}"], prefix=f"e{os.urandom(3).hex()}",
+                               group_expiry=1)
+    channel = await layer.new_channel()
+    await layer.group_add("short-lived", channel)
+    await asyncio.sleep(2.2)
+    await layer.group_send("short-lived", {"type": "late"})
+    for _ in range(100):
+        if layer_drops()["expired_members"]:
+            break
+        await asyncio.sleep(0.02)
+    assert layer_drops()["expired_members"] == {"short-lived": 1}
+    from coremq_broker.status.metrics import render
+
+    assert b'coremq_layer_expired_members_total{group="short-lived"} 1.0' in render(
+        {"source": "local", "broker": {}, "connections": [], "queues": [], "channel_layer": layer_drops()})
+    await layer.flush()
+
+
+async def test_a_backlog_larger_than_history_is_reported(caplog):
+    """A normal channel whose backlog left the queue's history is logged once, naming the queue to configure."""
+    from brokers import BrokerThread
+    from coremq_broker.core.config import BrokerConfig
+
+    short = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0, history_length=3))
+    try:
+        layer = CoreMQChannelLayer(hosts=[f"coremq://127.0.0.1:{short.port}"], prefix="h")
+        for n in range(6):
+            await layer.send("backlog", {"type": "n", "n": n})
+        warnings = [r.getMessage() for r in caplog.records if "left the broker's history" in r.getMessage()]
+        assert len(warnings) == 1 and "h.channel.backlog" in warnings[0]
+        assert (await asyncio.wait_for(layer.receive("backlog"), 10))["n"] == 3  # 0-2 are gone
+        await layer.flush()
+    finally:
+        short.stop()
