@@ -180,7 +180,7 @@ class MemoryEngine:
 
     def publish(self, batch: Batch) -> None:
         queue = batch.queue
-        if self.durable(queue):
+        if (not queue.plain or self.durable_all) and self.durable(queue):  # plain: neither durable nor size-limited
             for index in range(len(batch)):
                 self._publish_durable(batch.one(index) if len(batch) > 1 else batch)
             return

@@ -258,6 +258,17 @@ def keep_run(bounds: Bounds, registry: "Registry", queue: "Queue", first_id: int
     history = queue.history
     maxlen = history.maxlen
     count = len(bodies)
+    if count == 1 and maxlen:  # one message: the deque drops its oldest entry when full
+        size = len(bodies[0]) + HISTORY_ENTRY_BYTES
+        if len(history) == maxlen:
+            size -= len(history[0][1]) + HISTORY_ENTRY_BYTES
+        history.append((first_id, bodies[0], stamps))
+        if size:  # as Bounds.held, spelled out: this runs once per message in flight
+            queue.history_bytes += size
+            bounds.history_bytes += size
+            if bounds.history_bytes > bounds.max_history_bytes:
+                bounds.trim_history(registry)
+        return
     if maxlen is not None:
         if not maxlen:
             return

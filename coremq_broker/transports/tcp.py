@@ -280,10 +280,7 @@ class TcpConnection(asyncio.Protocol, Connection):
 
     # -- Connection --------------------------------------------------------
 
-    def send(self, frame: bytes) -> None:
-        self._buffer(frame, None)
-
-    def _buffer(self, frame: bytes, span: tuple[str, int, int] | None) -> None:
+    def send(self, frame: bytes, span: tuple[str, int, int] | None = None) -> None:
         """Append ``frame`` (an answer, or messages of ``span``: queue, first and last id) to the output."""
         if self.closing:
             return
@@ -304,7 +301,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         """Send ``data``; return whether this connection is congested (its publishers are to be held)."""
         if self._out or self._writing_paused or self.closing or self._gaps or self.transport is None:
             # Behind what waits, or into the bounded buffer, or dropped when closing.
-            self._buffer(data, (queue, first_id, last_id))
+            self.send(data, (queue, first_id, last_id))
         else:
             self.bytes_out += len(data)
             self.transport.write(data)
@@ -319,7 +316,9 @@ class TcpConnection(asyncio.Protocol, Connection):
         if self._gaps:
             out.appendleft(self._gap_notice())
         data = out[0] if len(out) == 1 else b"".join(out)
-        self._clear()
+        out.clear()
+        self._spans.clear()
+        self._out_bytes = 0
         self.bytes_out += len(data)
         transport.write(data)
 
