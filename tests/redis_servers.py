@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -19,6 +21,7 @@ import redis
 __all__ = ["RedisServer", "free_port", "redis_server"]
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+sys.path.append(str(Path(__file__).resolve().parent / "client"))  # selfsigned
 
 
 def free_port() -> int:
@@ -30,17 +33,26 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server subprocess without persistence: a restart loses everything, as a crash would."""
 
-    def __init__(self, *args: str, password: str | None = None) -> None:
+    def __init__(self, *args: str, password: str | None = None, tls: bool = False) -> None:
         self.args = list(args) + (["--requirepass", password] if password else [])
         self.password = password
         self.directory = tempfile.mkdtemp(prefix="coremq-redis-")
         self.port = free_port()
+        #: With ``tls``: the server speaks TLS only (rediss://), with a throwaway certificate for 127.0.0.1.
+        self.ca_file: str | None = None
+        if tls:
+            from selfsigned import tls_contexts  # tests/client: the suite's one certificate maker
+
+            tls_contexts(Path(self.directory))
+            self.ca_file = os.path.join(self.directory, "cert.pem")
+            self.args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.ca_file,
+                          "--tls-key-file", os.path.join(self.directory, "key.pem"), "--tls-auth-clients", "no"]
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.ca_file else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -58,7 +70,8 @@ class RedisServer:
                 time.sleep(0.05)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, password=self.password)
+        tls = {"ssl": True, "ssl_ca_certs": self.ca_file} if self.ca_file else {}
+        return redis.Redis("127.0.0.1", self.port, socket_timeout=5, password=self.password, **tls)
 
     def kill(self) -> None:
         """SIGKILL: connections drop, nothing is saved."""

@@ -10,7 +10,7 @@ from django.core.checks import Error
 from coremq_broker.cluster import ClusterSettingError, parse_settings, redis_problems
 from coremq_broker.cluster_checks import check_cluster
 
-from redis_nodes import RedisServer
+from redis_nodes import Node, RedisServer
 
 
 def test_urls_prefix_and_node_name() -> None:
@@ -86,3 +86,28 @@ def test_django_check(settings, redis_server: RedisServer) -> None:
     settings.COREMQ = {"ENGINE": "redis", "REDIS_URL": redis_server.url}
     errors = check_cluster()
     assert [error.id for error in errors] == ["coremq.E105"] and "unreachable" in errors[0].msg
+
+
+@pytest.mark.asyncio
+async def test_rediss_url_over_tls() -> None:
+    """rediss:// works end to end: the check passes, a node publishes and another receives over TLS."""
+    server = RedisServer(tls=True)
+    try:
+        options = {"redis_options": {"ssl_ca_certs": server.ca_file}}
+        assert server.url.startswith("rediss://")
+        assert redis_problems(parse_settings(server.url, **options)) == []
+        assert [problem.id for problem in redis_problems(parse_settings(server.url.replace("rediss", "redis")),
+                                                         timeout=0.5)] == ["coremq.E105"]
+        a, b = Node(server, "a", **options), Node(server, "b", **options)
+        await a.engine.start()
+        await b.engine.start()
+        try:
+            b.engine.subscribe("secure")
+            await b.engine.sync()
+            await a.engine.publish("secure", [b'{"n":1}'], b',"coremq_id":', history_length=5)
+            await b.wait_for(lambda: b.ids("secure") == [1])
+        finally:
+            await a.engine.close()
+            await b.engine.close()
+    finally:
+        server.close()
