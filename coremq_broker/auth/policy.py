@@ -160,9 +160,13 @@ class PolicyFollower:
     def __init__(self, loop: asyncio.AbstractEventLoop, access: SitePolicy) -> None:
         self.loop = loop
         self.access = access
+        #: Called on the loop with each new policy (the bridge holds its browsers to it), as ``Broker.on_access_change``.
+        self.on_access_change: list[Callable[[SitePolicy], None]] = []
 
     def set_access(self, access: SitePolicy) -> None:
         self.access = access
+        for callback in list(self.on_access_change):
+            callback(access)
 
 
 async def follow_policy() -> tuple[PolicyFollower, Callable[[], None]]:
