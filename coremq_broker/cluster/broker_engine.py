@@ -56,7 +56,9 @@ class ClusterEngine:
 
     def __init__(self, cluster: ClusterSettings, *, address: str = "",
                  figures: Callable[[], dict[str, Any]] | None = None) -> None:
-        self.redis = RedisEngine(cluster, address=address, on_delivery=self._delivered, figures=figures)
+        """``figures()`` adds to each heartbeat; by default the registry's counts (:meth:`figures`)."""
+        self.redis = RedisEngine(cluster, address=address, on_delivery=self._delivered,
+                                 figures=figures or self.figures)
         self._node: Node | None = None
         self._registry: "Registry | None" = None
         self._bounds: "Bounds | None" = None
@@ -79,6 +81,16 @@ class ClusterEngine:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.redis.settings.command_timeout)
         await self.redis.close()
+
+    #: What a heartbeat carries of the registry's description (Registry.describe).
+    FIGURES = ("connections", "queues", "messages_in", "messages_out", "rate_in", "rate_out", "rss_bytes")
+
+    def figures(self) -> dict[str, Any]:
+        """This node's counts for its heartbeat (empty before :meth:`bind`)."""
+        if self._registry is None:
+            return {}
+        described = self._registry.describe()
+        return {name: described.get(name) for name in self.FIGURES}
 
     # -- what this node listens to (to be called by the broker) ---------------------------
 

@@ -7,6 +7,7 @@ yet"), so the test does, as the broker will: ``subscriber_added`` on the subscri
 from __future__ import annotations
 
 import asyncio
+import time
 
 from coremq_broker.cluster.broker_engine import ClusterEngine
 from coremq_broker.core.config import BrokerConfig
@@ -44,6 +45,15 @@ def test_publish_on_one_broker_delivered_by_the_other(redis_server: RedisServer)
             assert delivery is not None, received
             received.append((delivery.id, delivery.message["n"]))
         assert received == [(n + 1, n) for n in range(30)]
+        # Each node's heartbeat carries its registry's counts: a holds two connections, b two.
+        nodes = asyncio.run_coroutine_threadsafe(engines["a"].redis.nodes(), brokers["a"].loop).result(10)
+        assert [node["name"] for node in nodes] == ["a", "b"]
+        assert all(set(ClusterEngine.FIGURES) <= set(node) for node in nodes)
+        deadline = time.monotonic() + 20
+        while {node["name"]: node["connections"] for node in nodes} != {"a": 2, "b": 2}:
+            assert time.monotonic() < deadline, nodes
+            time.sleep(0.05)
+            nodes = asyncio.run_coroutine_threadsafe(engines["a"].redis.nodes(), brokers["a"].loop).result(10)
     finally:
         for client in clients:
             client.close()
