@@ -195,3 +195,24 @@ async def test_idle_queue_expires_into_a_new_epoch(redis_server: RedisServer) ->
         assert again.first_id == 1 and again.epoch != first.epoch
     finally:
         await node.engine.close()
+
+
+async def test_persistent_redis_keeps_the_numbering_across_a_kill() -> None:
+    """With appendonly/appendfsync always, Redis killed with -9 and restarted keeps epoch, ids and history."""
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always")
+    node = Node(server, "a")
+    try:
+        await node.engine.start()
+        first = await node.engine.publish("kept", [body(i) for i in range(5)], STAMPS, history_length=10)
+        server.restart()
+        for _ in range(50):  # the pooled connection died with the server
+            try:
+                after = await node.engine.publish("kept", [body(5)], STAMPS, history_length=10)
+                break
+            except ClusterUnavailable:
+                await asyncio.sleep(0.1)
+        assert (after.epoch, after.first_id) == (first.epoch, 6)
+        assert [m[0] for m in (await node.engine.history("kept")).messages] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await node.engine.close()
+        server.close()
