@@ -42,7 +42,7 @@ from .subscriber import Delivery
 
 if TYPE_CHECKING:
     from ..core.limits import Bounds
-    from ..core.registry import Queue, Registry
+    from ..core.registry import Connection, Queue, Registry
 
 __all__ = ["ClusterEngine"]
 
@@ -67,6 +67,9 @@ class ClusterEngine:
         # Answered batches of listened queues whose delivery had not come back: (origin, first id).
         self._unsure: list[tuple[bytes, int]] = []
         self._settling = False
+        # Publishers not read while many batches wait for Redis (flow control).
+        self._held: dict["Connection", None] = {}
+        self.busy = 0
         self.resets = 0
 
     def bind(self, node: Node, registry: "Registry", bounds: "Bounds") -> None:
@@ -109,9 +112,26 @@ class ClusterEngine:
     # -- publishing -------------------------------------------------------------------------
 
     def publish(self, batch: Batch) -> None:
+        limit = self.redis.settings.max_pending
+        if len(self._pending) >= limit:
+            self.busy += 1
+            self._node.refused(batch, f"cluster busy: {limit} publishes wait for Redis")  # type: ignore[union-attr]
+            return
         origin = self.redis.next_origin()
         self._pending[origin] = batch
         self._spawn(self._publish(batch, origin))
+        sender = batch.sender
+        if (sender is not None and len(self._pending) >= limit // 4 and sender not in self._held
+                and not sender.closing):
+            self._held[sender] = None  # not read until Redis caught up (see _ease)
+            sender.hold()
+
+    def _ease(self) -> None:
+        """Read the publishers held for Redis again once their batches drained to an eighth of the limit."""
+        if self._held and len(self._pending) <= self.redis.settings.max_pending // 8:
+            held, self._held = self._held, {}
+            for connection in held:
+                connection.release()
 
     async def _publish(self, batch: Batch, origin: bytes) -> None:
         queue = batch.queue
@@ -123,6 +143,7 @@ class ClusterEngine:
         except (ClusterUnavailable, LookupError) as exc:
             if self._pending.pop(origin, None) is not None:
                 self._node.refused(batch, str(exc).strip("'\""))  # type: ignore[union-attr]
+                self._ease()
             return
         if origin not in self._pending:
             return  # its delivery came back first and numbered it
@@ -169,6 +190,7 @@ class ClusterEngine:
         queue.last_id = max(queue.last_id, first_id + len(batch.bodies) - 1)
         keep_run(self._bounds, self._registry, queue, first_id, batch.bodies, batch.stamps)  # type: ignore[arg-type]
         self._node.numbered(batch, first_id)  # type: ignore[union-attr]
+        self._ease()
 
     # -- deliveries through Redis --------------------------------------------------------------
 
@@ -227,4 +249,5 @@ class ClusterEngine:
             logger.warning("cluster: history not purged in Redis: %s", task.exception())
 
     def describe(self) -> dict[str, Any]:
-        return {**self.redis.describe(), "resets": self.resets, "waiting": len(self._pending)}
+        return {**self.redis.describe(), "resets": self.resets, "waiting": len(self._pending), "busy": self.busy,
+                "held_publishers": len(self._held)}

@@ -72,6 +72,10 @@ class ClusterSettings:
     connect_timeout: float = 2.0
     #: Reconnecting waits 0.1 s, then twice as long each time, at most this long.
     reconnect_max: float = 2.0
+    #: Batches of this node sent to Redis and not answered yet: past this many a
+    #: publish is refused at once (``cluster busy``); a publisher is not read from a
+    #: quarter of it until they drain to an eighth (flow control).
+    max_pending: int = 10_000
     #: Options for redis-py beside the URL's (``ssl_ca_certs``, ...).
     redis_options: dict[str, Any] = field(default_factory=dict, compare=False)
 

@@ -15,7 +15,7 @@ from coremq_broker.cluster.broker_engine import ClusterEngine
 from coremq_broker.core.config import BrokerConfig
 from coremq_broker.core.engine import Batch
 from coremq_broker.core.limits import Bounds
-from coremq_broker.core.registry import QueueSettings, Registry
+from coremq_broker.core.registry import Connection, QueueSettings, Registry
 
 from redis_nodes import RedisServer, settings_for
 
@@ -43,20 +43,34 @@ class RecordingNode:
         self.local.setdefault(queue, []).extend(range(first_id, first_id + len(bodies)))
 
 
+class Sender(Connection):
+    """A publisher as the engine sees it: only whether it is held (not read) or released."""
+
+    def __init__(self) -> None:
+        super().__init__("sender")
+        self.holds = self.releases = 0
+
+    def hold(self) -> None:
+        self.holds += 1
+
+    def release(self) -> None:
+        self.releases += 1
+
+
 class Side:
-    def __init__(self, server: RedisServer, name: str) -> None:
+    def __init__(self, server: RedisServer, name: str, **options: object) -> None:
         config = BrokerConfig()
         default = QueueSettings(history_length=50)
         self.bounds = Bounds(config, default)
         self.registry = Registry(lambda queue: default, self.bounds)
         self.node = RecordingNode()
-        self.engine = ClusterEngine(settings_for(server, name), address=name)
+        self.engine = ClusterEngine(settings_for(server, name, **options), address=name)
         self.engine.bind(self.node, self.registry, self.bounds)
 
-    def publish(self, queue: str, count: int, owner: str | None = None) -> Batch:
+    def publish(self, queue: str, count: int, owner: str | None = None, sender: Connection | None = None) -> Batch:
         if owner is not None:  # the broker makes an address private to its connection
             self.registry.queue(queue).owner = owner
-        batch = Batch(self.registry.queue(queue), [b'{"n":%d}' % i for i in range(count)], STAMPS, None, 1, 0.0)
+        batch = Batch(self.registry.queue(queue), [b'{"n":%d}' % i for i in range(count)], STAMPS, sender, 1, 0.0)
         self.engine.publish(batch)
         return batch
 
@@ -131,3 +145,26 @@ async def test_point_to_point_across_nodes(sides: tuple[Side, Side]) -> None:
     a.publish("c-2", 1, owner="c-2")
     await a.settle()
     assert [reason for _, reason in a.node.refusals] == ["no such connection: c-2"]
+
+
+async def test_publishers_held_and_refused_while_redis_lags(redis_server: RedisServer) -> None:
+    """A stopped Redis: the publisher is held from a quarter of max_pending, refused at once past it ('cluster busy'),
+    released when the batches drained (here: failed)."""
+    side = Side(redis_server, "a", max_pending=8)
+    await side.engine.start(asyncio.get_running_loop())
+    sender = Sender()
+    redis_server.pause()
+    try:
+        for _ in range(8):
+            side.publish("lag", 1, sender=sender)
+        assert sender.holds == 1 and sender.releases == 0
+        side.publish("lag", 1, sender=sender)
+        assert [reason for _, reason in side.node.refusals] == ["cluster busy: 8 publishes wait for Redis"]
+        await side.settle()  # the eight time out
+        assert len(side.node.refusals) == 9 and not side.node.numbered_batches
+        assert all(reason.startswith("cluster unavailable") for _, reason in side.node.refusals[1:])
+        assert sender.releases == 1
+        assert side.engine.describe()["busy"] == 1
+    finally:
+        redis_server.resume()
+        await side.engine.close()
