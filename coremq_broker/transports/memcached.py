@@ -119,7 +119,7 @@ def _tokens(line: bytes) -> list[bytes]:
 
 def _ntokens(tokens: list[bytes]) -> int:
     """memcached's token count: the tokens (at most 23, the rest is one more) and its end marker."""
-    return min(len(tokens), MAX_TOKENS - 1) + 1 + (len(tokens) >= MAX_TOKENS)
+    return min(len(tokens), MAX_TOKENS - 1) + 1
 
 
 class MemcachedSession:
@@ -223,8 +223,9 @@ class MemcachedSession:
 
     def _long_line_allowed(self, buffer: bytes, position: int, size: int) -> bool:
         """memcached keeps reading a long line only if it is a ``get``/``gets`` (many keys)."""
-        head = buffer[position:position + 200].lstrip(_SPACE)
-        return (head.startswith((b"get ", b"gets ")) and len(buffer) - len(head) - position <= 100
+        start = buffer[position:position + 200]
+        head = start.lstrip(_SPACE)
+        return (head.startswith((b"get ", b"gets ")) and len(start) - len(head) <= 100
                 and size - position <= _LARGE_GET_MAX)
 
     def _command(self, line: bytes, out: list[bytes]) -> None:

@@ -142,3 +142,10 @@ def test_long_line(line, memcached, store_server):
     """A line over 2048 bytes without its newline closes the connection, unless it is a get of many keys."""
     got = _compare(memcached, store_server, [line], pause=0.2, end=b"")
     assert got.endswith(b"<closed>") == (not line.startswith(b"get "))
+
+
+def test_long_get_line_in_pieces(memcached, store_server):
+    """A get of 1,500 keys arriving in 1 kB pieces is read to its end and answered like memcached."""
+    line = b"set k 0 0 1\r\nx\r\nget " + b"k " * 1500 + b"\r\n"
+    got = _compare(memcached, store_server, [line[i:i + 1000] for i in range(0, len(line), 1000)], pause=0.05)
+    assert got.count(b"VALUE k 0 1") == 1500
