@@ -189,7 +189,7 @@ class SessionState:
         frames = []
         if queues:
             frames.append(protocol.subscribe(queues))
-        if options or not queues:
+        if options or (not queues and protocol.needs_first_request):
             # Always at least one request: the broker closes a connection that sends no frame
             # within FIRST_FRAME_TIMEOUT of its welcome, and a client may only wait for messages.
             frames.append(protocol.set_options(options))
@@ -311,8 +311,8 @@ def settle(replies: Iterable[Reply], pending: PendingReplies[Any], report: Calla
             report(error_for(reply.error, reply.request))
 
 
-def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: Routed, state: SessionState
-                 ) -> tuple[list[Item], list[dict[str, int]], list[Reply]]:
+def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: Routed, state: SessionState,
+                 *, echo: bool | None = None) -> tuple[list[Item], list[dict[str, int]], list[Reply]]:
     """The resume's part of one batch: ``(items to act on in order, history requests to send, other replies)``.
 
     Live deliveries go through the resumer in the order received; a drop
@@ -325,7 +325,7 @@ def resume_batch(resumer: Resumer, resyncs: dict[int, dict[str, int]], routed: R
     """
     items: list[Item] = []
     requests: list[dict[str, int]] = []
-    echo = state.echo
+    echo = state.echo if echo is None else echo  # the transport may deliver own publishes anyway
     for event in routed.stream:
         if isinstance(event, Delivery):
             items += resumer.accept(event)

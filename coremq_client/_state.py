@@ -16,7 +16,9 @@ from ._common import ConnectCallback, ErrorCallback, GapCallback, JSONObject, MA
 from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, Decoder, Encoder, JSONCodec
 from .errors import CoreMQError
 from .protocol import Gap
+from .protocol import ClientProtocol
 from .session import Session
+from .transports_ws import WebSocketProtocol, is_websocket_url
 
 __all__ = ["ClientState"]
 
@@ -57,7 +59,10 @@ class ClientState:
             codec=JSONCodec(encoder, decoder), max_frame_size=max_frame_size,
             credentials=credentials_from(token, username, password),
             resume=resume, on_error=on_error, on_connect=on_connect, on_gap=on_gap, max_pending=max_pending,
+            protocol=WebSocketProtocol if is_websocket_url(host) else ClientProtocol,
         )
+        #: ``ws://`` or ``wss://`` URL given as ``host``: the browser protocol over WebSocket (``port`` unused).
+        self.url = host if is_websocket_url(host) else None
         # What the I/O loops use; the rest of the arguments live in the session.
         self.host = host
         self.port = port

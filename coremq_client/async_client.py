@@ -20,6 +20,7 @@ from ._state import ClientState
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
 from .protocol import Delivery
 from .session import Batch, Done, Link, Operation, Probe, Request, advance
+from .transports_ws import open_websocket_streams
 
 __all__ = ["AsyncMessageQueue"]
 
@@ -122,9 +123,12 @@ class AsyncMessageQueue(ClientState):
         limit = remaining(deadline) if deadline is not None else self.connect_timeout
         try:
             async with asyncio.timeout(limit):
-                reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
-                )
+                if self.url is not None:
+                    reader, writer = await open_websocket_streams(self.url, tls=self.ssl)
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+                    )
         except (OSError, TimeoutError) as exc:
             raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
         link = Link(self._session, wait=wait, future=asyncio.get_running_loop().create_future)

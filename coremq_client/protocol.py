@@ -199,6 +199,11 @@ class ClientProtocol:
     before they are sent (:attr:`send_limit`).
     """
 
+    #: Whether the broker delivers this client's own publishes whatever its ``echo`` option (no).
+    echoes_own = False
+    #: Whether the broker closes a connection that sends no request soon after its welcome (yes).
+    needs_first_request = True
+
     def __init__(self, *, codec: JSONCodec | None = None, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.codec = codec or JSONCodec()
         self.max_frame_size = max_frame_size

@@ -123,7 +123,7 @@ class Link:
 
     def __init__(self, session: "Session", *, wait: bool, future: Callable[[], Any]) -> None:
         self.session = session
-        self.protocol = ClientProtocol(codec=session.codec, max_frame_size=session.max_frame_size)
+        self.protocol = session.protocol(codec=session.codec, max_frame_size=session.max_frame_size)
         self.pending: PendingReplies[Any] = PendingReplies()
         self.resyncs: dict[int, dict[str, int]] = {}  # history requests of the resume, by number
         self.welcome: Welcome | None = None
@@ -201,7 +201,8 @@ class Link:
 
     def _batch(self, routed: Routed) -> Batch:
         session = self.session
-        items, asks, replies = resume_batch(session.resumer, self.resyncs, routed, session.state)
+        echo = session.state.echo or self.protocol.echoes_own
+        items, asks, replies = resume_batch(session.resumer, self.resyncs, routed, session.state, echo=echo)
         routed.replies = replies
         return Batch(items, asks, routed)
 
@@ -241,12 +242,14 @@ class Session:
         on_connect: ConnectCallback | None,
         on_gap: GapCallback | None,
         max_pending: int | None,
+        protocol: type[ClientProtocol] | Callable[..., Any] = ClientProtocol,
     ) -> None:
         check_backoff(backoff, max_backoff)
         check_max_pending(max_pending)
         self.reconnect = reconnect
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.protocol = protocol  # the wire protocol's class: TCP frames, or the browser protocol
         self.codec = codec
         self.max_frame_size = max_frame_size
         self.credentials = credentials

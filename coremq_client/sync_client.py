@@ -26,6 +26,7 @@ from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, Timeout
 from .protocol import ClientProtocol, Delivery
 from .session import Batch, Done, Link, Operation, Probe, Request, advance
 from .transports import Stream, open_stream
+from .transports_ws import WebSocketStream, open_websocket
 
 __all__ = ["MessageQueue"]
 
@@ -41,7 +42,7 @@ class _NotSent(ConnectionClosed):
 class _Connection:
     """One socket and the session's link over it."""
 
-    def __init__(self, sock: Stream, link: Link) -> None:
+    def __init__(self, sock: Stream | WebSocketStream, link: Link) -> None:
         self.sock = sock
         self.link = link
 
@@ -197,7 +198,10 @@ class MessageQueue(ClientState):
         """One attempt: open the socket, then the handshake (welcome, login, replay and resume requests)."""
         limit = remaining(deadline) if deadline is not None else self.connect_timeout
         try:
-            sock = open_stream(self.host, self.port, timeout=limit, tls=self.ssl)
+            if self.url is not None:
+                sock: Stream | WebSocketStream = open_websocket(self.url, timeout=limit, tls=self.ssl)
+            else:
+                sock = open_stream(self.host, self.port, timeout=limit, tls=self.ssl)
         except OSError as exc:
             raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         link = Link(self._session, wait=wait, future=Future)
