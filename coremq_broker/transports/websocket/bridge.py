@@ -22,8 +22,10 @@ one :class:`BrokerLink` (in-process beside the broker, or a remote client; see
   subscribe, publish and history request is checked with the same access
   policy as the broker's TCP clients (``access()``, the live snapshot); the
   broker lets the bridge's own connection through as a relay. When the
-  policy changes, browsers whose credentials were revoked are closed and
-  subscriptions it no longer allows end.
+  policy changes (the link calls :meth:`Bridge.enforce` from the broker's, or
+  the web process's, policy watcher), browsers whose credentials were revoked
+  are closed and subscriptions it no longer allows end: the same check
+  (``AccessPolicy.ended``) as for TCP connections.
 
 Nothing here imports Django.
 """
@@ -41,7 +43,7 @@ from coremq_client import protocol as P
 from coremq_client.codec import JSONCodec
 from coremq_client.errors import CoreMQError
 
-from ...core.access import ANONYMOUS, AccessPolicy, Principal
+from ...core.access import ANONYMOUS, AccessPolicy, Principal, denial, subscription_limit
 from .protocol import browser_number, error_frame, message_entry, message_frame, text_frame
 
 __all__ = ["Bridge", "BridgeError", "BrokerLink", "Browser", "FrameWriter", "Outgoing", "CLOSE_CREDENTIALS",
@@ -62,8 +64,6 @@ CLOSE_TRY_AGAIN_LATER = 4013
 #: A ``since`` above any message id: the history answer then holds only the sequence.
 _NEWEST = 2**53
 
-#: Seconds between checks that the access policy has not changed under the browsers.
-ENFORCE_INTERVAL = 0.25
 _ALLOW_ALL = AccessPolicy()
 
 ASGISend = Callable[[dict], Awaitable[None]]
@@ -202,7 +202,6 @@ class Bridge:
         self._outbox: deque[tuple[Outgoing, Iterable[Browser]]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._enforce_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------
@@ -211,7 +210,6 @@ class Bridge:
         """Connect the link and start the pump."""
         loop = asyncio.get_running_loop()
         self._pump_task = loop.create_task(self._pump(), name="coremq-websocket-pump")
-        self._enforce_task = loop.create_task(self._enforce_periodically(), name="coremq-websocket-access")
         await self.link.start(self)
 
     async def close(self) -> None:
@@ -270,8 +268,6 @@ class Bridge:
             return
         self.closed = True
         logger.info("WebSocket bridge %s closed: %s", self.connection_id, reason)
-        if self._enforce_task is not None:
-            self._enforce_task.cancel()
         for callback in self.on_close:
             callback()
         close = Outgoing(b"", close=CLOSE_SERVICE_RESTART)
@@ -349,8 +345,9 @@ class Bridge:
             self._check_private(browser, "subscribe", name)
         public = [name for name in names if name != own]
         new = [name for name in public if name not in browser.queues]
-        if len(browser.queues) + len(new) > self.max_subscriptions:
-            raise BridgeError(f"too many subscriptions: limit is {self.max_subscriptions} per connection")
+        refusal = subscription_limit(len(browser.queues), len(new), self.max_subscriptions)
+        if refusal is not None:
+            raise BridgeError(refusal)
         for name in new:
             browser.queues.add(name)
             self._local.setdefault(name, {})[browser] = None
@@ -373,7 +370,7 @@ class Bridge:
     async def publish(self, browser: Browser, queue: str, message: Any) -> dict:
         """Publish as the browser (its id is the sender); return the broker's reply."""
         if queue == self.connection_id:
-            raise BridgeError(f"permission denied: publish on queue {queue!r} (the bridge's own queue)")
+            raise BridgeError(denial("publish", queue, "the bridge's own queue"))
         stored = dict(message) if isinstance(message, dict) else P.wrap(message)
         stored[P.SENDER] = self.browser_id(browser)
         return await self.link.publish(queue, stored)
@@ -426,10 +423,14 @@ class Bridge:
                 self.denials += 1
                 logger.warning("WebSocket browser %s (%s): permission denied: %s on queue %r", own,
                                browser.principal.username or "anonymous", action, name)
-                raise BridgeError(f"permission denied: {action} on queue {name!r}")
+                raise BridgeError(denial(action, name))
 
     def enforce(self, browser: Browser | None = None) -> None:
-        """Hold the browsers (or one) to the policy in force: close revoked ones, end subscriptions it no longer allows."""
+        """Hold the browsers (or one) to the policy in force: close revoked ones, end subscriptions it no longer allows.
+
+        The link calls it on every change of the policy; a message that finds a
+        newer policy than the last enforced one calls it first, too.
+        """
         policy = self.access()
         if browser is None:
             self._enforced = policy
@@ -441,29 +442,21 @@ class Bridge:
                 self.send(each, error_frame("credentials revoked"))
                 self._enqueue(Outgoing(b"", close=CLOSE_CREDENTIALS), (each,))
                 continue
-            ended = sorted(name for name in each.queues if not policy.allows(each, "subscribe", name))  # type: ignore[arg-type]
+            ended = policy.ended(each, each.queues)
             self._end_subscriptions(each, ended)
             for name in ended:
                 self.denials += 1
-                self.send(each, error_frame(f"permission denied: subscribe on queue {name!r} (subscription ended)",
-                                            queue=name))
+                self.send(each, error_frame(denial("subscribe", name, "subscription ended"), queue=name))
 
     def _end_subscriptions(self, browser: Browser, names: Iterable[str]) -> None:
         for name in list(names):
             browser.queues.discard(name)
             self._drop_local(name, browser)
 
-    async def _enforce_periodically(self) -> None:
-        """Apply a changed policy within :data:`ENFORCE_INTERVAL`, even to browsers that receive nothing."""
-        while not self.closed:
-            await asyncio.sleep(ENFORCE_INTERVAL)
-            if self.access() is not self._enforced:
-                self.enforce()
-
     def _check_private(self, browser: Browser, action: str, name: str) -> None:
         """Refuse the bridge's own queue and other browsers' sub-addresses."""
         if name == self.connection_id or (name.startswith(self._private_prefix) and name != self.browser_id(browser)):
-            raise BridgeError(f"permission denied: {action} on queue {name!r} (another connection's private queue)")
+            raise BridgeError(denial(action, name, "another connection's private queue"))
 
     # -- upstream subscriptions ----------------------------------------------------
 

@@ -29,7 +29,7 @@ from coremq_client.codec import Frame
 from coremq_client.errors import ConnectionClosed, CoreMQError
 
 from ... import conf
-from ...auth.policy import BRIDGE, follow_policy
+from ...auth.policy import BRIDGE, PolicyFollower, follow_policy
 from ...core.broker import Broker
 from ...publishing import client_options
 from ...core.registry import Connection
@@ -305,21 +305,23 @@ async def open_bridge(config: "BrokerConfig | None" = None) -> Bridge:
     broker = Broker.running()
     link: BrokerLink
     stop_following: Callable[[], None] | None = None
+    source: Broker | PolicyFollower  # the policy in force, which calls on_access_change with each new one
     if broker is not None and broker.loop is asyncio.get_running_loop():
         link = InProcessLink(broker)
         link.connection.principal = BRIDGE  # it checks each browser with the broker's own policy
         config = broker.config
-        access = lambda: broker.access  # noqa: E731  the broker's live snapshot
+        source = broker
     else:
         # Logged in with COREMQ['CLIENT_TOKEN'] (a relay), checking browsers with its own copy of the policy.
         link = RemoteLink(**client_options())
-        follower, stop_following = await follow_policy()
-        access = lambda: follower.access  # noqa: E731
-    bridge = Bridge(link, codec=config.codec, max_subscriptions=config.max_subscriptions, access=access, info={
-        "server": config.server_name,
-        "version": VERSION,
-        "max_message_size": conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE"),
-    })
+        source, stop_following = await follow_policy()
+    bridge = Bridge(link, codec=config.codec, max_subscriptions=config.max_subscriptions,
+                    access=lambda: source.access, info={
+                        "server": config.server_name,
+                        "version": VERSION,
+                        "max_message_size": conf.get_web_setting("WEBSOCKET_MAX_MESSAGE_SIZE"),
+                    })
+    _follow(bridge, source)
     if stop_following is not None:
         bridge.on_close.append(stop_following)
     try:
@@ -330,6 +332,16 @@ async def open_bridge(config: "BrokerConfig | None" = None) -> Bridge:
     close_on_shutdown(bridge)  # under daphne: browsers get their close frame before the reactor stops
     logger.info("WebSocket bridge %s (%s link)", bridge.connection_id, link.kind)
     return bridge
+
+
+def _follow(bridge: Bridge, source: "Broker | PolicyFollower") -> None:
+    """Hold ``bridge``'s browsers to each new policy of ``source`` at once, until the bridge closes."""
+
+    def changed(_: Any) -> None:
+        bridge.enforce()
+
+    source.on_access_change.append(changed)
+    bridge.on_close.append(lambda: source.on_access_change.remove(changed))
 
 
 async def close_bridges() -> None:
