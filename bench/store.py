@@ -129,7 +129,7 @@ async def _client(port: int, batch: bytes, expect: bytes, count: int, stop_at: f
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
     done = 0
     try:
-        while time.monotonic() < stop_at:
+        while True:  # one batch at least, however late the client starts
             writer.write(batch)
             seen, tail = 0, b""
             while seen < count:
@@ -142,6 +142,8 @@ async def _client(port: int, batch: bytes, expect: bytes, count: int, stop_at: f
             if seen != count:
                 raise BenchFailed(f"{seen} answers {expect!r} to {count} requests")
             done += count
+            if time.monotonic() >= stop_at:
+                break
     finally:
         writer.close()
     return done
