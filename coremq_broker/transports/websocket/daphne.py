@@ -20,14 +20,25 @@ not tell a restart from a network fault. :func:`close_on_shutdown` closes the
 bridge first, from a reactor shutdown trigger, and waits (at most
 :data:`CLOSE_HANDSHAKE_TIMEOUT`) for the browsers to answer their close frames.
 
-Nothing here imports Twisted or daphne; it recognises their objects when
-they are already loaded, so it is inert everywhere else.
+The fast path leans on internals: daphne's ``Server.handle_reply``,
+autobahn's state numbers, and Twisted's TCP transport buffer
+(``_tempDataLen``, ``dataBuffer``, ``offset``). :func:`fast_path_refusal`
+checks them, and the installed versions against :data:`WRITTEN_FOR`, once,
+when the first browser connects; if anything differs the bridge uses ASGI
+``send`` for every browser and says why in one log line. A test fails when
+the installed versions or these internals change
+(``tests/broker/test_daphne_adapter.py``).
+
+Nothing here imports Twisted or daphne at import time; it recognises their
+objects when they are already loaded, so it is inert everywhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.metadata
+import inspect
 import logging
 import sys
 from typing import TYPE_CHECKING, Any, Callable
@@ -35,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from .bridge import Bridge
 
-__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "DirectWriter", "close_on_shutdown", "direct_writer"]
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "WRITTEN_FOR", "DirectWriter", "close_on_shutdown", "direct_writer",
+           "fast_path_refusal"]
 
 logger = logging.getLogger("coremq.websocket")
 
@@ -45,6 +57,9 @@ _STATE_OPEN = 3
 
 #: Seconds a web process that shuts down waits for its browsers to answer their close frames.
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
+
+#: The releases (major.minor) whose internals the fast path was written against and tested with.
+WRITTEN_FOR = {"daphne": "4.2", "autobahn": "26.11", "twisted": "26.10"}
 
 
 class DirectWriter:
@@ -102,9 +117,9 @@ def _protocol(send: Callable[..., Any]) -> Any:
 
 
 def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | None:
-    """A :class:`DirectWriter` when ``send`` is daphne's own, else None (use ASGI)."""
+    """A :class:`DirectWriter` when ``send`` is daphne's own and its internals are the known ones, else None (ASGI)."""
     protocol = _protocol(send)
-    if protocol is None:
+    if protocol is None or _refused():
         return None
     transport = protocol.transport
     if getattr(transport, "TLS", True) or not all(hasattr(transport, name) for name in _TRANSPORT_ATTRIBUTES):
@@ -114,6 +129,50 @@ def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | N
 
 #: What :class:`DirectWriter` uses of a ``twisted.internet.tcp`` connection.
 _TRANSPORT_ATTRIBUTES = ("socket", "write", "abortConnection", "disconnecting", "_tempDataLen", "dataBuffer", "offset")
+
+
+def fast_path_refusal(versions: dict[str, str] | None = None) -> str | None:
+    """Why the fast path must not be used with the installed daphne, autobahn and Twisted, or None.
+
+    ``versions`` (package -> version) defaults to the installed ones; each
+    must be the :data:`WRITTEN_FOR` release, and the internals the writer
+    reads must be where it reads them.
+    """
+    if versions is None:
+        versions = {name: _installed(name) for name in WRITTEN_FOR}
+    for name, release in WRITTEN_FOR.items():
+        found = versions.get(name) or ""
+        if found != release and not found.startswith(release + "."):
+            return f"{name} {found or 'not installed'} is not {release}, which the fast path was written for"
+    from autobahn.websocket.protocol import WebSocketProtocol
+    from daphne.server import Server
+    from twisted.internet import abstract, tcp
+
+    if (WebSocketProtocol.STATE_OPEN, WebSocketProtocol.STATE_CLOSED) != (_STATE_OPEN, _STATE_CLOSED):
+        return "autobahn's WebSocketProtocol state numbers changed"
+    if Server.handle_reply.__qualname__ != "Server.handle_reply":
+        return "daphne's Server.handle_reply moved"
+    source = inspect.getsource(abstract.FileDescriptor)
+    missing = [name for name in _TRANSPORT_ATTRIBUTES if not hasattr(tcp.Connection, name) and name not in source]
+    if missing:
+        return f"Twisted's TCP transport has no {', '.join(missing)}"
+    return None
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _refused() -> bool:
+    """:func:`fast_path_refusal`, asked once per process (the first browser under daphne) and logged."""
+    reason = fast_path_refusal()
+    if reason is not None:
+        logger.warning("WebSocket fast path off, browsers are written to through ASGI send: %s", reason)
+    return reason is not None
 
 
 def close_on_shutdown(bridge: "Bridge") -> None:
