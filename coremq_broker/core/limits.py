@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from coremq_client.errors import CoreMQError
 
 from .access import ANONYMOUS, peer_address
+from .config import BrokerConfig
 
 if TYPE_CHECKING:
-    from .config import BrokerConfig
     from .registry import Connection, Queue, QueueSettings, Registry
 
 __all__ = ["Bounds", "FrameDeadline", "LimitExceeded", "HISTORY_ENTRY_BYTES", "address_of", "history_reply",
@@ -72,7 +72,6 @@ class Bounds:
 
     def __init__(self, config: "BrokerConfig | None" = None, default_settings: "QueueSettings | None" = None) -> None:
         if config is None:
-            from .config import BrokerConfig
             config = BrokerConfig()
         self.first_frame_timeout = config.first_frame_timeout
         self.frame_timeout = config.frame_timeout
