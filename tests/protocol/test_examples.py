@@ -149,3 +149,14 @@ def test_every_request_error_carries_the_frames_queue(ports: tuple[int, int]) ->
             assert error_code(reply["response"][7:]) != UNKNOWN_ERROR
     finally:
         client.close()
+
+
+def test_login_answers_carry_request_but_no_queue(ports: tuple[int, int]) -> None:
+    """As documented under Errors: a refused login is auth_failed with its request number and no queue."""
+    client = RawClient("127.0.0.1", ports[0])
+    try:
+        reply = client.control({"coremq_auth": {"token": "cmq_wrong"}})
+    finally:
+        client.close()
+    assert reply == {"response": "ERROR: authentication failed", "request": 1}
+    assert error_code(reply["response"][len("ERROR: "):]) == "auth_failed"
