@@ -227,7 +227,7 @@ class ChangeCounter(models.Model):
     The watchers of :mod:`coremq_broker.snapshots` read this one number on
     each poll and load the tables only when it moved, so that following the
     admin costs the broker's process almost nothing between changes.
-    :func:`coremq_broker.snapshots.count_change` bumps it from model signals.
+    Model signals bump it (:func:`coremq_broker.snapshots.count_changes_of` connects them).
     """
 
     value = models.BigIntegerField(default=0)

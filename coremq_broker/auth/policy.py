@@ -63,7 +63,8 @@ class SitePolicy(RulePolicy):
 
 
 def load_policy() -> SitePolicy:
-    """The policy as the database and ``COREMQ['DEFAULT_POLICY']`` say now. Four small queries."""
+    """The policy as the database and ``COREMQ['DEFAULT_POLICY']`` say now: six small queries (rules, their groups
+    and users, invalid tokens, active users, relays)."""
     from django.contrib.auth.models import Permission
 
     from ..models import ApiToken, PermissionRule
