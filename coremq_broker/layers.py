@@ -30,6 +30,8 @@ import asyncio
 import binascii
 import collections
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import Counter, deque
@@ -45,7 +47,7 @@ from coremq_client.codec import DEFAULT_PORT
 
 from .publishing import client_options
 
-__all__ = ["CoreMQChannelLayer", "PART_BYTES", "layer_drops", "reset_layer_drops"]
+__all__ = ["CoreMQChannelLayer", "DROPS_QUEUE", "PART_BYTES", "layer_drops", "reset_layer_drops"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 PART_BYTES = 384 * 1024
 #: Distinct group and channel names the drop counters keep (then counted as "(other)").
 MAX_COUNTED_NAMES = 1000
+#: The queue where each process publishes its drop counters, at most every REPORT_INTERVAL seconds after a drop.
+DROPS_QUEUE = "coremq.layer.drops"
+REPORT_INTERVAL = 1.0
 _LATEST = 2**62  # "since" beyond any id: a history request that returns only the sequence
 
 _drops = {"channels": Counter(), "groups": Counter(), "expired_members": Counter()}
@@ -221,7 +226,8 @@ class CoreMQChannelLayer(BaseChannelLayer):
         self._receiving = 0
         self._members: dict[str, dict[str, float]] = {}  # group -> channel -> added at
         self._channels_used: set[str] = set()
-        self._short_history: set[str] = set()  # normal channels whose backlog outgrew the queue's history
+        self._short_history: set[str] = set()
+        self._report: asyncio.Future[None] | None = None  # normal channels whose backlog outgrew the queue's history
 
     # -- names -------------------------------------------------------------------
 
@@ -496,6 +502,7 @@ class CoreMQChannelLayer(BaseChannelLayer):
         for channel in [c for c, added in members.items() if now - added > self.group_expiry]:
             del members[channel]
             _count("expired_members", group)
+            self._report_drops()
         message = await self._message(link, body)
         if message is None or not members:
             return
@@ -560,11 +567,25 @@ class CoreMQChannelLayer(BaseChannelLayer):
     def _dropped(self, group: str | None, channels: list[str]) -> None:
         for channel in channels:
             _count("channels", channel)
+        self._report_drops()
         if group is not None:
             _count("groups", group, len(channels))
             logger.info("%s of the channels of group %s over capacity: message dropped", len(channels), group)
         else:
             logger.info("channel %s over capacity: message dropped", ", ".join(channels))
+
+    def _report_drops(self) -> None:
+        """Publish this process's counters to DROPS_QUEUE soon (once for a burst of drops), for other processes."""
+        if self._report is None or self._report.done():
+            self._report = asyncio.ensure_future(self._publish_drops())
+
+    async def _publish_drops(self) -> None:
+        await asyncio.sleep(REPORT_INTERVAL)
+        report = {"process": f"{socket.gethostname()}:{os.getpid()}", "layer": self.client_prefix, **layer_drops()}
+        try:
+            await (await self._link()).mq.publish(DROPS_QUEUE, report, reply=False)
+        except CoreMQError as exc:
+            logger.warning("channel layer: could not publish the drop counters: %s", exc)
 
     # -- groups --------------------------------------------------------------------------
 
@@ -618,6 +639,8 @@ class CoreMQChannelLayer(BaseChannelLayer):
         """Close this loop's connection (others close with their loops); the layer reconnects when used again."""
         loop = asyncio.get_running_loop()
         link = self._links.pop(loop, None)
+        if self._report is not None and not self._report.done() and self._report.get_loop() is loop:
+            self._report.cancel()
         if link is None:
             return
         if self._home is link:

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from django.test import AsyncClient, override_settings
 
-from coremq_broker.layers import CoreMQChannelLayer, _address, layer_drops, reset_layer_drops
+from coremq_broker.layers import DROPS_QUEUE, CoreMQChannelLayer, _address, layer_drops, reset_layer_drops
 from coremq_client import AsyncMessageQueue
 
 pytestmark = pytest.mark.asyncio
@@ -49,6 +49,22 @@ async def test_drops_are_counted_per_group_and_channel(layer):
     assert drops["channels"] == {channel: 3}
     assert drops["groups"] == {"busy": 3}
     assert [(await layer.receive(channel))["n"] for _ in range(2)] == [0, 1]
+    await layer.flush()
+
+
+async def test_drop_counters_are_published_for_other_processes(layer, layer_broker):
+    """After drops a process publishes its counters to coremq.layer.drops, where any client can read them."""
+    reset_layer_drops()
+    async with AsyncMessageQueue("127.0.0.1", layer_broker.port) as watcher:
+        await watcher.subscribe(DROPS_QUEUE)
+        channel = await layer.new_channel()
+        await layer.group_add("watched", channel)
+        for n in range(4):
+            await layer.group_send("watched", {"type": "n", "n": n})
+        delivery = await watcher.receive(timeout=10)
+    assert delivery.queue == "coremq.layer.drops"
+    assert delivery.message["groups"] == {"watched": 2} and delivery.message["channels"] == {channel: 2}
+    assert delivery.message["process"].endswith(f":{os.getpid()}")
     await layer.flush()
 
 
