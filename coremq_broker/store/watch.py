@@ -17,11 +17,14 @@ past :data:`MAX_WATCHED_VALUE` bytes, ``size`` says how large), ``flags``,
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any, Callable
 
 from .store import Item, Watch
 
 __all__ = ["broker_watch", "change_message", "publish_to_broker", "MAX_WATCHED_VALUE"]
+
+logger = logging.getLogger("coremq.store")
 
 #: Values up to this size travel in the change message; larger ones only say their size.
 MAX_WATCHED_VALUE = 64 * 2**10
@@ -70,6 +73,9 @@ def broker_watch(broker: Callable[[], Any], prefix: str = "coremq.store.") -> Wa
         except UnicodeDecodeError:
             return
         if name in target.registry.queues:
-            publish_to_broker(target, name, change_message(event, key, item))
+            try:
+                publish_to_broker(target, name, change_message(event, key, item))
+            except Exception:  # the change is made: a broker that cannot take the message loses only it
+                logger.exception("store watch: the change of %r could not be published to %r", key, name)
 
     return watch

@@ -95,3 +95,23 @@ def test_watch_sees_every_kind_of_change():
     store.flush()
     assert events == [("set", b"n", b"10"), ("incr", b"n", b"15"), ("decr", b"n", b"0 "), ("touch", b"n", b"0 "),
                       ("delete", b"n", None), ("set", b"m", b"x"), ("flush", b"m", None)]
+
+
+
+class RaisingBroker:
+    """What the watch sees of a broker whose ``deliver`` raises (as one that is closing might)."""
+
+    class registry:  # noqa: N801 - the broker's attribute
+        queues = {"coremq.store.k": object()}
+
+    def deliver(self, queue, message):
+        raise RuntimeError("closing")
+
+
+def test_watch_failure_does_not_undo_or_fail_the_change():
+    """A broker that raises while publishing a change costs that message only: the set is made and answered."""
+    from coremq_broker.store.watch import broker_watch
+
+    broker = RaisingBroker()
+    store = Store(watch=broker_watch(lambda: broker))
+    assert store.store("set", b"k", b"v") == STORED and store.get(b"k").value == b"v"
