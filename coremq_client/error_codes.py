@@ -30,7 +30,7 @@ ERROR_CODES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((code, re.compile(p
     ("too_deep", r"JSON nested \d+ levels deep"),
     ("bad_message", r"a message must be a JSON object, array or string|publish needs a 'message'"),
     ("message_too_large", r"message too large: "),
-    ("bad_queue_name", r"queue name |\?queues="),
+    ("bad_queue_name", r"queue name |\?queues=|publish needs a 'queue'"),
     # Requests the broker does not know, or whose fields are wrong.
     ("unknown_request", r"unknown control key |unknown admin action |unknown action |a request must have an 'action'"),
     ("bad_request", r"a control request holds |coremq_\w+ takes |option |history |since\[|'since' must |'queues' must "

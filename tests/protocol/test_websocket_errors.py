@@ -46,6 +46,8 @@ BAD_FRAMES = [
     ('{"action": "publish", "queue": "q", "message": null, "ref": 1}', "bad_message", "publish"),
     ('{"action": "publish", "queue": "q", "ref": 1}', "bad_message", "publish"),
     ('{"action": "publish", "queue": "", "message": {}, "ref": 1}', "bad_queue_name", "publish"),
+    ('{"action": "publish", "message": {}, "ref": 1}', "bad_queue_name", "publish"),
+    ('{"action": "subscribe", "queues": [null], "ref": 1}', "bad_queue_name", "subscribe"),
     ('{"action": "publish", "queue": "' + "q" * 201 + '", "message": {}, "ref": 1}', "bad_queue_name", "publish"),
     ('{"action": "history", "queues": ["q"], "since": {"q": "a"}, "ref": 1}', "bad_request", "history"),
     ('{"action": "history", "queues": ["q"], "since": [1], "ref": 1}', "bad_request", "history"),

@@ -169,7 +169,7 @@ def parse_queue_list(value: Any, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH
         value = [value]
     if not isinstance(value, list) or not value:
         raise MessageError("'queues' must be a non-empty list of queue names")
-    return tuple(dict.fromkeys(validate_queue_name(name, max_length) for name in value))
+    return tuple(dict.fromkeys(_queue_name(name, max_length) for name in value))
 
 
 class _Refused(Exception):
@@ -177,7 +177,9 @@ class _Refused(Exception):
 
 
 def _publish(value: dict, ref: Ref, max_length: int) -> Publish:
-    queue = validate_queue_name(value.get("queue"), max_length)
+    if "queue" not in value:
+        raise _Refused("publish needs a 'queue'")
+    queue = _queue_name(value["queue"], max_length)
     if "message" not in value:
         raise _Refused("publish needs a 'message'")
     message = value["message"]
@@ -198,7 +200,7 @@ def _history(value: dict, ref: Ref, max_length: int) -> History:
         raise _Refused("history needs 'queues' or 'since'")
     resolved: dict[str, int | None] = {}
     for name in names:
-        validate_queue_name(name, max_length)
+        _queue_name(name, max_length)
         after = since.get(name)
         if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
             raise _Refused(f"since[{_json(name)}] must be a message id (an integer) or null, not {_json(after)}")
@@ -238,11 +240,23 @@ def _json(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _queue_name(name: Any, max_length: int) -> str:
+    """``name`` if it is a usable queue name; a name that is no string is named by its JSON type."""
+    if not isinstance(name, str):
+        raise InvalidQueueName(f"queue name must be a string, not {_json_type(name)}")
+    return validate_queue_name(name, max_length)
+
+
 def _json_type(value: Any) -> str:
+    """What a JSON value is, in words: ``null``, ``a boolean``, ``a number``, ``an array``, ``an object``."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
     return "a number"
 
 
