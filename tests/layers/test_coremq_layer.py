@@ -207,3 +207,30 @@ async def test_a_backlog_larger_than_history_is_reported(caplog):
         await layer.flush()
     finally:
         short.stop()
+
+
+async def test_permission_rules_apply_to_the_layer():
+    """Under a deny policy the layer works on the queues a rule grants and gets PermissionDenied elsewhere."""
+    from brokers import BrokerThread
+    from coremq_broker.core.access import Rule, RulePolicy
+    from coremq_broker.core.config import BrokerConfig
+    from coremq_client import PermissionDenied
+
+    rules = (Rule("granted.*", frozenset({"subscribe", "publish", "history"}), anonymous=True),)
+    secured = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0),
+                           access=RulePolicy(rules, default="deny"))
+    try:
+        allowed = CoreMQChannelLayer(hosts=[f"127.0.0.1:{secured.port}"], prefix="granted")
+        channel = await allowed.new_channel()
+        await allowed.group_add("room", channel)
+        await allowed.group_send("room", {"type": "ok"})
+        assert await asyncio.wait_for(allowed.receive(channel), 10) == {"type": "ok"}
+        await allowed.close()
+        refused = CoreMQChannelLayer(hosts=[f"127.0.0.1:{secured.port}"], prefix="refused")
+        with pytest.raises(PermissionDenied):
+            await refused.group_send("room", {"type": "no"})
+        with pytest.raises(PermissionDenied):
+            await refused.group_add("room", "some-channel")
+        await refused.close()
+    finally:
+        secured.stop()
