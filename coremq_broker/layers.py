@@ -42,7 +42,7 @@ import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from coremq_client import AsyncMessageQueue, CoreMQError
+from coremq_client import AsyncMessageQueue, CoreMQError, Gap
 from coremq_client.codec import DEFAULT_PORT
 
 from .publishing import client_options
@@ -249,9 +249,16 @@ class CoreMQChannelLayer(BaseChannelLayer):
         else:
             options = {**client_options(), **self.client_options}
         options.setdefault("max_pending", None)
+        options.setdefault("on_gap", self._on_gap)
         # echo: a process that sends to a group (or channel) it also receives gets its own messages
         options["options"] = {**options.get("options", {}), "echo": True}
         return AsyncMessageQueue(**options)
+
+    def _on_gap(self, gap: Gap) -> None:
+        """A queue's numbering restarted (a broker restart): ids seen before no longer match tickets."""
+        if gap.reset:
+            for link in list(self._links.values()):
+                link.seen.pop(gap.queue, None)
 
     async def _link(self) -> _Link:
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ import pytest
 from django.test import AsyncClient, override_settings
 
 from coremq_broker.layers import DROPS_QUEUE, CoreMQChannelLayer, _address, layer_drops, reset_layer_drops
-from coremq_client import AsyncMessageQueue
+from coremq_client import AsyncMessageQueue, CoreMQError
 
 pytestmark = pytest.mark.asyncio
 
@@ -234,3 +234,33 @@ async def test_permission_rules_apply_to_the_layer():
         await refused.close()
     finally:
         secured.stop()
+
+
+async def test_broker_restart():
+    """After the broker restarts, the layer's connection comes back: groups and channels work again."""
+    from brokers import BrokerThread
+    from coremq_broker.core.config import BrokerConfig
+
+    running = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, shutdown_timeout=2.0, history_length=100))
+    try:
+        layer = CoreMQChannelLayer(hosts=[f"127.0.0.1:{running.port}"], prefix="r")
+        sender = CoreMQChannelLayer(hosts=[f"127.0.0.1:{running.port}"], prefix="r")
+        channel = await layer.new_channel()
+        await layer.group_add("survivors", channel)
+        await sender.send("work", {"type": "before"})
+        assert await asyncio.wait_for(layer.receive("work"), 10) == {"type": "before"}
+        await asyncio.to_thread(running.restart)
+        for attempt in range(100):  # until both layers' connections are back and subscribed
+            try:
+                await sender.group_send("survivors", {"type": "after", "n": attempt})
+                got = await asyncio.wait_for(layer.receive(channel), 0.2)
+                break
+            except (TimeoutError, CoreMQError):
+                await asyncio.sleep(0.05)
+        assert got["type"] == "after"
+        await sender.send("work", {"type": "after.restart"})
+        assert await asyncio.wait_for(layer.receive("work"), 10) == {"type": "after.restart"}
+        await layer.flush()
+        await sender.flush()
+    finally:
+        running.stop()
