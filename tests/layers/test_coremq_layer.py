@@ -125,11 +125,14 @@ async def test_host_forms(given, expected):
 
 
 async def test_bad_hosts():
-    """A redis:// address or several addresses are refused with ValueError."""
+    """A redis:// address or several addresses: ValueError; channels_redis-only options: TypeError naming them."""
     with pytest.raises(ValueError):
         _address("redis://127.0.0.1:6379")
     with pytest.raises(ValueError):
         CoreMQChannelLayer(hosts=["coremq://a:1", "coremq://b:2"])
+    for option in ("symmetric_encryption_keys", "serializer_format", "random_prefix_length"):
+        with pytest.raises(TypeError, match=option):
+            CoreMQChannelLayer(**{option: None})
 
 
 async def test_foreign_messages_on_layer_queues_are_skipped(layer_broker):
