@@ -14,11 +14,12 @@ protocol. The session never reads, writes, sleeps or waits:
 - **reconnecting**: :meth:`Session.retry_delay` says how long to wait before
   the next attempt (or re-raises: give up); :meth:`Session.check_usable`
   says whether requests may use a link now, must wait, or must fail.
-- **requests**: each public method is an *operation*, a generator that
-  yields :class:`Request` (send a frame, maybe wait for its reply) and
-  :class:`Probe` (ask where new subscriptions stand; no wait) and returns
-  the method's result. A front end's ``_perform`` carries them out with its
-  own I/O and sends back each reply (or throws its error in).
+- **requests**: each public method's work is one :class:`Request` (send a
+  frame, maybe wait for its reply: the reply is the result), or an
+  *operation*, a generator that yields requests and :class:`Probe` (ask
+  where new subscriptions stand; no wait) and returns the method's result.
+  A front end's ``_perform`` carries them out with its own I/O and sends
+  back each reply (or throws its error in).
   Keeping state (subscriptions, options) before a request and undoing it
   when the broker refuses happens here, once.
 
@@ -60,7 +61,7 @@ from ._common import (
     user_of,
 )
 from .codec import JSONCodec, validate_queue_name
-from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
+from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, LocalUsageError, ServerError, Timeout
 from .protocol import ClientProtocol, Gap, Welcome, wrap
 from .resume import RESUME_PAGE, Item, Resumer
 
@@ -70,7 +71,7 @@ T = TypeVar("T")
 Build = Callable[[ClientProtocol], tuple[int, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every publish, and a frozen one is slower to make
 class Request:
     """Send the frame ``build`` makes; with ``reply``, wait for its reply within the timeout.
 
@@ -373,52 +374,52 @@ class Session:
         self.resumer.forget(added)
         try:
             reply = yield Request(lambda p: p.subscribe(names))
-        except ServerError:
+        except (ServerError, LocalUsageError):  # refused, or could not be sent at all: not kept
             self.state.discard_queues(added)
             raise
         if added and self.resumer.enabled and self.reconnect:
             yield Probe(added)  # to resume from where they stand now after a reconnect
         return reply  # type: ignore[return-value]
 
-    def unsubscribe(self, queues: tuple[str, ...]) -> Operation[JSONObject]:
+    def unsubscribe(self, queues: tuple[str, ...]) -> Request:
         names = [validate_queue_name(q) for q in queues]
         self.state.discard_queues(names)
         self.resumer.forget(names)
-        return (yield Request(lambda p: p.unsubscribe(names)))  # type: ignore[return-value]
+        return Request(lambda p: p.unsubscribe(names))
 
     def set_options(self, options: dict[str, Any]) -> Operation[JSONObject]:
         previous = self.state.update_options(options)
         try:
             return (yield Request(lambda p: p.set_options(options)))  # type: ignore[return-value]
-        except ServerError:
+        except (ServerError, LocalUsageError):
             self.state.restore_options(previous)
             raise
 
-    def publish(self, queue: str, message: Any, reply: bool) -> Operation[JSONObject | None]:
+    def publish(self, queue: str, message: Any, reply: bool) -> Request:
         validate_queue_name(queue)
         wrap(message)
         wait = reply and not self.state.replies_off
-        return (yield Request(lambda p: p.publish(queue, message), reply=wait, retry=False))
+        return Request(lambda p: p.publish(queue, message), wait, False)
 
     def history(self, queues: tuple[str, ...], since: Mapping[str, int] | int | None,
-                limit: int | None) -> Operation[JSONObject]:
+                limit: int | None) -> Request:
         names = [validate_queue_name(q) for q in queues]
         after = since_map(names, since)
-        return (yield Request(lambda p: p.get_history(names, after, limit=limit)))  # type: ignore[return-value]
+        return Request(lambda p: p.get_history(names, after, limit=limit))
 
     def get_history(self, queues: tuple[str, ...], since: Mapping[str, int] | int | None
                     ) -> Operation[dict[str, list[Any]]]:
         pages = HistoryPages([validate_queue_name(q) for q in queues], since)
-        reply = yield from self.history(tuple(pages.queues), pages.since, None)
+        reply = yield self.history(tuple(pages.queues), pages.since, None)
         while (after := pages.take(reply)) is not None:
-            reply = yield from self.history(tuple(after), after, None)
+            reply = yield self.history(tuple(after), after, None)
         return pages.messages
 
-    def status(self, detail: dict[str, bool]) -> Operation[JSONObject]:
-        return (yield Request(lambda p: p.status(**detail)))  # type: ignore[return-value]
+    def status(self, detail: dict[str, bool]) -> Request:
+        return Request(lambda p: p.status(**detail))
 
-    def admin(self, action: str, fields: dict[str, Any]) -> Operation[JSONObject]:
-        return (yield Request(lambda p: p.admin(action, **fields), retry=False))  # type: ignore[return-value]
+    def admin(self, action: str, fields: dict[str, Any]) -> Request:
+        return Request(lambda p: p.admin(action, **fields), retry=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,8 +360,10 @@ class MessageQueue(ClientState):
 
     # -- requests --------------------------------------------------------------
 
-    def _perform(self, operation: Operation[Any]) -> Any:
-        """Carry out a public method's operation (see :mod:`coremq_client.session`)."""
+    def _perform(self, operation: Operation[Any] | Request) -> Any:
+        """Carry out a public method's request or operation (see :mod:`coremq_client.session`)."""
+        if isinstance(operation, Request):  # the common case, publish included: one request, its reply
+            return self._request(operation)
         result, error = None, None
         while not isinstance(step := advance(operation, result, error), Done):
             result, error = None, None

@@ -297,7 +297,7 @@ class _Writer:
             line = await self._lines.get()
             try:
                 await self.websocket.send(line)
-            except WebSocketClosed as exc:
+            except Exception as exc:  # closed, most likely: every later drain() says so
                 self._failed = OSError(f"the WebSocket closed: {exc}")
             finally:
                 self._lines.task_done()
@@ -308,9 +308,16 @@ class _Writer:
                 self._lines.put_nowait(line.decode())
 
     async def drain(self) -> None:
-        await self._lines.join()
+        """Wait until every line written is sent; OSError if the connection failed or closed first."""
+        flushed = asyncio.ensure_future(self._lines.join())
+        try:
+            await asyncio.wait([flushed, self._sender], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            flushed.cancel()
         if self._failed is not None:
             raise self._failed
+        if not flushed.done() or flushed.cancelled():
+            raise OSError("the WebSocket is closed")
 
     def is_closing(self) -> bool:
         return self._closing or self.websocket.transport.is_closing()
