@@ -121,3 +121,25 @@ def test_a_token_logs_in_over_websocket_and_a_bad_one_is_refused(servers: Server
         MessageQueue(url, token="not-a-token", reconnect=False).connect()
     with pytest.raises(LocalUsageError, match="with a token"):
         MessageQueue(url, username="a", password="b", reconnect=False).connect()
+
+
+def test_a_new_welcome_from_the_endpoint_makes_the_client_reconnect_and_resume(servers: Servers) -> None:
+    """When a separate daphne's link to a restarted broker comes back, a ws:// client reconnects and receives again."""
+    port, web_port = free_port(), free_port()
+    broker = servers.run_coremq(port)
+    servers.daphne(port, web_port)
+    with MessageQueue(f"ws://127.0.0.1:{web_port}/ws/coremq/", queues=["q"], backoff=0.05, max_backoff=0.5) as web:
+        with MessageQueue("127.0.0.1", port) as tcp:
+            tcp.publish("q", {"before": "restart"})
+        assert web.receive(timeout=10).id == 1
+        first_id = web.connection_id
+        broker.stop()
+        servers.run_coremq(port)
+        deadline = time.monotonic() + 60
+        while web.connection_id == first_id or not web.connected:
+            assert time.monotonic() < deadline, "no new connection"
+            time.sleep(0.05)
+        with MessageQueue("127.0.0.1", port) as tcp:
+            tcp.publish("q", {"after": "restart"})
+        delivery = web.receive(timeout=30)
+        assert delivery is not None and delivery.message["after"] == "restart"
