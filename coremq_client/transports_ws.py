@@ -117,11 +117,15 @@ class WebSocketProtocol:
         if kind == "dropped":
             span = {"first": frame.get("first"), "last": frame.get("last")}
             return Reply(None, {"dropped": {str(frame.get("queue")): span}})
+        # Replies in the TCP form: "request" for "ref", no "type"; the TCP reply's "response".
+        reply = {key: value for key, value in frame.items() if key not in ("type", "ref", "history")}
+        if number is not None:
+            reply["request"] = number
         if kind == "history":
-            return Reply(number, _history_reply(frame))
+            return Reply(number, {**reply, "history": _history(frame.get("history"))})
         if kind == "error":
-            return Reply(number, {**frame, "response": f"ERROR: {frame.get('error')}"})
-        return Reply(number, {**frame, "response": _RESPONSES.get(str(kind), f"OK: {kind}")})
+            return Reply(number, {**reply, "response": f"ERROR: {frame.get('error')}"})
+        return Reply(number, {"response": _RESPONSES.get(str(kind), f"OK: {kind}"), **reply})
 
     def _welcome(self, frame: dict) -> Welcome | Bye | ProtocolError:
         connection_id = frame.get("connection_id")
@@ -198,13 +202,11 @@ def _delivery(frame: dict) -> Delivery:
     return Delivery.from_stored(str(frame.get("queue")), _stored(frame))
 
 
-def _history_reply(frame: dict) -> dict:
-    history = frame.get("history")
+def _history(history: Any) -> dict:
+    """A history answer's ``{queue: [entry, ...]}`` in the stored (TCP) form."""
     entries = history if isinstance(history, dict) else {}
-    reply = {key: value for key, value in frame.items() if key not in ("type", "history")}
-    reply["history"] = {queue: [_stored(entry) for entry in stored if isinstance(entry, dict)]
-                        for queue, stored in entries.items() if isinstance(stored, list)}
-    return reply
+    return {queue: [_stored(entry) for entry in stored if isinstance(entry, dict)]
+            for queue, stored in entries.items() if isinstance(stored, list)}
 
 
 # -- the blocking client's stream -------------------------------------------------

@@ -45,7 +45,8 @@ def test_sync_client_over_websocket_meets_a_tcp_client(servers: Servers) -> None
     url = f"ws://127.0.0.1:{web_port}/ws/coremq/"
     with MessageQueue(url, queues=["news"]) as web, MessageQueue("127.0.0.1", port, queues=["news"]) as tcp:
         assert web.welcome_message == "OK: Welcome from CoreMQ!" and "/" in web.connection_id
-        assert web.publish("news", {"title": "from ws"})["id"] == 1
+        assert web.publish("news", {"title": "from ws"}) == {"response": "OK: Message sent", "queue": "news", "id": 1,
+                                                             "request": 3}  # TCP's form (1, 2: subscribe, probe)
         assert tcp.receive(timeout=10).message["title"] == "from ws"
         tcp.publish("news", "from tcp")
         got = [web.receive(timeout=10) for _ in range(2)]
