@@ -213,7 +213,7 @@ class CoreMQChannelLayer(BaseChannelLayer):
         self.group_expiry = group_expiry
         self.hosts = [hosts] if isinstance(hosts, str) else list(hosts or [])
         if len(self.hosts) > 1:
-            raise ValueError("CoreMQChannelLayer takes one broker address in hosts (a cluster is one address)")
+            raise ValueError("CoreMQChannelLayer takes one broker address in hosts")
         self.client_options = dict(client_options or {})
         self.client_prefix = uuid.uuid4().hex
         self._links: dict[asyncio.AbstractEventLoop, _Link] = {}
@@ -226,8 +226,8 @@ class CoreMQChannelLayer(BaseChannelLayer):
         self._receiving = 0
         self._members: dict[str, dict[str, float]] = {}  # group -> channel -> added at
         self._channels_used: set[str] = set()
-        self._short_history: set[str] = set()
-        self._report: asyncio.Future[None] | None = None  # normal channels whose backlog outgrew the queue's history
+        self._short_history: set[str] = set()  # normal channels whose backlog outgrew the queue's history
+        self._report: asyncio.Future[None] | None = None  # the pending publish of the drop counters
 
     # -- names -------------------------------------------------------------------
 
@@ -312,6 +312,8 @@ class CoreMQChannelLayer(BaseChannelLayer):
         if home is None or home.loop.is_closed() or home.loop is asyncio.get_running_loop():
             await self._home_link()
             return await coroutine_function(*args)
+        if not home.loop.is_running():
+            raise RuntimeError("the event loop that receives this layer's channels is not running")
         future = asyncio.run_coroutine_threadsafe(coroutine_function(*args), home.loop)
         return await asyncio.wrap_future(future)
 
