@@ -145,14 +145,45 @@ class Control:
             since = {}
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise RequestError(f"history limit must be a positive integer, got {limit!r}")
-        asked = []
         for name in names:
             self._check_private(connection, "history", name)
             self._check(connection, "history", name)
-            asked.append((name, self.registry.queues.get(name), since.get(name)))
+        # An engine whose history lives elsewhere (several nodes) reads it first; what follows waits.
+        load = getattr(self.broker.engine, "load_history", None)
+        loading = load(names) if load is not None else None
+        if loading is not None:
+            connection.hold()
+            connection.authenticating = True
+            asyncio.get_running_loop().create_task(
+                self._history_loaded(connection, loading, names, since, limit, connection.requests))
+            return
+        self._send_history(connection, names, since, limit, connection.requests)
+
+    async def _history_loaded(self, connection: Connection, loading: Any, names: list[str], since: dict,
+                              limit: int | None, request: int) -> None:
+        try:
+            await loading
+            if not connection.closing:
+                self._send_history(connection, names, since, limit, request)
+        except CoreMQError as exc:
+            self.broker.refuse(connection, str(exc), request)
+        finally:
+            self._resume(connection)
+
+    def _resume(self, connection: Connection) -> None:
+        """Read ``connection`` again, carrying out first the frames that waited for an answer."""
+        connection.authenticating = False
+        connection.release()
+        held, connection.held_frames = connection.held_frames, []
+        if held and not connection.closing:
+            self.broker.handle_frames(connection, held)
+
+    def _send_history(self, connection: Connection, names: list[str], since: dict, limit: int | None,
+                      request: int) -> None:
+        asked = [(name, self.registry.queues.get(name), since.get(name)) for name in names]
         # No reply is larger than a frame: what does not fit is named in "more", for the next page.
         body = history_reply(asked, limit=limit, room=self.config.max_frame_size - connection.id_length,
-                             request=connection.requests, dumps=self.broker.wire.dumps, splice=stamped,
+                             request=request, dumps=self.broker.wire.dumps, splice=stamped,
                              bounds=self.bounds, history=self.broker.engine.history)
         connection.send(encode_frame(connection.id, body))
 
@@ -216,11 +247,7 @@ class Control:
         finally:
             if succeeded:
                 self.broker.auth_failures.settle(attempt, True)
-            connection.authenticating = False
-            connection.release()
-            held, connection.held_frames = connection.held_frames, []
-            if held and not connection.closing:
-                self.broker.handle_frames(connection, held)
+            self._resume(connection)
 
     def _status(self, connection: Connection, value: Any) -> None:
         self._check(connection, "status", None)
