@@ -20,6 +20,9 @@ broker's defaults here. Besides those:
 - ``CLIENT_TOKEN``, or ``CLIENT_USERNAME`` and ``CLIENT_PASSWORD``: how this
   process's own clients (``publish()``, the status page, the WebSocket bridge)
   log in to the broker when the policy is not open.
+- ``ENGINE`` (``"memory"``, the default, or ``"redis"``), ``REDIS_URL``,
+  ``REDIS_PREFIX``, ``NODE_NAME``: several nodes sharing one Redis
+  (``docs/cluster.md``); checked by :mod:`coremq_broker.cluster_checks`.
 
 The settings are read lazily and the result is cached until Django sends
 ``setting_changed`` for ``COREMQ``, so ``override_settings`` works in tests.
@@ -63,6 +66,8 @@ __all__ = [
     "setting_errors",
     "STORE_SETTINGS",
     "get_store_config",
+    "CLUSTER_DEFAULTS",
+    "get_cluster_settings",
 ]
 
 SETTING = "COREMQ"
@@ -77,11 +82,15 @@ WEB_DEFAULTS: dict[str, Any] = {"WEB_HOST": DEFAULT_HOST, "WEB_PORT": 8000, "STA
 WEB_DEFAULTS["WEBSOCKET_MAX_MESSAGE_SIZE"] = 64 * 2**10
 WEB_DEFAULTS.update(DEFAULT_POLICY="open", CLIENT_TOKEN=None, CLIENT_USERNAME=None, CLIENT_PASSWORD=None)
 #: Secrets and names that are a string when set.
-_OPTIONAL_TEXT = ("STATUS_TOKEN", "CLIENT_TOKEN", "CLIENT_USERNAME", "CLIENT_PASSWORD")
+_OPTIONAL_TEXT = ("STATUS_TOKEN", "CLIENT_TOKEN", "CLIENT_USERNAME", "CLIENT_PASSWORD", "NODE_NAME")
 #: The store's settings (``MEMCACHED_PORT``, ``MEMCACHED_MEMORY``, ...): StoreConfig's fields, upper-cased.
 STORE_SETTINGS: dict[str, Field] = {f.name.upper(): f for f in fields(StoreConfig)}
+#: The engine: one node in memory, or several sharing one Redis (docs/cluster.md). Their
+#: values are checked by coremq_broker.cluster_checks (coremq.E100-E107); NODE_NAME None: <host>:<port>.
+CLUSTER_DEFAULTS: dict[str, Any] = {"ENGINE": "memory", "REDIS_URL": "redis://127.0.0.1:6379/0",
+                                    "REDIS_PREFIX": "coremq:", "NODE_NAME": None}
 KNOWN_SETTINGS = (frozenset(BROKER_SETTINGS) | frozenset(CODEC_SETTINGS) | frozenset(WEB_DEFAULTS)
-                  | frozenset(STORE_SETTINGS))
+                  | frozenset(STORE_SETTINGS) | frozenset(CLUSTER_DEFAULTS))
 _PORTS = frozenset({"PORT", "WEB_PORT", "MEMCACHED_PORT"})
 #: Limits whose zero switches them off (see BrokerConfig) instead of being a mistake.
 _ZERO_MEANS_NO_LIMIT = frozenset({"MAX_PUBLISH_RATE", "MAX_CONNECTIONS_PER_ADDRESS", "MAX_QUEUES"})
@@ -167,6 +176,27 @@ def get_web_setting(name: str) -> Any:
     return _cache[key]
 
 
+def get_cluster_settings(*, engine: str | None = None, redis_url: str | None = None, node_name: str | None = None,
+                         host: str = DEFAULT_HOST, port: int = 6747) -> Any:
+    """The node's :class:`~coremq_broker.cluster.ClusterSettings`, or None with the embedded engine.
+
+    ``engine``, ``redis_url`` and ``node_name`` override ``ENGINE``, ``REDIS_URL``
+    and ``NODE_NAME`` (``run_coremq --redis``, ``--node-name``); ``host`` and
+    ``port`` name the node by default. Raises ``ClusterSettingError`` (a check id
+    and a hint) for a value that cannot work.
+    """
+    values, errors = _resolve_all()
+    if errors:
+        raise errors[0]
+    merged = {**CLUSTER_DEFAULTS, **{name: values[name] for name in CLUSTER_DEFAULTS if name in values}}
+    if (engine or merged["ENGINE"]) != "redis":
+        return None
+    from .cluster.settings import parse_settings
+
+    return parse_settings(redis_url or merged["REDIS_URL"], key_prefix=merged["REDIS_PREFIX"],
+                          node_name=node_name or merged["NODE_NAME"], host=host, port=port)
+
+
 def setting_errors() -> list[SettingError]:
     """Every problem with ``settings.COREMQ``, in a stable order (empty when it is fine)."""
     return _resolve_all()[1]
@@ -200,7 +230,7 @@ def _resolve_all() -> tuple[dict[str, Any], list[SettingError]]:
 
 def _defaults() -> dict[str, Any]:
     defaults = {name: f.default for name, f in BROKER_SETTINGS.items() if f.default is not MISSING}
-    return {**defaults, **WEB_DEFAULTS, **{name: f.default for name, f in STORE_SETTINGS.items()}}
+    return {**defaults, **WEB_DEFAULTS, **{name: f.default for name, f in STORE_SETTINGS.items()}, **CLUSTER_DEFAULTS}
 
 
 def _resolve(name: Any, value: Any) -> Any:
@@ -214,7 +244,7 @@ def _resolve(name: Any, value: Any) -> Any:
     if name in CODEC_SETTINGS:
         return _codec_part(name, value)
     default = (WEB_DEFAULTS[name] if name in WEB_DEFAULTS else STORE_SETTINGS[name].default if name in STORE_SETTINGS
-               else BROKER_SETTINGS[name].default)
+               else CLUSTER_DEFAULTS[name] if name in CLUSTER_DEFAULTS else BROKER_SETTINGS[name].default)
     value = _typed(name, value, default)
     if name in _OPTIONAL_TEXT and value is not None and not isinstance(value, str):
         raise SettingError(

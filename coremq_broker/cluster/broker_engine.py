@@ -17,24 +17,30 @@ it is not (the node started listening after the script ran), the batch is
 numbered then. A queue without local subscribers is numbered as soon as
 Redis answers.
 
-Not yet in the protocol (docs/cluster.md, "What remains"): the broker must
-call :meth:`subscriber_added` / :meth:`subscriber_removed` and
-:meth:`connection_opened` / :meth:`connection_closed`; :meth:`history` is the
-part of a queue's history this node saw (a complete read, on any node, is the
-asynchronous :meth:`RedisEngine.history`); resets and missing ids are kept in
-the local history and counted, not yet told to the broker.
+What this node listens to. :meth:`bind` watches the registry's
+``subscribe``, ``unsubscribe``, ``add`` and ``remove``: a public queue's
+first local subscriber makes the node listen to its channel
+(:meth:`subscriber_added`), its last one makes it stop
+(:meth:`subscriber_removed`); a connection's channel is listened to while it
+is open (:meth:`connection_opened` / :meth:`connection_closed`).
+
+History. :meth:`load_history` reads the named public queues' history from
+Redis into the local queues before a history request is answered (the broker
+awaits it when its engine has one), so ``history since N`` and client resume
+work on any node. Resets and missing ids are kept in the local history and
+counted, not yet told to clients (docs/cluster.md, "What remains").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from coremq_client.codec import split_address
 
 from ..core.engine import Batch, Node
-from ..core.limits import keep_run, recount
+from ..core.limits import LimitExceeded, keep_run, recount
 from .engine import RedisEngine
 from .errors import ClusterUnavailable
 from .settings import ClusterSettings
@@ -71,19 +77,87 @@ class ClusterEngine:
         self._held: dict["Connection", None] = {}
         self.busy = 0
         self.resets = 0
+        #: The other live nodes' heartbeats, as last read (every heartbeat interval).
+        self.others: list[dict[str, Any]] = []
+        self._watching: asyncio.Task[None] | None = None
 
     def bind(self, node: Node, registry: "Registry", bounds: "Bounds") -> None:
         self._node, self._registry, self._bounds = node, registry, bounds
+        self._watch(registry)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Connect to Redis; raise ClusterUnavailable if it does not answer."""
         await self.redis.start()
+        self._watching = asyncio.ensure_future(self._watch_nodes())
 
     async def close(self) -> None:
         """Let the batches sent get their answer (or error), then leave the cluster."""
+        if self._watching is not None:
+            self._watching.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.redis.settings.command_timeout)
         await self.redis.close()
+
+    @property
+    def node_name(self) -> str:
+        return self.redis.name
+
+    def serving_at(self, address: str) -> None:
+        """The node's TCP listener is bound at ``address`` (its heartbeats say so from now on)."""
+        self.redis.heartbeat.address = address
+
+    async def _watch_nodes(self) -> None:
+        """Keep :attr:`others` (the status reply's node list) as fresh as the heartbeats."""
+        while True:
+            try:
+                self.others = [node for node in await self.redis.nodes() if node.get("name") != self.redis.name]
+            except ClusterUnavailable:
+                pass  # kept as last read; describe() tells the state
+            await asyncio.sleep(self.redis.settings.heartbeat_interval)
+
+    # -- the registry, watched ------------------------------------------------------------
+
+    def _watch(self, registry: "Registry") -> None:
+        """Tell this engine of the first and last local subscriber of each public queue, and of connections.
+
+        The registry's methods are wrapped on this registry alone; every
+        subscription goes through them (the control requests, ``enforce``,
+        a connection's close).
+        """
+        subscribe, unsubscribe, add, remove = registry.subscribe, registry.unsubscribe, registry.add, registry.remove
+
+        def subscribing(connection: "Connection", name: str) -> None:
+            queue = registry.queues.get(name)
+            new = queue is None or connection not in queue.subscribers
+            subscribe(connection, name)
+            queue = registry.queues.get(name)
+            if new and queue is not None and queue.owner is None and connection in queue.subscribers:
+                self.subscriber_added(name)
+
+        def unsubscribing(connection: "Connection", name: str) -> None:
+            queue = registry.queues.get(name)
+            held = queue is not None and queue.owner is None and connection in queue.subscribers
+            unsubscribe(connection, name)
+            if held and connection not in queue.subscribers:  # type: ignore[union-attr]
+                self.subscriber_removed(name)
+
+        def adding(connection: "Connection") -> None:
+            add(connection)
+            self.connection_opened(connection.id)
+
+        def removing(connection: "Connection") -> None:
+            if connection.id not in registry.connections:
+                return remove(connection)
+            held = [name for name in connection.subscriptions
+                    if (queue := registry.queues.get(name)) is not None and queue.owner is None
+                    and connection in queue.subscribers]
+            remove(connection)
+            for name in held:
+                self.subscriber_removed(name)
+            self.connection_closed(connection.id)
+
+        registry.subscribe, registry.unsubscribe = subscribing, unsubscribing  # type: ignore[method-assign]
+        registry.add, registry.remove = adding, removing  # type: ignore[method-assign]
 
     #: What a heartbeat carries of the registry's description (Registry.describe).
     FIGURES = ("connections", "queues", "messages_in", "messages_out", "rate_in", "rate_out", "rss_bytes")
@@ -234,8 +308,41 @@ class ClusterEngine:
     # -- history -----------------------------------------------------------------------------
 
     def history(self, queue: "Queue") -> Iterable[tuple[int, bytes, bytes]]:
-        """What this node kept of ``queue``: its own batches and what it received while listening."""
+        """What this node holds of ``queue``: what :meth:`load_history` read, its own batches, what it received."""
         return queue.history
+
+    def load_history(self, names: list[str]) -> Awaitable[None] | None:
+        """Read the public queues ``names``' history from Redis into the local queues (None: nothing to read).
+
+        The broker awaits it before it answers a history request, so any node
+        answers with the history every node shares.
+        """
+        registry = self._registry
+        assert registry is not None
+        public = [name for name in dict.fromkeys(names)
+                  if registry.owner_of(name) is None and not registry.is_closed_address(name)]
+        return self._load(public) if public else None
+
+    async def _load(self, names: list[str]) -> None:
+        registry, bounds = self._registry, self._bounds
+        assert registry is not None and bounds is not None
+        for name in names:
+            page = await self.redis.history(name)  # raises ClusterUnavailable: the request is refused
+            if page.epoch is None:
+                continue  # Redis holds nothing of it: the local answer stands
+            queue = registry.queues.get(name)
+            if queue is None:
+                try:
+                    queue = registry.queue(name)
+                except LimitExceeded:
+                    continue  # MAX_QUEUES: answered as unknown here
+            read = [(message_id, body, stamps) for message_id, body, stamps, _ in page.messages]
+            newest = read[-1][0] if read else 0
+            newer = [entry for entry in queue.history if entry[0] > newest]  # delivered here while reading
+            queue.history.clear()
+            queue.history.extend(read + newer)
+            recount(bounds, queue)
+            queue.last_id = max(queue.last_id, page.last)
 
     def purge(self, queue: "Queue") -> None:
         queue.history.clear()
@@ -249,5 +356,8 @@ class ClusterEngine:
             logger.warning("cluster: history not purged in Redis: %s", task.exception())
 
     def describe(self) -> dict[str, Any]:
+        """The engine's part of a status reply: this node's name and state, and the other live nodes."""
+        others = [{key: node.get(key) for key in ("name", "address", "uptime", "connections", "queues")}
+                  for node in self.others]
         return {**self.redis.describe(), "resets": self.resets, "waiting": len(self._pending), "busy": self.busy,
-                "held_publishers": len(self._held)}
+                "held_publishers": len(self._held), "others": others}

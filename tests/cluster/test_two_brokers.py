@@ -1,7 +1,7 @@
 """Two real brokers (TCP) on one Redis through ClusterEngine: a publish on one reaches a subscriber on the other.
 
-The broker does not yet tell the engine about its subscribers (docs/cluster.md, "Not done
-yet"), so the test does, as the broker will: ``subscriber_added`` on the subscriber's node.
+The engine learns of the subscriber from the broker's registry (``ClusterEngine.bind``
+watches it): the subscriber's node listens to the queue's channel once it subscribed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_publish_on_one_broker_delivered_by_the_other(redis_server: RedisServer)
         clients.append(subscriber)
         subscriber.connect()
         b = brokers["b"]
-        b.call(lambda: engines["b"].subscriber_added("news"))
+        assert b.call(lambda: engines["b"].redis.listening("news"))
         asyncio.run_coroutine_threadsafe(engines["b"].redis.sync(), b.loop).result(10)
         publishers = [MessageQueue(brokers[name].host, brokers[name].port) for name in ("a", "b", "a")]
         clients.extend(publishers)

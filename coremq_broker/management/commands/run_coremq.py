@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any, Callable
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from coremq_broker import conf
+from coremq_broker.cluster.errors import ClusterUnavailable
+from coremq_broker.cluster.settings import ClusterSettingError, redact
 
 
 class Command(BaseCommand):
@@ -28,6 +32,11 @@ class Command(BaseCommand):
         parser.add_argument("--tls-cert", help="serve TCP clients over TLS with this PEM certificate "
                                                "(default: COREMQ['TLS_CERT'])")
         parser.add_argument("--tls-key", help="the certificate's PEM key, if not in its file (default: COREMQ['TLS_KEY'])")
+        parser.add_argument("--redis", metavar="URL",
+                            help="run as one node of several sharing this Redis, e.g. redis://127.0.0.1:6379/0 "
+                                 "(default: COREMQ['REDIS_URL'] when COREMQ['ENGINE'] is 'redis'; docs/cluster.md)")
+        parser.add_argument("--node-name", help="this node's name in the cluster (default: COREMQ['NODE_NAME'], "
+                                                "else <host>:<port>)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from coremq_broker.auth.authenticator import authenticate
@@ -46,6 +55,7 @@ class Command(BaseCommand):
             if not config.tls_cert:
                 raise CommandError("--tls-key needs a certificate: --tls-cert or COREMQ['TLS_CERT']")
             config = config.with_options(tls_key=options["tls_key"])
+        engine = self._engine(config, options)
         web = None
         if not options["no_web"]:
             from channels.routing import get_default_application
@@ -63,13 +73,39 @@ class Command(BaseCommand):
         queue_settings, access = QueueSettingsWatcher(config), access_watcher()
         _check_durable_path(config, queue_settings.resolver)
         self.tls = bool(config.tls_cert)
+        broker_options = {"queue_settings": queue_settings.resolver, "access": access.snapshot,
+                          "authenticator": authenticate}
+        watchers = [queue_settings, access, *self._store(options)]
+        if engine is not None:
+            broker_options["engine"] = engine
+            watchers.append(_NodeAddress(engine))
         try:
-            run(config, web=web, announce=self.announce, on_start=_attach_all(queue_settings, access,
-                                                                              *self._store(options)),
-                broker_options={"queue_settings": queue_settings.resolver, "access": access.snapshot,
-                                "authenticator": authenticate})
+            run(config, web=web, announce=self.announce, on_start=_attach_all(*watchers), broker_options=broker_options)
+        except ClusterUnavailable as exc:  # an OSError too: said first
+            raise CommandError(f"cannot serve: {str(exc).rstrip('.')}. Start Redis, or check REDIS_URL / --redis.") from exc
         except OSError as exc:
             raise CommandError(f"cannot serve: {exc}") from exc
+
+    def _engine(self, config: Any, options: dict[str, Any]) -> Any:
+        """The cluster engine when ``--redis`` or ``COREMQ['ENGINE'] = "redis"`` says so, else None (embedded)."""
+        from coremq_broker.cluster.broker_engine import ClusterEngine
+
+        node_name = options["node_name"]
+        if not node_name and config.port == 0:  # <host>:0 would name every such node alike
+            node_name = f"{socket.gethostname()}-{os.getpid()}"
+        try:
+            cluster = conf.get_cluster_settings(engine="redis" if options["redis"] else None,
+                                                redis_url=options["redis"], node_name=node_name,
+                                                host=config.host, port=config.port)
+        except ClusterSettingError as exc:
+            raise CommandError(f"{exc} ({exc.id}). {exc.hint}") from exc
+        if cluster is None:
+            if options["node_name"]:
+                raise CommandError("--node-name needs a cluster: --redis URL or COREMQ['ENGINE'] = 'redis'")
+            self.cluster = None
+            return None
+        self.cluster = cluster
+        return ClusterEngine(cluster, address=f"{config.host}:{config.port}")
 
     def _store(self, options: dict[str, Any]) -> list[Any]:
         """The store served over the memcached protocol beside the broker (docs/store.md), unless --no-memcached."""
@@ -99,6 +135,10 @@ class Command(BaseCommand):
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             self.stdout.write(f"CoreMQ web app on {url}")
         else:
+            cluster = getattr(self, "cluster", None)
+            if cluster is not None:
+                self.stdout.write(f"CoreMQ node {cluster.node_name} in the cluster on Redis at "
+                                  f"{redact(cluster.redis_url)} (key prefix {cluster.key_prefix!r})")
             self.stdout.write(f"CoreMQ broker listening on {host}:{port} ({'TLS' if self.tls else 'TCP'})")
             _point_clients_at(host, port)
         self.stdout.flush()
@@ -137,6 +177,17 @@ def _check_durable_path(config: Any, resolver: Any) -> None:
         needed = "DURABLE_ALL is on" if config.durable_all else f"durable queue settings: {', '.join(durable)}"
         raise CommandError(f"durable history unavailable: DURABLE_PATH {config.durable_path!r} cannot be written "
                            f"({problem}) and {needed}. Point COREMQ['DURABLE_PATH'] at a writable file.")
+
+
+class _NodeAddress:
+    """Tells the cluster engine the address its listener bound (``--port 0``), for its heartbeats."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def attach(self, broker: Any) -> Callable[[], None]:
+        self.engine.serving_at(broker.address)
+        return lambda: None
 
 
 def _given(value: int | None, default: int) -> int:
