@@ -109,6 +109,13 @@ class Control:
         self.bounds.admit_queue(self.registry, len({name for name in new if name not in self.registry.queues}))
         for name in new:
             self.registry.subscribe(connection, name)
+        # An engine with other nodes answers once it listens: what they publish after the answer arrives.
+        ready = getattr(self.broker.engine, "subscribed", None)
+        waiting = ready(new) if ready is not None and new else None
+        if waiting is not None:
+            self._answer_after(connection, waiting, self._reply, connection, {"response": P.OK_SUBSCRIBE},
+                               connection.requests)
+            return
         self._reply(connection, {"response": P.OK_SUBSCRIBE})
 
     def _options(self, connection: Connection, value: Any) -> None:
@@ -152,21 +159,27 @@ class Control:
         load = getattr(self.broker.engine, "load_history", None)
         loading = load(names) if load is not None else None
         if loading is not None:
-            connection.hold()
-            connection.authenticating = True
-            asyncio.get_running_loop().create_task(
-                self._history_loaded(connection, loading, names, since, limit, connection.requests))
+            self._answer_after(connection, loading, self._send_history, connection, names, since, limit,
+                               connection.requests)
             return
         self._send_history(connection, names, since, limit, connection.requests)
 
-    async def _history_loaded(self, connection: Connection, loading: Any, names: list[str], since: dict,
-                              limit: int | None, request: int) -> None:
+    def _answer_after(self, connection: Connection, waiting: Any, answer: Any, *args: Any) -> None:
+        """Call ``answer(*args)`` once ``waiting`` is done; the connection's later frames wait (as after a login).
+
+        ``args`` end with the request's number, which an error answers instead.
+        """
+        connection.hold()
+        connection.authenticating = True
+        asyncio.get_running_loop().create_task(self._answered_after(connection, waiting, answer, args))
+
+    async def _answered_after(self, connection: Connection, waiting: Any, answer: Any, args: tuple) -> None:
         try:
-            await loading
+            await waiting
             if not connection.closing:
-                self._send_history(connection, names, since, limit, request)
+                answer(*args)
         except CoreMQError as exc:
-            self.broker.refuse(connection, str(exc), request)
+            self.broker.refuse(connection, str(exc), args[-1])
         finally:
             self._resume(connection)
 
