@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
@@ -182,7 +183,7 @@ def get_cluster_settings(*, engine: str | None = None, redis_url: str | None = N
 
     ``engine``, ``redis_url`` and ``node_name`` override ``ENGINE``, ``REDIS_URL``
     and ``NODE_NAME`` (``run_coremq --redis``, ``--node-name``); ``host`` and
-    ``port`` name the node by default. Raises ``ClusterSettingError`` (a check id
+    ``port`` name the node by default (``<host>:<port>``; port 0: ``<machine>-<pid>``). Raises ``ClusterSettingError`` (a check id
     and a hint) for a value that cannot work.
     """
     values, errors = _resolve_all()
@@ -193,8 +194,11 @@ def get_cluster_settings(*, engine: str | None = None, redis_url: str | None = N
         return None
     from .cluster.settings import parse_settings
 
+    node_name = node_name or merged["NODE_NAME"]
+    if not node_name and port == 0:  # <host>:0 would name every such node alike
+        node_name = f"{socket.gethostname()}-{os.getpid()}"
     return parse_settings(redis_url or merged["REDIS_URL"], key_prefix=merged["REDIS_PREFIX"],
-                          node_name=node_name or merged["NODE_NAME"], host=host, port=port)
+                          node_name=node_name, host=host, port=port)
 
 
 def setting_errors() -> list[SettingError]:

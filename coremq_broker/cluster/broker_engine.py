@@ -79,6 +79,7 @@ class ClusterEngine:
         self.resets = 0
         #: The other live nodes' heartbeats, as last read (every heartbeat interval).
         self.others: list[dict[str, Any]] = []
+        self._starting: set[str] = set()  # queues this node began to listen to, until subscribed() is asked
         self._watching: asyncio.Task[None] | None = None
 
     def bind(self, node: Node, registry: "Registry", bounds: "Bounds") -> None:
@@ -105,6 +106,13 @@ class ClusterEngine:
     def serving_at(self, address: str) -> None:
         """The node's TCP listener is bound at ``address`` (its heartbeats say so from now on)."""
         self.redis.heartbeat.address = address
+        self._spawn(self._beat_now())
+
+    async def _beat_now(self) -> None:
+        try:
+            await self.redis.heartbeat.beat()
+        except Exception as exc:  # the next beat of the heartbeat's loop says it again
+            logger.warning("cluster: heartbeat not written: %s", exc)
 
     async def _watch_nodes(self) -> None:
         """Keep :attr:`others` (the status reply's node list) as fresh as the heartbeats."""
@@ -114,6 +122,20 @@ class ClusterEngine:
             except ClusterUnavailable:
                 pass  # kept as last read; describe() tells the state
             await asyncio.sleep(self.redis.settings.heartbeat_interval)
+
+    def subscribed(self, names: list[str]) -> Awaitable[None] | None:
+        """Wait until Redis listens for this node to the queues ``names`` it began to listen to (None: no need).
+
+        The broker answers the subscribe once it is done: anything another node
+        publishes after the answer then reaches the subscriber.
+        """
+        if not self._starting.intersection(names):
+            return None
+        self._starting.difference_update(names)
+        return self._synced()
+
+    async def _synced(self) -> None:
+        await self.redis.sync()  # raises ClusterUnavailable: the subscribe is answered ERROR (and kept)
 
     # -- the registry, watched ------------------------------------------------------------
 
@@ -132,6 +154,8 @@ class ClusterEngine:
             subscribe(connection, name)
             queue = registry.queues.get(name)
             if new and queue is not None and queue.owner is None and connection in queue.subscribers:
+                if not self.redis.listening(name):
+                    self._starting.add(name)
                 self.subscriber_added(name)
 
         def unsubscribing(connection: "Connection", name: str) -> None:

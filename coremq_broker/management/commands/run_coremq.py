@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any, Callable
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -90,12 +88,9 @@ class Command(BaseCommand):
         """The cluster engine when ``--redis`` or ``COREMQ['ENGINE'] = "redis"`` says so, else None (embedded)."""
         from coremq_broker.cluster.broker_engine import ClusterEngine
 
-        node_name = options["node_name"]
-        if not node_name and config.port == 0:  # <host>:0 would name every such node alike
-            node_name = f"{socket.gethostname()}-{os.getpid()}"
         try:
             cluster = conf.get_cluster_settings(engine="redis" if options["redis"] else None,
-                                                redis_url=options["redis"], node_name=node_name,
+                                                redis_url=options["redis"], node_name=options["node_name"],
                                                 host=config.host, port=config.port)
         except ClusterSettingError as exc:
             raise CommandError(f"{exc} ({exc.id}). {exc.hint}") from exc

@@ -1,0 +1,203 @@
+"""Three ``run_coremq --redis URL --node-name N`` processes on one real redis-server: one broker, as clients see it.
+
+Each node is a real subprocess (``--no-web --no-memcached``, port 0); the
+clients are the project's Python client and the 2015 client of
+``tests/broker/test_compat_2015.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from coremq_client.sync_client import MessageQueue
+from redis_servers import RedisServer
+from servers import ROOT, ServerProcess
+
+pytestmark = pytest.mark.timeout(180)
+HERE = Path(__file__).resolve().parent
+
+
+class NodeProcess(ServerProcess):
+    """``manage.py run_coremq`` as one node of the cluster on ``redis_url``; :attr:`port` once it listens."""
+
+    def __init__(self, redis_url: str, name: str, database: Path, *, by_settings: bool = False) -> None:
+        """``by_settings``: ``COREMQ['ENGINE'] = "redis"``, ``REDIS_URL``, ``NODE_NAME`` instead of the flags."""
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cluster_settings", "COREMQ_DATABASE": str(database),
+               "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        flags = ["--redis", redis_url, "--node-name", name]
+        if by_settings:
+            env.update(COREMQ_TEST_REDIS_URL=redis_url, COREMQ_TEST_NODE_NAME=name)
+            flags = []
+        super().__init__([sys.executable, "manage.py", "run_coremq", "--no-web", "--no-memcached", "--host",
+                          "127.0.0.1", "--port", "0", *flags], env)
+        self.name = name
+        self.wait_for(f"CoreMQ node {name} in the cluster on Redis at {redis_url}")
+        line = self.wait_for("CoreMQ broker listening on")
+        self.port = int(re.search(r":(\d+) \(TCP\)", line).group(1))  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        """``kill -9``: no BYE, no goodbye to the cluster (its heartbeat expires)."""
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_for_nodes() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_for_nodes: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
+    """Nodes a, b and c, started one after the other on one Redis (c configured by its settings)."""
+    database = tmp_path_factory.mktemp("nodes") / "db.sqlite3"
+    nodes: dict[str, NodeProcess] = {}
+    try:
+        for name in ("a", "b", "c"):
+            nodes[name] = NodeProcess(redis_for_nodes.url, name, database, by_settings=name == "c")
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def client(node: NodeProcess, *queues: str, **options: object) -> MessageQueue:
+    mq = MessageQueue("127.0.0.1", node.port, queues=list(queues), timeout=10, **options)
+    mq.connect()
+    return mq
+
+
+def received(subscriber: MessageQueue, count: int, queue: str) -> list[tuple[int, int]]:
+    """``(id, n)`` of the next ``count`` messages of ``queue``."""
+    got = []
+    while len(got) < count:
+        delivery = subscriber.receive(timeout=15)
+        assert delivery is not None, got
+        if delivery.queue == queue:
+            got.append((delivery.id, delivery.message["n"]))
+    return got
+
+
+def test_publishes_on_every_node_reach_every_node_once_in_id_order(cluster: dict[str, NodeProcess]) -> None:
+    subscribers = [client(node, "fan") for node in cluster.values()]
+    publishers = [client(node) for node in cluster.values()]
+    try:
+        ids = [publishers[n % 3].publish("fan", {"n": n})["id"] for n in range(90)]  # type: ignore[index]
+        assert ids == list(range(1, 91))  # one numbering whichever node took the publish
+        for subscriber in subscribers:
+            assert received(subscriber, 90, "fan") == [(n + 1, n) for n in range(90)]
+            assert subscriber.receive(timeout=0.3) is None  # nothing twice
+    finally:
+        for mq in subscribers + publishers:
+            mq.close()
+
+
+def test_history_and_since_on_another_node(cluster: dict[str, NodeProcess]) -> None:
+    """Published on a with no subscriber anywhere; c answers history, since and paging from Redis."""
+    publisher, reader = client(cluster["a"]), client(cluster["c"])
+    try:
+        for n in range(20):
+            publisher.publish("log", {"n": n})
+        assert [m["n"] for m in reader.get_history("log")["log"]] == list(range(20))
+        page = reader.history("log", since=5, limit=4)
+        assert [m["coremq_id"] for m in page["history"]["log"]] == [6, 7, 8, 9]
+        assert page["more"] == {"log": True}
+        assert page["sequence"]["log"]["first"] == 1 and page["sequence"]["log"]["last"] == 20
+        assert [m["n"] for m in reader.get_history("log", since=15)["log"]] == [15, 16, 17, 18, 19]
+        publisher.publish("log", {"n": 20})  # and the next one read there too
+        assert [m["n"] for m in reader.get_history("log", since=20)["log"]] == [20]
+    finally:
+        publisher.close()
+        reader.close()
+
+
+def test_status_names_the_node_that_answered_and_the_others(cluster: dict[str, NodeProcess]) -> None:
+    mq = client(cluster["b"])
+    try:
+        addresses = {"a": f"127.0.0.1:{cluster['a'].port}", "c": f"127.0.0.1:{cluster['c'].port}"}
+        deadline = time.monotonic() + 20
+        while True:  # the list is as fresh as the heartbeats (every 2 s)
+            cluster_state = mq.status()["durable"]
+            if {node["name"]: node["address"] for node in cluster_state["others"]} == addresses:
+                break
+            assert time.monotonic() < deadline, cluster_state
+            time.sleep(0.2)
+        assert cluster_state["engine"] == "redis" and cluster_state["node"] == "b"
+        assert cluster_state["state"] == "ok"
+        assert all(node["uptime"] > 0 and node["connections"] >= 0 for node in cluster_state["others"])
+    finally:
+        mq.close()
+
+
+def test_the_2015_client_against_every_node(cluster: dict[str, NodeProcess]) -> None:
+    spec = importlib.util.spec_from_file_location("compat_2015", ROOT / "tests" / "broker" / "test_compat_2015.py")
+    compat = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(compat)  # type: ignore[union-attr]
+    clients = {name: compat.Client2015("127.0.0.1", node.port) for name, node in cluster.items()}
+    try:
+        for c2015 in clients.values():
+            c2015.connect()
+            assert c2015.welcome_message == "OK: Welcome from CoreMQ!"
+        assert clients["b"].subscribe("old")["response"] == "OK: Subscribe successful"
+        assert clients["c"].subscribe("old")["response"] == "OK: Subscribe successful"
+        assert clients["a"].send_message("old", {"a": 1})["response"] == "OK: Message sent"
+        for name in ("b", "c"):
+            queue, message = clients[name].get_message(timeout=10)
+            assert queue == "old" and message["a"] == 1 and message["coremq_sender"] == clients["a"].connection_id
+        assert [h["a"] for h in clients["c"].get_history("old")["history"]["old"]] == [1]
+        assert [h["a"] for h in clients["a"].get_history("old")["history"]["old"]] == [1]
+    finally:
+        for c2015 in clients.values():
+            c2015.close()
+
+
+def test_node_killed_its_client_resumes_on_another_node(redis_for_nodes: RedisServer, tmp_path: Path) -> None:
+    """kill -9 of the subscriber's node; the client, sent to another node, gets every message once, in order."""
+    nodes = {name: NodeProcess(redis_for_nodes.url, name, tmp_path / "db.sqlite3") for name in ("k1", "k2")}
+    subscriber = client(nodes["k1"], "stream")
+    publisher = client(nodes["k2"])
+    watcher = client(nodes["k2"])
+    try:
+        for n in range(50):
+            publisher.publish("stream", {"n": n})
+        assert received(subscriber, 20, "stream") == [(n + 1, n) for n in range(20)]
+        nodes["k1"].kill()
+        subscriber.port = nodes["k2"].port  # where a load balancer would send it
+        for n in range(50, 100):
+            publisher.publish("stream", {"n": n})
+        assert received(subscriber, 80, "stream") == [(n + 1, n) for n in range(20, 100)]
+        assert subscriber.receive(timeout=0.3) is None
+        assert not subscriber.gaps
+        # The killed node's heartbeat expires: it leaves the node list.
+        deadline = time.monotonic() + 30
+        while "k1" in {node["name"] for node in watcher.status()["durable"]["others"]}:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        for mq in (subscriber, publisher, watcher):
+            mq.close()
+        for node in nodes.values():
+            node.stop()
+
+
+def test_unreachable_redis_at_start_exits_non_zero(tmp_path: Path) -> None:
+    from redis_servers import free_port
+
+    node = ServerProcess([sys.executable, "manage.py", "run_coremq", "--no-web", "--no-memcached", "--port", "0",
+                          "--redis", f"redis://127.0.0.1:{free_port()}/0"],
+                         {**os.environ, "DJANGO_SETTINGS_MODULE": "coremq_project.settings",
+                          "COREMQ_DATABASE": str(tmp_path / "db.sqlite3")})
+    assert node.process.wait(timeout=60) == 1
+    node.wait_for("cannot serve: cluster unavailable: Redis at redis://127.0.0.1:")
