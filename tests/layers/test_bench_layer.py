@@ -20,3 +20,18 @@ def test_bench_layer_quick(tmp_path):
         assert entry["group_send"]["ok"] and entry["group_send"]["lost"] == 0
         assert entry["round_trips_local"]["round_trips"] > 0 and entry["round_trips_normal"]["round_trips"] > 0
     assert "CoreMQChannelLayer" in done.stdout and "channels_redis" in done.stdout
+
+
+def test_websocket_bench_channels_row_on_the_coremq_layer(tmp_path):
+    """bench websocket's 'Channels consumer + CoreMQ layer' row: the same consumer delivers every message."""
+    from bench import websocket
+
+    rc = websocket.main(["--coremq", "none", "--peers", "channels-coremq", "--subscribers", "3,30",
+                         "--duration", "0.3", "--latency-subscribers", "3", "--rate", "50", "--latency-duration", "0.3",
+                         "--quiet-wait", "0", "--quiet-budget", "0", "--results-dir", str(tmp_path)])
+    assert rc == 0
+    entry = json.loads((tmp_path / "websocket.json").read_text())["servers"]["channels-coremq"]
+    assert entry["label"] == "Channels consumer + CoreMQ layer"
+    for row in entry["throughput"]:
+        assert row["ok"] and row["lost"] == 0 and row["delivered"] == row["published"] * row["subscribers"] > 0
+    assert entry["latency"]["ok"] and entry["latency"]["samples"] > 0
