@@ -111,3 +111,24 @@ async def test_rediss_url_over_tls() -> None:
             await b.engine.close()
     finally:
         server.close()
+
+
+def test_manage_py_check_knows_the_cluster_keys(settings, redis_server: RedisServer) -> None:
+    """Every registered check: the cluster keys are known settings (no coremq.E002); a dead Redis is coremq.E105."""
+    from django.core import checks
+
+    from coremq_broker import conf
+
+    settings.COREMQ = {"ENGINE": "redis", "REDIS_URL": redis_server.url, "REDIS_PREFIX": "t:", "NODE_NAME": "n1"}
+    assert [message.id for message in checks.run_checks() if message.is_serious()] == []
+    cluster = conf.get_cluster_settings(host="127.0.0.1", port=7000)
+    assert (cluster.redis_url, cluster.key_prefix, cluster.node_name) == (redis_server.url, "t:", "n1")
+    settings.COREMQ = {"ENGINE": "redis", "REDIS_URL": redis_server.url}
+    assert conf.get_cluster_settings(host="127.0.0.1", port=7000).node_name == "127.0.0.1:7000"
+    settings.COREMQ = {}
+    assert conf.get_cluster_settings() is None  # the embedded default
+    settings.COREMQ = {"ENGINE": "redis", "REDIS_URL": redis_server.url, "NODE_NAME": 5}
+    assert "coremq.E003" in [message.id for message in checks.run_checks()]
+    redis_server.kill()
+    settings.COREMQ = {"ENGINE": "redis", "REDIS_URL": redis_server.url}
+    assert [message.id for message in checks.run_checks() if message.is_serious()] == ["coremq.E105"]
