@@ -289,14 +289,13 @@ class _Writer:
     def __init__(self, websocket: AsyncWebSocket) -> None:
         self.websocket = websocket
         self.transport = websocket.transport
-        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()  # None: stop
         self._sender = asyncio.ensure_future(self._send())
         self._failed: OSError | None = None
         self._closing = False
 
     async def _send(self) -> None:
-        while True:
-            line = await self._lines.get()
+        while (line := await self._lines.get()) is not None:
             try:
                 await self.websocket.send(line)
             except Exception as exc:  # closed, most likely: every later drain() says so
@@ -311,15 +310,18 @@ class _Writer:
 
     async def drain(self) -> None:
         """Wait until every line written is sent; OSError if the connection failed or closed first."""
+        if self._closing:
+            raise OSError("the WebSocket is closed")
         flushed = asyncio.ensure_future(self._lines.join())
         try:
             await asyncio.wait([flushed, self._sender], return_when=asyncio.FIRST_COMPLETED)
+            sent = flushed.done()
         finally:
             flushed.cancel()
         if self._failed is not None:
             raise self._failed
-        if not flushed.done() or flushed.cancelled():
-            raise OSError("the WebSocket is closed")
+        if not sent:
+            raise OSError("the WebSocket closed before the lines were sent")
 
     def is_closing(self) -> bool:
         return self._closing or self.websocket.transport.is_closing()
@@ -330,8 +332,8 @@ class _Writer:
     def close(self) -> None:
         if not self._closing:
             self._closing = True
-            self._sender.cancel()
-            asyncio.ensure_future(self.websocket.close())
+            self._lines.put_nowait(None)  # the sender ends after what was written (a send fails once closed)
+            self._close_task = asyncio.ensure_future(self.websocket.close())  # kept until done
 
 
 async def open_websocket_streams(url: str, *, tls: ssl_module.SSLContext | None) -> tuple[_Reader, _Writer]:

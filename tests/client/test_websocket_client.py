@@ -105,6 +105,15 @@ def test_async_client_over_websocket(servers: Servers) -> None:
             await tcp.publish("b", "to b")
             delivery = await web.receive(timeout=10)
             assert (delivery.queue, delivery.message) == ("b", "to b")
+            # Cut from the client's side while messages keep coming: it reconnects and misses none.
+            first = web.connection_id
+            web._conn.writer.transport.abort()
+            for n in range(8):  # within HISTORY_LENGTH (10)
+                await tcp.publish("b", {"n": n})
+            got = [await web.receive(timeout=20) for _ in range(8)]
+            assert [d.message["n"] for d in got] == list(range(8))
+            assert web.errors == [] and web.gaps == []
+            assert web.connection_id != first
 
     asyncio.run(scenario())
 
