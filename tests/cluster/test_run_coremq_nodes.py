@@ -104,6 +104,42 @@ def test_publishes_on_every_node_reach_every_node_once_in_id_order(cluster: dict
             mq.close()
 
 
+def test_a_node_listens_to_a_queue_only_while_it_has_local_subscribers(
+        cluster: dict[str, NodeProcess], redis_for_nodes: RedisServer) -> None:
+    """The first local subscriber makes the node subscribe to the queue's channel; the last one leaving ends it."""
+    from coremq_broker.cluster.keys import Keys
+
+    redis = redis_for_nodes.client()
+    channel = Keys("coremq:").queue_channel("watched")
+
+    def listeners() -> int:
+        return dict(redis.pubsub_numsub(channel))[channel]
+
+    def settles_at(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while listeners() != count:
+            assert time.monotonic() < deadline, listeners()
+            time.sleep(0.05)
+
+    first, second, other = client(cluster["b"], "watched"), client(cluster["b"], "watched"), client(cluster["c"])
+    try:
+        assert listeners() == 1  # subscribed: answered once node b listens (one channel for two subscribers)
+        other.subscribe("watched")
+        assert listeners() == 2
+        first.unsubscribe("watched")
+        first.publish("watched", {"n": 0})  # b still delivers to its other subscriber
+        assert [(d.queue, d.message["n"]) for d in (second.receive(timeout=10), other.receive(timeout=10))] == \
+            [("watched", 0), ("watched", 0)]
+        assert listeners() == 2
+        second.close()  # the last local subscriber of b leaves by closing
+        settles_at(1)
+        other.unsubscribe("watched")
+        settles_at(0)
+    finally:
+        for mq in (first, second, other):
+            mq.close()
+
+
 def test_history_and_since_on_another_node(cluster: dict[str, NodeProcess]) -> None:
     """Published on a with no subscriber anywhere; c answers history, since and paging from Redis."""
     publisher, reader = client(cluster["a"]), client(cluster["c"])
