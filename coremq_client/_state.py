@@ -73,6 +73,11 @@ class ClientState:
         self._conn = None
 
     @property
+    def address(self) -> str:
+        """Where the client connects: ``host:port``, or the WebSocket URL."""
+        return self.url or f"{self.host}:{self.port}"
+
+    @property
     def reconnect(self) -> bool:
         """True when a lost connection is opened again (with backoff)."""
         return self._session.reconnect
@@ -148,4 +153,4 @@ class ClientState:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected" if self.connected else "disconnected"
-        return f"<{type(self).__name__} {self.host}:{self.port} {state} id={self.connection_id}>"
+        return f"<{type(self).__name__} {self.address} {state} id={self.connection_id}>"

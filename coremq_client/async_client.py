@@ -90,7 +90,7 @@ class AsyncMessageQueue(ClientState):
             if self._stop.is_set():
                 conn.writer.close()
                 raise ConnectionClosed("client is closed")
-            self._reader_task = asyncio.create_task(self._run(conn), name=f"coremq-reader-{self.host}:{self.port}")
+            self._reader_task = asyncio.create_task(self._run(conn), name=f"coremq-reader-{self.address}")
             self._connected(conn)
         for future in conn.link.replayed:
             await self._result(future, deadline)
@@ -130,7 +130,7 @@ class AsyncMessageQueue(ClientState):
                         self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
                     )
         except (OSError, TimeoutError) as exc:
-            raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
+            raise ConnectionClosed(f"cannot connect to {self.address}: {exc!r}") from exc
         link = Link(self._session, wait=wait, future=asyncio.get_running_loop().create_future)
         try:
             while not link.ready:
@@ -138,7 +138,7 @@ class AsyncMessageQueue(ClientState):
                 async with asyncio.timeout(remaining(deadline) if deadline is not None else waiting):
                     data = await reader.read(_READ_SIZE)
                 if not data:
-                    raise ConnectionClosed(f"{self.host}:{self.port} closed the connection while connecting")
+                    raise ConnectionClosed(f"{self.address} closed the connection while connecting")
                 writer.write(link.handshake(data))
             async with asyncio.timeout(self.timeout):
                 await writer.drain()
@@ -147,10 +147,10 @@ class AsyncMessageQueue(ClientState):
             raise
         except TimeoutError as exc:
             writer.close()
-            raise Timeout(f"{self.host}:{self.port} did not answer in time while connecting") from exc
+            raise Timeout(f"{self.address} did not answer in time while connecting") from exc
         except OSError as exc:
             writer.close()
-            raise ConnectionClosed(f"connection to {self.host}:{self.port} failed: {exc}") from exc
+            raise ConnectionClosed(f"connection to {self.address} failed: {exc}") from exc
         except BaseException:
             writer.close()
             raise
@@ -166,7 +166,7 @@ class AsyncMessageQueue(ClientState):
                 async with asyncio.timeout(remaining(deadline)):
                     await self._changed.wait()
             except TimeoutError:
-                raise ConnectionClosed(f"not connected to {self.host}:{self.port} within {self.timeout} s") from None
+                raise ConnectionClosed(f"not connected to {self.address} within {self.timeout} s") from None
 
     def _connected(self, conn: _Connection) -> None:
         """Make ``conn`` the current connection and hand its welcome to ``on_connect``."""
@@ -183,7 +183,7 @@ class AsyncMessageQueue(ClientState):
             while True:
                 error, orderly = await self._read(conn)
                 self._lose(conn, error)
-                if not self._session.reconnects_after(error, f"{self.host}:{self.port}", self._stop.is_set()):
+                if not self._session.reconnects_after(error, f"{self.address}", self._stop.is_set()):
                     break
                 if (next_conn := await self._reconnect()) is None:
                     break  # only when closing
@@ -215,7 +215,7 @@ class AsyncMessageQueue(ClientState):
 
     async def _await_credentials(self, failure: AuthenticationFailed) -> bool:
         """Report refused credentials and wait for set_credentials(); False if closed meanwhile."""
-        logger.error("%s:%s refused the credentials; waiting for new ones", self.host, self.port)
+        logger.error("%s refused the credentials; waiting for new ones", self.address)
         self._session.reporter.report(failure)
         self._session.auth_failure = failure
         self._notify()  # waiting requests raise it
@@ -307,7 +307,7 @@ class AsyncMessageQueue(ClientState):
                 if isinstance(exc, CoreMQError):
                     raise
                 conn.link.pending.discard(number)
-                raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
+                raise Timeout(f"no reply from {self.address} within {self.timeout} s") from None
             except OSError as exc:  # drain() on a lost connection
                 lost = ConnectionClosed(f"connection lost while sending: {exc}")
             if not self._session.may_retry(request, deadline):
@@ -326,7 +326,7 @@ class AsyncMessageQueue(ClientState):
         except TimeoutError as exc:
             if isinstance(exc, CoreMQError):
                 raise
-            raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
+            raise Timeout(f"no reply from {self.address} within {self.timeout} s") from None
 
     async def subscribe(self, *queues: str) -> JSONObject:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""

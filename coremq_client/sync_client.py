@@ -173,7 +173,7 @@ class MessageQueue(ClientState):
                 self._conn = conn
                 self._session.connected(conn.link)
                 self._reader = threading.Thread(
-                    target=self._run, args=(conn,), name=f"coremq-reader-{self.host}:{self.port}", daemon=True
+                    target=self._run, args=(conn,), name=f"coremq-reader-{self.address}", daemon=True
                 )
                 self._reader.start()
             self._session.notify_connected(conn.link)  # outside the lock: on_connect may use the client
@@ -203,7 +203,7 @@ class MessageQueue(ClientState):
             else:
                 sock = open_stream(self.host, self.port, timeout=limit, tls=self.ssl)
         except OSError as exc:
-            raise ConnectionClosed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise ConnectionClosed(f"cannot connect to {self.address}: {exc}") from exc
         link = Link(self._session, wait=wait, future=Future)
         try:
             while not link.ready:
@@ -211,7 +211,7 @@ class MessageQueue(ClientState):
                 sock.settimeout(remaining(deadline) if deadline is not None else waiting)
                 data = sock.recv(_READ_SIZE)
                 if not data:
-                    raise ConnectionClosed(f"{self.host}:{self.port} closed the connection while connecting")
+                    raise ConnectionClosed(f"{self.address} closed the connection while connecting")
                 sock.sendall(link.handshake(data))
             sock.settimeout(self.timeout)
         except CoreMQError:
@@ -220,8 +220,8 @@ class MessageQueue(ClientState):
         except OSError as exc:
             sock.close()
             if isinstance(exc, TimeoutError):
-                raise Timeout(f"{self.host}:{self.port} did not answer in time while connecting") from exc
-            raise ConnectionClosed(f"connection to {self.host}:{self.port} failed: {exc}") from exc
+                raise Timeout(f"{self.address} did not answer in time while connecting") from exc
+            raise ConnectionClosed(f"connection to {self.address} failed: {exc}") from exc
         except BaseException:
             sock.close()
             raise
@@ -236,7 +236,7 @@ class MessageQueue(ClientState):
                     return conn  # type: ignore[return-value]
                 left = remaining(deadline)
                 if left is not None and left <= 0:
-                    raise ConnectionClosed(f"not connected to {self.host}:{self.port} within {self.timeout} s")
+                    raise ConnectionClosed(f"not connected to {self.address} within {self.timeout} s")
                 self._cond.wait(left)
 
     # -- the reader thread -----------------------------------------------------
@@ -247,7 +247,7 @@ class MessageQueue(ClientState):
             while True:
                 error, orderly = self._read(conn)
                 self._lose(conn, error)
-                if not self._session.reconnects_after(error, f"{self.host}:{self.port}", self._stop.is_set()):
+                if not self._session.reconnects_after(error, f"{self.address}", self._stop.is_set()):
                     break
                 if (next_conn := self._reconnect()) is None:
                     break  # only when closing
@@ -280,7 +280,7 @@ class MessageQueue(ClientState):
 
     def _await_credentials(self, failure: AuthenticationFailed) -> bool:
         """Report refused credentials and wait for set_credentials(); False if closed meanwhile."""
-        logger.error("%s:%s refused the credentials; waiting for new ones", self.host, self.port)
+        logger.error("%s refused the credentials; waiting for new ones", self.address)
         self._session.reporter.report(failure)
         with self._cond:
             self._session.auth_failure = failure
@@ -326,7 +326,7 @@ class MessageQueue(ClientState):
     def _ask(self, conn: _Connection, since: dict[str, int]) -> None:
         """Have the asker thread send a history request of the resume: the reader never waits for the write lock."""
         if self._asker is None:
-            self._asker = threading.Thread(target=self._run_asker, name=f"coremq-resync-{self.host}:{self.port}",
+            self._asker = threading.Thread(target=self._run_asker, name=f"coremq-resync-{self.address}",
                                            daemon=True)
             self._asker.start()
         self._asks.put((conn, since))
@@ -442,7 +442,7 @@ class MessageQueue(ClientState):
         except TimeoutError as exc:
             if isinstance(exc, CoreMQError):
                 raise
-            raise Timeout(f"no reply from {self.host}:{self.port} within {self.timeout} s") from None
+            raise Timeout(f"no reply from {self.address} within {self.timeout} s") from None
 
     def subscribe(self, *queues: str) -> JSONObject:
         """Subscribe to ``queues`` (kept for reconnects); return the broker's reply."""
