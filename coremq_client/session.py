@@ -158,13 +158,12 @@ class Link:
             if self.welcome is None:
                 return b""
             self.session.resumer.connected(self.welcome.connection_id)
-            credentials = self.session.credentials
-            if credentials:
-                self._backlog += events
-                self._login, request = self.protocol.authenticate(credentials)
-                return request
             self._backlog += events
-            return self._replay()
+            credentials = self.session.credentials
+            if not credentials:
+                return self._replay()
+            self._login, request = self.protocol.authenticate(credentials)
+            return request
         reply = handshake_reply(events, self._login, self._backlog) if self._login is not None else None
         if reply is None:
             return b""
