@@ -381,7 +381,6 @@ class ClusterEngine:
 
     def describe(self) -> dict[str, Any]:
         """The engine's part of a status reply: this node's name and state, and the other live nodes."""
-        others = [{key: node.get(key) for key in ("name", "address", "uptime", "connections", "queues")}
-                  for node in self.others]
+        others = [{key: node.get(key) for key in ("name", "address", "uptime", *self.FIGURES)} for node in self.others]
         return {**self.redis.describe(), "resets": self.resets, "waiting": len(self._pending), "busy": self.busy,
                 "held_publishers": len(self._held), "others": others}

@@ -11,6 +11,11 @@ Connections are counted per transport rather than listed: a connection id as
 a label would make a new time series per client. Per-queue series carry a
 ``queue`` label (public queues only; private id queues are left out). Rates
 are not exported: Prometheus computes them from the counters with ``rate()``.
+
+A node of a cluster (the Redis engine, docs/cluster.md) exports its own
+figures, each series with a ``node`` label (its name), so the scrapes of
+every node add up; ``coremq_cluster_*`` say how it sees the cluster
+(Redis up, live nodes, its publishes through Redis).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .cluster import engine_of
 from .layer import layer_metrics
 from .store import store_metrics
 
@@ -45,7 +51,11 @@ class SnapshotCollector(Collector):
         if self.snapshot is None:
             return
         yield from self._broker(self.snapshot["broker"], self.snapshot["source"])
-        yield from self._durable(self.snapshot["broker"].get("durable") or {})
+        cluster = engine_of(self.snapshot)
+        if cluster is None:
+            yield from self._durable(self.snapshot["broker"].get("durable") or {})
+        else:
+            yield from self._cluster(cluster)
         yield from self._connections(self.snapshot["connections"])
         yield from self._queues(self.snapshot["queues"])
         yield from layer_metrics(self.snapshot)
@@ -70,6 +80,17 @@ class SnapshotCollector(Collector):
         for kind, name, help_text, key in _DURABLE_SERIES:
             value = durable.get(key)
             if value is not None:  # free space is unknown where statvfs fails
+                yield kind(name, help_text, value=float(value))
+
+    def _cluster(self, engine: dict[str, Any]) -> Iterator[Metric]:
+        """How this node sees the cluster (the Redis engine's description)."""
+        yield GaugeMetricFamily("coremq_cluster_up", "1 while this node's Redis connection is up, else 0.",
+                                value=1 if engine.get("state") == "ok" else 0)
+        yield GaugeMetricFamily("coremq_cluster_nodes", "Live nodes of the cluster, this one included.",
+                                value=1 + len(engine.get("others") or []))
+        for kind, name, help_text, key in _CLUSTER_SERIES:
+            value = engine.get(key)
+            if isinstance(value, (int, float)):
                 yield kind(name, help_text, value=float(value))
 
     def _connections(self, connections: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -165,8 +186,41 @@ _DURABLE_SERIES: tuple[tuple[type, str, str, str], ...] = (
 )
 
 
+#: (family, name, help, key in the Redis engine's description) of a cluster node's series.
+_CLUSTER_SERIES: tuple[tuple[type, str, str, str], ...] = (
+    (CounterMetricFamily, "coremq_cluster_batches_published", "Batches this node published through Redis.",
+     "published"),
+    (CounterMetricFamily, "coremq_cluster_batches_refused", "Batches Redis did not take (answered with an ERROR).",
+     "refused"),
+    (CounterMetricFamily, "coremq_cluster_reconnects", "Times this node's pub/sub connection was made again.",
+     "reconnects"),
+    (CounterMetricFamily, "coremq_cluster_probes_failed", "Pub/sub probes that did not come back in time.",
+     "probes_failed"),
+    (CounterMetricFamily, "coremq_cluster_resets", "Queues whose numbering restarted (Redis lost them).", "resets"),
+    (GaugeMetricFamily, "coremq_cluster_channels", "Redis channels this node listens to.", "channels"),
+    (GaugeMetricFamily, "coremq_cluster_waiting_batches", "Batches sent to Redis and not answered yet.", "waiting"),
+)
+
+
+class _NodeLabelled(Collector):
+    """Every series of ``collector`` with the label ``node`` added."""
+
+    def __init__(self, collector: Collector, node: str) -> None:
+        self.collector, self.node = collector, node
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.collector.collect():
+            family.samples = [sample._replace(labels={**sample.labels, "node": self.node})
+                              for sample in family.samples]
+            yield family
+
+
 def render(snapshot: dict[str, Any] | None) -> bytes:
-    """The text exposition of ``snapshot`` (``None``: only ``coremq_up 0``)."""
+    """The text exposition of ``snapshot`` (``None``: only ``coremq_up 0``); a cluster node's with ``node`` labels."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
+    collector: Collector = SnapshotCollector(snapshot)
+    engine = engine_of(snapshot) if snapshot is not None else None
+    if engine is not None:
+        collector = _NodeLabelled(collector, str(engine.get("node")))
+    registry.register(collector)
     return generate_latest(registry)

@@ -27,6 +27,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from .. import conf
 from . import metrics as metrics_module
+from .cluster import add_cluster
 from .layer import add_layer_drops
 from .store import add_store_figures
 from .source import ActionFailed, SourceUnavailable, get_source
@@ -62,7 +63,7 @@ async def status_json(request: HttpRequest) -> HttpResponse:
         snapshot = await get_source().snapshot()
     except SourceUnavailable as exc:
         return JsonResponse({"error": str(exc)}, status=503)
-    return JsonResponse(add_store_figures(add_layer_drops(snapshot)))
+    return JsonResponse(add_cluster(add_store_figures(add_layer_drops(snapshot))))
 
 
 @never_cache
@@ -73,7 +74,8 @@ async def metrics(request: HttpRequest) -> HttpResponse:
     if denied is not None:
         return denied
     try:
-        snapshot: dict[str, Any] | None = add_store_figures(add_layer_drops(await get_source().snapshot()))
+        snapshot: dict[str, Any] | None = add_cluster(
+            add_store_figures(add_layer_drops(await get_source().snapshot())))
     except SourceUnavailable:
         snapshot = None
     return HttpResponse(metrics_module.render(snapshot), content_type=metrics_module.CONTENT_TYPE)

@@ -85,6 +85,24 @@
       ],
       haystack: (q) => q.name,
     },
+    // The cluster's live nodes, from their heartbeats (snapshot.cluster: the Redis engine only).
+    nodes: {
+      id: (n) => n.name,
+      sort: { key: "name", dir: 1 },
+      empty: "No node has sent a heartbeat.",
+      columns: [
+        { key: "name", label: "Node", text: (n) => n.name + (n.self ? " (answered)" : "") },
+        { key: "address", label: "Address" },
+        { key: "uptime", label: "Uptime", num: true, text: (n) => fmt.duration(n.uptime) },
+        { key: "connections", label: "Connections", num: true, text: (n) => fmt.int(n.connections) },
+        { key: "queues", label: "Queues", num: true, text: (n) => fmt.int(n.queues) },
+        { key: "rate_in", label: "In/s", num: true, text: (n) => fmt.rate(n.rate_in) },
+        { key: "rate_out", label: "Out/s", num: true, text: (n) => fmt.rate(n.rate_out) },
+        { key: "rss_bytes", label: "Memory", num: true, text: (n) => fmt.bytes(n.rss_bytes) },
+      ],
+      actions: [],
+      haystack: (n) => `${n.name} ${n.address}`,
+    },
   };
 
   class Table {
@@ -297,8 +315,24 @@
     }
   }
 
+  // A node of a cluster (the Redis engine): its nodes and totals; the section is hidden otherwise.
+  function renderCluster(snapshot) {
+    const cluster = snapshot.cluster;
+    root.querySelector("#cmq-cluster").hidden = !cluster;
+    if (!cluster) return;
+    const t = cluster.totals;
+    text("#cmq-cluster-totals", `${fmt.int(t.nodes)} node${t.nodes === 1 ? "" : "s"}, ${fmt.int(t.connections)} connections, ${fmt.rate(t.rate_in)} in, ${fmt.rate(t.rate_out)} out; Redis at ${cluster.redis} ${cluster.state === "ok" ? "up" : "unavailable"}`);
+    tables.nodes.update(cluster.nodes, snapshot);
+  }
+
   // The durable history's writer: OK, or unavailable with the reason (a full or read-only disk).
   function renderDurable(d) {
+    if (d.engine === "redis") {  // several nodes: history lives in Redis (the cluster section says more)
+      setField("durable_state", d.state === "ok" ? "In Redis" : "Unavailable");
+      setField("durable_detail", d.state === "ok" ? `node ${d.node}` : d.error || "Redis unreachable");
+      root.querySelector("#cmq-durable").classList.toggle("cmq-failing", d.state !== "ok");
+      return;
+    }
     const states = { ok: "OK", unavailable: "Unavailable", unused: "Not in use" };
     setField("durable_state", states[d.state] || d.state);
     let detail = "no durable queue yet";
@@ -421,6 +455,7 @@
     renderStore(snapshot.store);
     tables.connections.update(snapshot.connections, snapshot);
     tables.queues.update(snapshot.queues, snapshot);
+    renderCluster(snapshot);
     drawChart([
       { values: snapshot.broker.rate_in_series || [], color: "#417690" },
       { values: snapshot.broker.rate_out_series || [], color: "#e0962a" },
