@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("coremq_broker", "coremq_client")
 CHROMIUM = "/usr/bin/chromium"  # Debian's, which .ci/run installs
 #: Packages of the tests and benchmarks, which a runtime install must not bring.
-TEST_PACKAGES = {"pytest", "pytest-django", "hypothesis", "playwright", "matplotlib", "websockets", "psutil"}
+TEST_PACKAGES = {"pytest", "pytest-django", "hypothesis", "playwright", "matplotlib", "psutil"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
 
