@@ -197,7 +197,8 @@ class Pipeline:
         queue = registry.queues.get(name)
         if queue is None:
             validate_queue_name(name, self.config.max_queue_name_length)
-            if registry.is_closed_address(name):
+            elsewhere = getattr(self.broker.engine, "may_hold", None)  # another node may hold the connection
+            if registry.is_closed_address(name) and not (elsewhere is not None and elsewhere(name)):
                 # A closed connection's id never becomes a public queue: what is sent there is lost.
                 registry.dead_letters += 1
                 raise RequestError(f"no such connection: message to {name!r} dropped")
