@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from coremq_client.codec import split_address
 
+from ..core.access import is_connection_address
 from ..core.engine import Batch, Node
 from ..core.limits import LimitExceeded, keep_run, recount
 from .engine import RedisEngine
@@ -231,9 +232,23 @@ class ClusterEngine:
             for connection in held:
                 connection.release()
 
+    def may_hold(self, address: str) -> bool:
+        """Whether another node may hold the connection ``address`` names: Redis tells when it is published."""
+        return True
+
     async def _publish(self, batch: Batch, origin: bytes) -> None:
         queue = batch.queue
-        to_connection = split_address(queue.name)[0] if queue.owner is not None else None
+        elsewhere = queue.owner is None and is_connection_address(queue.name)  # a connection on another node
+        to_connection = split_address(queue.name)[0] if queue.owner is not None or elsewhere else None
+        try:
+            await self._send(batch, origin, to_connection)
+        finally:
+            if elsewhere and not queue.subscribers and self._registry.queues.get(queue.name) is queue:  # type: ignore[union-attr]
+                # Not a queue of this node (nothing of it is kept here): it goes once the message went.
+                del self._registry.queues[queue.name]  # type: ignore[union-attr]
+
+    async def _send(self, batch: Batch, origin: bytes, to_connection: str | None) -> None:
+        queue = batch.queue
         try:
             numbered = await self.redis.publish(queue.name, batch.bodies, batch.stamps, origin=origin,
                                                 history_length=queue.settings.history_length,
@@ -286,7 +301,8 @@ class ClusterEngine:
     def _number(self, batch: Batch, first_id: int) -> None:
         queue = batch.queue
         queue.last_id = max(queue.last_id, first_id + len(batch.bodies) - 1)
-        keep_run(self._bounds, self._registry, queue, first_id, batch.bodies, batch.stamps)  # type: ignore[arg-type]
+        if queue.owner is not None or not is_connection_address(queue.name):  # not kept for another node's connection
+            keep_run(self._bounds, self._registry, queue, first_id, batch.bodies, batch.stamps)  # type: ignore[arg-type]
         self._node.numbered(batch, first_id)  # type: ignore[union-attr]
         self._ease()
 
@@ -308,7 +324,11 @@ class ClusterEngine:
             return
         if origin and self.redis.is_mine(origin):
             return  # numbered here already (a batch read back from history after a reconnect)
-        queue = self._registry.queues.get(delivery.queue)  # type: ignore[union-attr]
+        registry = self._registry
+        assert registry is not None
+        queue = registry.queues.get(delivery.queue)
+        if queue is None and registry.owner_of(delivery.queue) is not None:
+            queue = registry.queue(delivery.queue)  # a sub-address of a connection here (a bridge's browser)
         if queue is not None:
             queue.last_id = max(queue.last_id, delivery.last_id)
             keep_run(self._bounds, self._registry, queue, delivery.first_id, delivery.bodies,  # type: ignore[arg-type]

@@ -237,3 +237,28 @@ def test_unreachable_redis_at_start_exits_non_zero(tmp_path: Path) -> None:
                           "COREMQ_DATABASE": str(tmp_path / "db.sqlite3")})
     assert node.process.wait(timeout=60) == 1
     node.wait_for("cannot serve: cluster unavailable: Redis at redis://127.0.0.1:")
+
+
+def test_point_to_point_to_a_connection_on_another_node(cluster: dict[str, NodeProcess]) -> None:
+    """A message to a connection id reaches it on any node; one to an id no node holds is refused, as on one node."""
+    sender, receiver = client(cluster["a"]), client(cluster["c"])
+    try:
+        reply = sender.publish(receiver.connection_id, {"n": 1})
+        assert reply["response"] == "OK: Message sent"  # type: ignore[index]
+        delivery = receiver.receive(timeout=10)
+        assert delivery is not None and delivery.queue == receiver.connection_id and delivery.message["n"] == 1
+        assert delivery.message["coremq_sender"] == sender.connection_id
+        assert sender.publish(f"{receiver.connection_id}/7", {"n": 2})["response"] == "OK: Message sent"  # type: ignore[index]
+        delivery = receiver.receive(timeout=10)
+        assert delivery is not None and delivery.queue == f"{receiver.connection_id}/7" and delivery.message["n"] == 2
+        gone = "00000000-0000-4000-8000-000000000000"
+        with pytest.raises(Exception, match="no such connection"):
+            sender.publish(gone, {"n": 3})
+        # Another node's connection id is no queue of this node: not listed, not subscribable.
+        status = sender.status(queues=True)
+        assert receiver.connection_id not in {queue["name"] for queue in status["queue_list"]}
+        with pytest.raises(Exception, match="permission denied"):
+            sender.subscribe(receiver.connection_id)
+    finally:
+        sender.close()
+        receiver.close()
