@@ -262,3 +262,53 @@ def test_point_to_point_to_a_connection_on_another_node(cluster: dict[str, NodeP
     finally:
         sender.close()
         receiver.close()
+
+
+def test_redis_restarted_under_two_nodes(tmp_path: Path) -> None:
+    """While Redis is down a publish is answered ERROR; once it is back the nodes go on by themselves.
+
+    Redis runs without persistence here, so its restart loses the queue: the numbering starts again
+    at 1 (a new epoch), as after a restart of a single broker.
+    """
+    from coremq_client.errors import ServerError
+
+    redis = RedisServer()
+    nodes = {name: NodeProcess(redis.url, name, tmp_path / "db.sqlite3") for name in ("r1", "r2")}
+    subscriber = client(nodes["r2"], "weather", resume=False)
+    publisher = client(nodes["r1"])
+    try:
+        assert [publisher.publish("weather", {"n": n})["id"] for n in range(3)] == [1, 2, 3]  # type: ignore[index]
+        assert received(subscriber, 3, "weather") == [(1, 0), (2, 1), (3, 2)]
+        redis.kill()
+        with pytest.raises(ServerError, match="cluster unavailable"):
+            publisher.publish("weather", {"n": -1})
+        redis.start()
+        deadline = time.monotonic() + 30
+        while True:  # the node's pool reconnects at once; its pub/sub connection with a backoff (at most 2 s)
+            try:
+                reply = publisher.publish("weather", {"n": 3})
+            except ServerError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+                continue
+            if dict(redis.client().pubsub_numsub(b"coremq:q:weather"))[b"coremq:q:weather"] == 1:
+                break  # r2 listens again: what follows reaches it
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        first = reply["id"]  # type: ignore[index]
+        for n in range(4, 10):
+            publisher.publish("weather", {"n": n})
+        got = []
+        while not got or got[-1][1] != 9:
+            delivery = subscriber.receive(timeout=15)
+            assert delivery is not None, got
+            got.append((delivery.id, delivery.message["n"]))
+        assert [n for _, n in got if n >= 4] == list(range(4, 10))  # nothing lost, nothing twice, in order
+        assert [message_id for message_id, n in got if n >= 4] == list(range(first + 1, first + 7))
+        assert subscriber.status()["durable"]["resets"] == 1  # r2 saw the queue's new numbering (Redis lost it)
+    finally:
+        subscriber.close()
+        publisher.close()
+        for node in nodes.values():
+            node.stop()
+        redis.close()
