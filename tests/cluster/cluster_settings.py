@@ -6,7 +6,7 @@ import os
 from coremq_project.settings import *  # noqa: F401,F403
 from coremq_project.settings import COREMQ
 
-COREMQ = {**COREMQ, "HISTORY_LENGTH": 1000}
+COREMQ = {**COREMQ, "HISTORY_LENGTH": 20000}
 if os.environ.get("COREMQ_TEST_REDIS_URL"):
     COREMQ.update(ENGINE="redis", REDIS_URL=os.environ["COREMQ_TEST_REDIS_URL"],
                   NODE_NAME=os.environ["COREMQ_TEST_NODE_NAME"])
