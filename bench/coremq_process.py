@@ -24,7 +24,7 @@ __all__ = ["REPO", "CoreMQProcess", "resolve_mode"]
 
 REPO = Path(__file__).resolve().parent.parent
 _COMMAND = REPO / "coremq_broker" / "management" / "commands" / "run_coremq.py"
-_LISTENING = re.compile(rb"CoreMQ broker listening on (\S+):(\d+)")
+_LISTENING = re.compile(rb"CoreMQ broker listening on (\S+):(\d+) ")
 
 
 def resolve_mode(mode: str) -> str:
@@ -69,14 +69,17 @@ class CoreMQProcess:
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
         seen = b""
+        fd = self.process.stdout.fileno()
         while time.monotonic() < deadline:
-            if not select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            # Raw reads: a buffered readline() could take several lines at once (the store's
+            # line comes first) and leave select() waiting for bytes already read.
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 break
-            line = self.process.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen += line
-            match = _LISTENING.search(line)
+            seen += chunk
+            match = _LISTENING.search(seen)
             if match:
                 self.port = int(match.group(2))
                 return self
