@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import inproc
-from coremq_broker.core import registry
+from coremq_broker.core import wire
 
 
 @pytest.mark.parametrize("batch", [1, 100])
@@ -21,13 +21,9 @@ def test_timed_mode_reports_a_cost() -> None:
 
 
 def test_a_wrong_reply_frame_fails_the_measurement(monkeypatch) -> None:
-    """The harness parses the last read's frames: a reply frame one byte off breaks it."""
-    original = registry.Connection.__init__
-
-    def broken(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.reply_size += 1
-
-    monkeypatch.setattr(registry.Connection, "__init__", broken)
+    """The harness parses the last read's frames: frames whose header is one byte off break it."""
+    original = wire._power_of_ten_above
+    # The runs' sizes start one digit too long: every frame of a run claims one byte more.
+    monkeypatch.setattr(wire, "_power_of_ten_above", lambda number: original(number) * 10)
     with pytest.raises(AssertionError):
         inproc.measure(subscribers=1, batch=20, reads=1)
