@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import ssl as ssl_module
 import time
 import uuid
@@ -44,6 +45,9 @@ from .wire import Wire
 __all__ = ["Broker", "AccessPolicy", "VERSION", "TransportFactory"]
 
 logger = logging.getLogger("coremq.broker")
+
+_FLUSH = operator.methodcaller("flush")
+_TURN_OVER = operator.methodcaller("turn_over")
 
 #: Makes the asyncio protocol of one accepted TCP connection of a broker (``TcpConnection``).
 TransportFactory = Callable[["Broker"], asyncio.BaseProtocol]
@@ -354,25 +358,22 @@ class Broker:
             registry.rate_in.add(now, registry.messages_in - self._counted_in)
             self._counted_in = registry.messages_in
             dirty, self._dirty = self._dirty, []
-            for connection in dirty:
-                try:
-                    connection.flush()
-                except Exception:
-                    self.output_failed(connection, "a flush")
+            self._each(dirty, _FLUSH, "a flush")
         finally:
             self._flush_scheduled = False
             self.turn += 1
-            self._turn_over()
+            spent, self._spent = self._spent, []
+            self._each(spent, _TURN_OVER, "resuming its reading")
             if self._dirty or self.pipeline.busy or self._spent:  # a flush published more (an in-process bridge)
                 self._schedule()
 
-    def _turn_over(self) -> None:
-        spent, self._spent = self._spent, []
-        for connection in spent:
+    def _each(self, connections: list[Connection], call: Callable[[Connection], Any], what: str) -> None:
+        """``call`` each connection; one that raises is logged and counted, and the others go on."""
+        for connection in connections:
             try:
-                connection.turn_over()
+                call(connection)
             except Exception:
-                self.output_failed(connection, "resuming its reading")
+                self.output_failed(connection, what)
 
     def output_failed(self, connection: Connection | None, what: str) -> None:
         """Log (with its traceback the 1st, 10th, 100th... time per connection) and count an output that raised."""
