@@ -136,7 +136,10 @@ class ClusterEngine:
         return self._synced()
 
     async def _synced(self) -> None:
-        await self.redis.sync()  # raises ClusterUnavailable: the subscribe is answered ERROR (and kept)
+        try:
+            await self.redis.sync()
+        except ClusterUnavailable:
+            pass  # the subscription holds here; the channel is subscribed again with the connection
 
     # -- the registry, watched ------------------------------------------------------------
 
@@ -371,6 +374,8 @@ class ClusterEngine:
         registry, bounds = self._registry, self._bounds
         assert registry is not None and bounds is not None
         for name in names:
+            queue = registry.queues.get(name)
+            mark = queue.history[-1] if queue is not None and queue.history else None
             page = await self.redis.history(name)  # raises ClusterUnavailable: the request is refused
             if page.epoch is None:
                 continue  # Redis holds nothing of it: the local answer stands
@@ -382,11 +387,17 @@ class ClusterEngine:
                     continue  # MAX_QUEUES: answered as unknown here
             read = [(message_id, body, stamps) for message_id, body, stamps, _ in page.messages]
             newest = read[-1][0] if read else 0
-            newer = [entry for entry in queue.history if entry[0] > newest]  # delivered here while reading
+            # What came here while Redis was read (after ``mark``) and is newer than what it said.
+            came = list(queue.history)
+            for index in range(len(came) - 1, -1, -1):
+                if came[index] is mark:
+                    came = came[index + 1:]
+                    break
+            newer = [entry for entry in came if entry[0] > newest]
             queue.history.clear()
             queue.history.extend(read + newer)
             recount(bounds, queue)
-            queue.last_id = max(queue.last_id, page.last)
+            queue.last_id = max(page.last, newer[-1][0] if newer else 0)  # Redis's word, or what came since
 
     def purge(self, queue: "Queue") -> None:
         queue.history.clear()

@@ -59,3 +59,29 @@ def test_publish_on_one_broker_delivered_by_the_other(redis_server: RedisServer)
             client.close()
         for broker in brokers.values():
             broker.stop()
+
+
+def test_history_after_redis_lost_the_queue_is_the_new_numbering(redis_server: RedisServer) -> None:
+    """A node's own older messages of a queue Redis lost are not mixed into the history it answers."""
+    engines = {name: ClusterEngine(settings_for(redis_server, name), address=name) for name in ("a", "b")}
+    brokers = {name: BrokerThread(BrokerConfig(port=0), engine=engine) for name, engine in engines.items()}
+    clients = []
+    try:
+        a = MessageQueue(brokers["a"].host, brokers["a"].port)
+        b = MessageQueue(brokers["b"].host, brokers["b"].port)
+        clients += [a, b]
+        a.connect()
+        b.connect()
+        for n in range(5):
+            a.publish("kept", {"n": n})
+        assert [m["n"] for m in b.get_history("kept")["kept"]] == [0, 1, 2, 3, 4]  # read from Redis on b
+        redis_server.client().flushall()  # Redis lost every queue
+        assert [b.publish("kept", {"n": n})["id"] for n in (10, 11)] == [1, 2]
+        history = a.history("kept")
+        assert [(m["coremq_id"], m["n"]) for m in history["history"]["kept"]] == [(1, 10), (2, 11)]
+        assert history["sequence"]["kept"]["last"] == 2
+    finally:
+        for mq in clients:
+            mq.close()
+        for broker in brokers.values():
+            broker.stop()
