@@ -45,6 +45,7 @@ from channels.layers import BaseChannelLayer
 from coremq_client import AsyncMessageQueue, CoreMQError, Gap
 from coremq_client.codec import DEFAULT_PORT
 
+from .core.broker import Broker
 from .publishing import client_options
 
 __all__ = ["CoreMQChannelLayer", "DROPS_QUEUE", "PART_BYTES", "layer_drops", "reset_layer_drops"]
@@ -246,8 +247,10 @@ class CoreMQChannelLayer(BaseChannelLayer):
         if self.hosts:
             host, port = _address(self.hosts[0])
             options = {"host": host, "port": port, **self.client_options}
-        else:
-            options = {**client_options(), **self.client_options}
+        else:  # settings.COREMQ's broker; under run_coremq, the one this process serves (its --port too)
+            broker = Broker.running()
+            address = (broker.host, broker.port) if broker is not None and broker.port else (None, None)
+            options = {**client_options(*address), **self.client_options}
         options.setdefault("max_pending", None)
         options.setdefault("on_gap", self._on_gap)
         # echo: a process that sends to a group (or channel) it also receives gets its own messages
