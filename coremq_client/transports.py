@@ -67,6 +67,10 @@ class TLSStream:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
+        self._wake_fd = self._wake_reader.fileno()
+        self._reader_poll = select.poll()  # used by the one reading thread only
+        self._reader_poll.register(sock.fileno(), select.POLLIN)
+        self._reader_poll.register(self._wake_fd, select.POLLIN)
         sock.setblocking(False)
 
     def settimeout(self, timeout: float | None) -> None:
@@ -75,6 +79,12 @@ class TLSStream:
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes of plaintext; ``b""`` at the end of the stream."""
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        with self._lock:
+            buffered = self.sock.pending()
+        if not buffered:
+            # Nothing decrypted is waiting: wait for the socket before trying (a read that
+            # would block costs a failed system call more, on every reply).
+            self._wait(False, deadline, wakeable=True)
         while True:
             with self._lock:
                 try:
@@ -106,20 +116,25 @@ class TLSStream:
                 self._wake()
 
     def _wait(self, writing: bool, deadline: float | None, *, wakeable: bool) -> None:
-        """Wait until the socket is writable (or readable), or raise TimeoutError at ``deadline``."""
+        """Wait until the socket is writable (or readable), or raise TimeoutError at ``deadline``.
+
+        ``wakeable`` (the reader) also wakes when a writer found decrypted data waiting.
+        """
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise TimeoutError("timed out")
-        fd = self.sock.fileno()
-        if fd < 0:
+        if self.sock.fileno() < 0:
             raise OSError("the socket is closed")
-        readers = [] if writing else [fd]
-        if wakeable:
-            readers.append(self._wake_reader)
-        ready = select.select(readers, [fd] if writing else [], [], left)
-        if not any(ready):
+        if wakeable and not writing:
+            ready = self._reader_poll.poll(None if left is None else left * 1000)  # the reader's own poll object
+            woken = any(fd == self._wake_fd for fd, _ in ready)
+        else:
+            sock, wake = [self.sock], [self._wake_reader] if wakeable else []
+            readable, writable, _ = select.select(wake if writing else sock + wake, sock if writing else [], [], left)
+            ready, woken = readable + writable, self._wake_reader in readable
+        if not ready:
             raise TimeoutError("timed out")
-        if self._wake_reader in ready[0]:
+        if woken:
             try:
                 self._wake_reader.recv(64)
             except BlockingIOError:
