@@ -11,8 +11,9 @@ connection's state (seen as the connection closing right after it opened).
 :class:`TLSStream` therefore makes every SSL call under one lock and never
 blocks while holding it: its socket is non-blocking, an SSL call that would
 block (``SSLWantReadError``, ``SSLWantWriteError``) releases the lock and
-waits with ``select`` for the socket to become readable or writable, then
-tries again. ``settimeout`` keeps the socket's meaning: ``recv`` waits at
+waits (``poll`` for the reader, ``select`` for a writer) for the socket to
+become readable or writable, then tries again; the reader waits first when
+nothing decrypted is buffered. ``settimeout`` keeps the socket's meaning: ``recv`` waits at
 most that long for data, ``sendall`` at most that long in all, and both raise
 :class:`TimeoutError` when it runs out. :class:`SocketStream` hands plain
 TCP's calls straight to the socket, at no cost.
