@@ -122,6 +122,8 @@ class ClusterEngine:
                 self.others = [node for node in await self.redis.nodes() if node.get("name") != self.redis.name]
             except ClusterUnavailable:
                 pass  # kept as last read; describe() tells the state
+            except Exception:  # a heartbeat it cannot read: the list is kept, the next read may do
+                logger.exception("cluster: the node list could not be read")
             await asyncio.sleep(self.redis.settings.heartbeat_interval)
 
     def subscribed(self, names: list[str]) -> Awaitable[None] | None:
