@@ -54,6 +54,8 @@ BAD_DELTA = b"CLIENT_ERROR invalid numeric delta argument\r\n"
 NON_NUMERIC_REPLY = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
 BAD_DELETE = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
 BAD_FLAG = b"CLIENT_ERROR invalid flag\r\n"
+DUPLICATE_FLAG = b"CLIENT_ERROR duplicate flag\r\n"
+BAD_OR_DUPLICATE_FLAG = b"CLIENT_ERROR invalid or duplicate flag\r\n"  # md and ma say this for both
 BAD_TOKEN = b"CLIENT_ERROR bad token in command line format\r\n"
 BAD_KEY_ENCODING = b"CLIENT_ERROR error decoding key\r\n"
 _STORE_REPLIES = {STORED: b"STORED\r\n", NOT_STORED: b"NOT_STORED\r\n", EXISTS: b"EXISTS\r\n",
@@ -449,12 +451,18 @@ class MemcachedSession:
     def _mn(self, tokens: list[bytes], ntokens: int) -> bytes:
         return b"MN\r\n"
 
-    def _meta_key(self, tokens: list[bytes], allowed: frozenset[int]) -> tuple[bytes, dict[int, bytes]] | bytes:
-        """The key and the flags (first byte -> the rest of the token) of a meta command, or the error reply."""
+    def _meta_key(self, tokens: list[bytes], allowed: frozenset[int], invalid: bytes = BAD_FLAG,
+                  duplicate: bytes = DUPLICATE_FLAG) -> tuple[bytes, dict[int, bytes]] | bytes:
+        """The key and the flags (first byte -> the rest of the token) of a meta command, or the error reply.
+
+        As memcached: the first unknown or repeated flag, in the request's order, refuses the command.
+        """
         flags: dict[int, bytes] = {}
         for token in tokens[2:]:
             if token[0] not in allowed:
-                return BAD_FLAG
+                return invalid
+            if token[0] in flags:
+                return duplicate
             flags[token[0]] = token[1:]
         key = tokens[1]
         if 98 in flags:  # b: the key is base64
@@ -534,6 +542,8 @@ class MemcachedSession:
         for token in tokens[3:]:
             if token[0] not in _MS_FLAGS:
                 error = error or BAD_FLAG
+            elif token[0] in flags:
+                error = error or DUPLICATE_FLAG
             flags[token[0]] = token[1:]
         key = tokens[1]
         if error is None and 98 in flags:
@@ -596,7 +606,7 @@ class MemcachedSession:
     def _md(self, tokens: list[bytes], ntokens: int) -> bytes:
         if ntokens < 3:
             return ERROR
-        parsed = self._meta_key(tokens, _MD_FLAGS)
+        parsed = self._meta_key(tokens, _MD_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG)
         if isinstance(parsed, bytes):
             return parsed
         key, flags = parsed
@@ -615,7 +625,7 @@ class MemcachedSession:
     def _ma(self, tokens: list[bytes], ntokens: int) -> bytes:
         if ntokens < 3:
             return ERROR
-        parsed = self._meta_key(tokens, _MA_FLAGS)
+        parsed = self._meta_key(tokens, _MA_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG)
         if isinstance(parsed, bytes):
             return parsed
         key, flags = parsed

@@ -77,6 +77,11 @@ CASES: dict[str, bytes] = {
     "long_keys": (b"set a 0 0 1\r\nx\r\nget a " + b"k" * 251 + b" a\r\nget a\r\nget " + b"k" * 251 + b"\r\n"
                   b"set " + b"k" * 251 + b" 0 0 1\r\na\r\nincr " + b"k" * 251 + b" 1\r\ntouch " + b"k" * 251 + b" 1\r\n"
                   b"delete " + b"k" * 251 + b"\r\nmg " + b"k" * 251 + b" v\r\nms " + b"k" * 251 + b" 1\r\nx\r\n"),
+    # A flag given twice is refused (before the key is decoded), the first bad token counting.
+    "meta_flags": (b"set m 0 0 1\r\n1\r\nmg m v v\r\nmg m v v Z\r\nmg m v Z v\r\nmg m O1 O2\r\nmg m k k\r\n"
+                   b"mg m T1 T\r\nmg n q q v\r\nmg !!! b b\r\nms m 1 T1 T1\r\nx\r\nms m 1 q q\r\nx\r\n"
+                   b"ms m 1 T1 T1 Z\r\nx\r\nms m 1 Z T1 T1\r\nx\r\nmg m v\r\nmd m q q\r\nmd m k k\r\nmd m Z\r\n"
+                   b"ma m D1 D2\r\nma m v v\r\nma m C1 C1\r\nma m Z\r\nmd n q q\r\nmg m v\r\n"),
     "mn_and_version": b"mn\r\nversion\r\nversion x\r\nmn\r\n",
     "quit": b"set a 0 0 1\r\nx\r\nget a\r\nquit\r\nget a\r\n",
 }
