@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import enum
 import os
-import socket
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
@@ -194,11 +193,8 @@ def get_cluster_settings(*, engine: str | None = None, redis_url: str | None = N
         return None
     from .cluster.settings import parse_settings
 
-    node_name = node_name or merged["NODE_NAME"]
-    if not node_name and port == 0:  # <host>:0 would name every such node alike
-        node_name = f"{socket.gethostname()}-{os.getpid()}"
     return parse_settings(redis_url or merged["REDIS_URL"], key_prefix=merged["REDIS_PREFIX"],
-                          node_name=node_name, host=host, port=port)
+                          node_name=node_name or merged["NODE_NAME"], host=host, port=port)
 
 
 def setting_errors() -> list[SettingError]:

@@ -5,6 +5,10 @@ program (threads, an event loop, macOS); the parent resolves the configuration
 and passes plain values, so the child needs no Django. The child reports the
 port it really bound through a pipe, which makes ``port=0`` useful, and stops
 gracefully (BYE to every client) on SIGTERM or SIGINT.
+
+``start(redis="redis://...", node_name="n1")`` starts one node of several
+sharing that Redis (docs/cluster.md); without ``redis`` the broker is the
+embedded one, as before.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ def start(
     timeout: float = 10.0,
     daemon: bool = True,
     log_level: int | str = "INFO",
+    redis: str | None = None,
+    node_name: str | None = None,
     **options: Any,
 ) -> BrokerProcess:
     """Start a broker in a new process and return once it listens.
@@ -88,12 +94,24 @@ def start(
     free port; the handle's ``port`` is the real one. A daemon broker ends
     with the process that started it. Raises ``OSError`` if the broker cannot
     bind and ``TimeoutError`` if it is not listening within ``timeout``.
+
+    ``redis`` (a ``redis://`` or ``rediss://`` URL) makes the broker one node
+    of the cluster on that Redis, named ``node_name`` (default ``<host>:<port>``,
+    with port 0 ``<machine>-<pid>``); a Redis that does not answer raises
+    ``OSError`` with the reason, and a bad URL or name ``ValueError``.
     """
     spec = _spec(_base_config(), host=host, port=port, **options)
+    cluster = None
+    if redis is not None:
+        from .cluster.settings import parse_settings
+
+        cluster = parse_settings(redis, node_name=node_name, host=spec["host"], port=spec["port"])
+    elif node_name is not None:
+        raise TypeError("node_name needs redis: the URL of the cluster's Redis")
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child_main, args=(spec, sender, log_level), name="coremq-broker", daemon=daemon
+        target=_child_main, args=(spec, sender, log_level, cluster), name="coremq-broker", daemon=daemon
     )
     try:
         process.start()
@@ -164,8 +182,11 @@ def _import(value: Any) -> Any:
     return value
 
 
-def _child_main(spec: dict[str, Any], ready: Connection, log_level: int | str) -> None:
-    """The child process: build the config, serve until a signal, report the port once bound."""
+def _child_main(spec: dict[str, Any], ready: Connection, log_level: int | str, cluster: Any = None) -> None:
+    """The child process: build the config, serve until a signal, report the port once bound.
+
+    ``cluster`` (ClusterSettings, or None for the embedded engine) makes it a node of a cluster.
+    """
     from coremq_client.codec import JSONCodec
 
     from .server import run
@@ -180,8 +201,19 @@ def _child_main(spec: dict[str, Any], ready: Connection, log_level: int | str) -
         ready.send(("ready", port))
         ready.close()
 
+    options: dict[str, Any] = {}
+    if cluster is not None:
+        from .cluster.broker_engine import ClusterEngine
+
+        engine = ClusterEngine(cluster, address=f"{config.host}:{config.port}")
+        options["broker_options"] = {"engine": engine}
+
+        def on_start(broker: Any) -> None:
+            engine.serving_at(broker.address)
+
+        options["on_start"] = on_start
     try:
-        run(config, announce=announce)
+        run(config, announce=announce, **options)
     except Exception as exc:
         logging.getLogger("coremq.server").error("broker failed: %s: %s", type(exc).__name__, exc)
         if not ready.closed:

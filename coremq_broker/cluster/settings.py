@@ -7,6 +7,7 @@ Django-free: ``run_coremq`` and the Django system check
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from dataclasses import dataclass, field, replace
@@ -85,7 +86,13 @@ class ClusterSettings:
 
 
 def default_node_name(host: str, port: int) -> str:
-    """``<host>:<port>`` of the node's TCP listener; a wildcard host becomes this machine's name."""
+    """``<host>:<port>`` of the node's TCP listener; a wildcard host becomes this machine's name.
+
+    Port 0 (any free port, not known yet) gives ``<machine>-<process id>``: ``<host>:0`` would
+    name every such node alike.
+    """
+    if port == 0:
+        return f"{socket.gethostname()}-{os.getpid()}"
     if host in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
     return f"{host}:{port}"
