@@ -383,3 +383,44 @@ def test_rolling_restart_while_10000_messages_flow(tmp_path: Path) -> None:
         for node in nodes.values():
             node.stop()
         redis.close()
+
+
+def test_a_queue_setting_saved_once_reaches_every_node(tmp_path: Path) -> None:
+    """Two nodes on one database: a history length saved there applies on both, and in Redis."""
+    import subprocess
+
+    database = tmp_path / "db.sqlite3"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cluster_settings", "COREMQ_DATABASE": str(database),
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+
+    def manage(*args: str) -> None:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    manage("migrate", "--noinput")
+    redis = RedisServer()
+    nodes = {name: NodeProcess(redis.url, name, database) for name in ("s1", "s2")}
+    one, two = client(nodes["s1"], "tuned-1"), client(nodes["s2"], "tuned-1")
+    try:
+        manage("shell", "-c", "from coremq_broker.models import QueueSetting; "
+                              "QueueSetting.objects.create(pattern='tuned-*', history_length=3)")
+
+        def capacity(mq: MessageQueue) -> int | None:
+            queues = {queue["name"]: queue for queue in mq.status(queues=True)["queue_list"]}
+            return queues["tuned-1"]["history_capacity"] if "tuned-1" in queues else None
+
+        deadline = time.monotonic() + 15
+        while capacity(one) != 3 or capacity(two) != 3:  # each node follows the database
+            assert time.monotonic() < deadline, (capacity(one), capacity(two))
+            time.sleep(0.2)
+        for n in range(6):
+            one.publish("tuned-1", {"n": n})
+        assert [m["n"] for m in two.get_history("tuned-1")["tuned-1"]] == [3, 4, 5]  # Redis keeps 3
+        assert redis.client().xlen(b"coremq:q:tuned-1:h") == 3
+    finally:
+        one.close()
+        two.close()
+        for node in nodes.values():
+            node.stop()
+        redis.close()
