@@ -478,11 +478,17 @@ class MemcachedSession:
 
     @staticmethod
     def _echo(tokens: list[bytes], only: bytes = b"Ok") -> list[bytes]:
-        """The flags a reply repeats from the request (opaque, key), in the request's order."""
+        """The flags a reply repeats from the request (opaque, key), in the request's order.
+
+        A base64 key (flag ``b``) is echoed as sent, followed by `` b``, as memcached does.
+        """
         parts = []
         for token in tokens[2:]:
             if token[0] in only:
-                parts.append(token if token[0] == 79 else b"k" + tokens[1])
+                if token[0] == 79:
+                    parts.append(token)
+                else:
+                    parts.append(b"k" + tokens[1] + (b" b" if any(t[0] == 98 for t in tokens[2:]) else b""))
         return parts
 
     def _mg(self, tokens: list[bytes], ntokens: int) -> bytes:

@@ -81,7 +81,9 @@ CASES: dict[str, bytes] = {
     "meta_flags": (b"set m 0 0 1\r\n1\r\nmg m v v\r\nmg m v v Z\r\nmg m v Z v\r\nmg m O1 O2\r\nmg m k k\r\n"
                    b"mg m T1 T\r\nmg n q q v\r\nmg !!! b b\r\nms m 1 T1 T1\r\nx\r\nms m 1 q q\r\nx\r\n"
                    b"ms m 1 T1 T1 Z\r\nx\r\nms m 1 Z T1 T1\r\nx\r\nmg m v\r\nmd m q q\r\nmd m k k\r\nmd m Z\r\n"
-                   b"ma m D1 D2\r\nma m v v\r\nma m C1 C1\r\nma m Z\r\nmd n q q\r\nmg m v\r\n"),
+                   b"ma m D1 D2\r\nma m v v\r\nma m C1 C1\r\nma m Z\r\nmd n q q\r\nmg m v\r\n"
+                   # a base64 key is echoed with " b" after it in the answers that do not read an item
+                   b"mg bm8= b k O1\r\nma bm8= b k\r\nmd bm8= b k\r\nmd bQ== b k O2\r\nmd bQ== C1 b k\r\n"),
     "mn_and_version": b"mn\r\nversion\r\nversion x\r\nmn\r\n",
     "quit": b"set a 0 0 1\r\nx\r\nget a\r\nquit\r\nget a\r\n",
 }
