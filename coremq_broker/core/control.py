@@ -317,7 +317,9 @@ class Control:
         }
         # The durable history's writer: "ok", "unavailable" (with its error), or "unused" until a durable
         # queue needs it (HistoryStore.describe).
-        status["durable"] = self.broker.engine.describe()
+        described = status["durable"] = self.broker.engine.describe()
+        if "others" in described:  # one node of several: which one answered, and the other live ones
+            status["node"], status["other_nodes"] = described.get("node"), described["others"]
         if connections:
             status["connection_list"] = [c.describe() for c in self.registry.connections.values()]
         if queues:
