@@ -173,6 +173,8 @@ def test_status_names_the_node_that_answered_and_the_others(cluster: dict[str, N
         assert cluster_state["engine"] == "redis" and cluster_state["node"] == "b"
         assert cluster_state["state"] == "ok"
         assert all(node["uptime"] > 0 and node["connections"] >= 0 for node in cluster_state["others"])
+        status = mq.status()
+        assert status["node"] == "b" and {node["name"] for node in status["other_nodes"]} == {"a", "c"}
     finally:
         mq.close()
 
