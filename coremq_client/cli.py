@@ -143,6 +143,9 @@ def _check_locally(args: argparse.Namespace) -> None:
         if queue is not None:
             validate_queue_name(queue)
     if args.command == "pub":
+        if args.message is None or isinstance(args.message, (bool, int, float)):
+            kind = "null" if args.message is None else "a boolean" if isinstance(args.message, bool) else "a number"
+            raise LocalUsageError(f"a message must be a JSON object, array or string, not {kind}")
         wrap(args.message)
 
 

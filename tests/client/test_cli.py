@@ -160,6 +160,15 @@ def test_local_validation_errors_exit_2(broker, args):
         assert check.status()["connections"] == 1  # nothing but this check ever connected
 
 
+@pytest.mark.parametrize(("text", "kind"), [("42", "a number"), ("1.5", "a number"), ("true", "a boolean"),
+                                            ("null", "null")])
+def test_an_unpublishable_message_is_named_in_json_terms(broker, text, kind):
+    """The command line speaks JSON, so its refusal does too (the broker's words, not Python's types)."""
+    result = cli(broker, "pub", "q", text)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: a message must be a JSON object, array or string, not {kind}"
+
+
 def test_a_message_over_the_brokers_frame_limit_exits_2(broker_config):
     """A message larger than the broker's frame limit is refused by the client: exit 2, nothing published."""
     running = BrokerThread(replace(broker_config, max_frame_size=1024))
