@@ -115,6 +115,18 @@ class Engine(Protocol):
       stamps)``, oldest first; :attr:`Queue.last_id` is the newest id given.
     - :meth:`purge` forgets a queue's history (kept and stored).
     - :meth:`describe` is the engine's part of the status reply (``durable``).
+
+    Optional, for an engine with other nodes (the Redis engine,
+    ``coremq_broker/cluster/broker_engine.py``); the broker asks with
+    ``getattr`` and an engine without them behaves as :class:`MemoryEngine`:
+
+    - ``load_history(names)`` and ``subscribed(names)`` return an awaitable
+      (or None: nothing to wait for) that the history request, and the
+      subscribe's answer, wait for; the connection's later frames wait too.
+    - ``may_hold(name)``: a connection address this broker does not hold may
+      be held by another node, so a publish to it goes to the engine.
+    - ``describe()`` with ``others`` (the other live nodes) and ``node`` (this
+      one's name) puts ``node`` and ``other_nodes`` in the status reply.
     """
 
     name: str
