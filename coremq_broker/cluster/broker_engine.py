@@ -24,6 +24,11 @@ first local subscriber makes the node listen to its channel
 (:meth:`subscriber_removed`); a connection's channel is listened to while it
 is open (:meth:`connection_opened` / :meth:`connection_closed`).
 
+Point-to-point. :meth:`may_hold` lets a publish to a connection id this node
+does not hold reach the engine; it goes to that connection's channel, and
+Redis tells whether a node held it (else ``no such connection``). This node
+keeps nothing of it.
+
 History. :meth:`load_history` reads the named public queues' history from
 Redis into the local queues before a history request is answered (the broker
 awaits it when its engine has one), so ``history since N`` and client resume
