@@ -32,8 +32,9 @@ keeps nothing of it.
 History. :meth:`load_history` reads the named public queues' history from
 Redis into the local queues before a history request is answered (the broker
 awaits it when its engine has one), so ``history since N`` and client resume
-work on any node. Resets and missing ids are kept in the local history and
-counted, not yet told to clients (docs/cluster.md, "What remains").
+work on any node. A reset (Redis lost a queue) closes the connections
+subscribed to it here, as a broker restart would: they reconnect and their
+resume sees the new numbering. Missing ids are logged and counted.
 """
 
 from __future__ import annotations
@@ -355,6 +356,10 @@ class ClusterEngine:
                 queue.history.clear()
                 recount(self._bounds, queue)  # type: ignore[arg-type]
                 queue.last_id = delivery.first_id - 1
+                # Its subscribers hold ids of the old numbering: as after a broker restart, they
+                # reconnect, and their resume sees the new numbering (a gap, then its messages).
+                for connection in list(queue.subscribers):
+                    connection.close(f"queue {delivery.queue!r} was renumbered (Redis lost it): reconnect and resume")
         if delivery.missing is not None:
             logger.warning("cluster: queue %r: ids %d to %d left history before this node read them",
                            delivery.queue, *delivery.missing)
