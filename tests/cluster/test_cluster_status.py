@@ -136,3 +136,24 @@ def test_a_single_node_shows_no_cluster(tmp_path: Path) -> None:
     assert b'node="' not in render(snapshot)
 
 
+
+
+def test_browsers_on_the_web_node_and_tcp_clients_on_another(cluster_site: tuple[Site, dict[str, int]]) -> None:
+    """A WebSocket client of node a's bridge (``<bridge id>/<n>``) and TCP clients of node b: fan-out both ways,
+    point-to-point both ways, across the nodes."""
+    site, ports = cluster_site
+    url = f"ws://127.0.0.1:{site.web_port}/ws/coremq/"
+    with MessageQueue(url, queues=["mixed"]) as browser, MessageQueue("127.0.0.1", ports["b"], queues=["mixed"]) as tcp:
+        assert "/" in browser.connection_id  # a sub-address of node a's bridge connection
+        with MessageQueue("127.0.0.1", ports["c"]) as publisher:
+            publisher.publish("mixed", {"n": 1})
+        for mq in (browser, tcp):
+            delivery = mq.receive(timeout=10)
+            assert delivery is not None and (delivery.queue, delivery.message["n"]) == ("mixed", 1)
+        tcp.publish(browser.connection_id, {"to": "browser"})
+        delivery = browser.receive(timeout=10)
+        assert delivery is not None and delivery.message["to"] == "browser"
+        assert delivery.message["coremq_sender"] == tcp.connection_id
+        browser.publish(tcp.connection_id, {"to": "tcp"})
+        delivery = tcp.receive(timeout=10)
+        assert delivery is not None and delivery.queue == tcp.connection_id and delivery.message["to"] == "tcp"
