@@ -432,3 +432,45 @@ def test_a_queue_setting_saved_once_reaches_every_node(tmp_path: Path) -> None:
         for node in nodes.values():
             node.stop()
         redis.close()
+
+
+def test_a_token_revoked_once_closes_its_connections_on_every_node(tmp_path: Path) -> None:
+    """Two nodes on one database: revoking an API token there closes its connections on both."""
+    import subprocess
+
+    database = tmp_path / "db.sqlite3"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "cluster_settings", "COREMQ_DATABASE": str(database),
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+
+    def manage(*args: str) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    manage("migrate", "--noinput")
+    token = manage("shell", "-c", "from django.contrib.auth.models import User; "
+                                  "from coremq_broker.models import ApiToken; "
+                                  "user = User.objects.create_user('robot', password='x-robot-password-1'); "
+                                  "print(ApiToken.objects.issue(user, 'robot')[1])").strip().splitlines()[-1]
+    redis = RedisServer()
+    nodes = {name: NodeProcess(redis.url, name, database) for name in ("t1", "t2")}
+    errors: dict[str, list] = {"t1": [], "t2": []}
+    clients = {name: MessageQueue("127.0.0.1", node.port, token=token, timeout=10, backoff=0.05, max_backoff=0.5,
+                                  on_error=errors[name].append) for name, node in nodes.items()}
+    try:
+        for mq in clients.values():
+            mq.connect()
+            assert mq.user == "robot"
+        manage("shell", "-c", "from django.utils import timezone; from coremq_broker.models import ApiToken; "
+                              "ApiToken.objects.update(revoked=timezone.now())")
+        deadline = time.monotonic() + 15
+        while not all(any("credentials revoked" in str(error) for error in errors[name]) for name in errors):
+            assert time.monotonic() < deadline, errors
+            time.sleep(0.1)
+    finally:
+        for mq in clients.values():
+            mq.close()
+        for node in nodes.values():
+            node.stop()
+        redis.close()
