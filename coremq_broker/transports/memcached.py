@@ -455,8 +455,11 @@ class MemcachedSession:
                   duplicate: bytes = DUPLICATE_FLAG) -> tuple[bytes, dict[int, bytes]] | bytes:
         """The key and the flags (first byte -> the rest of the token) of a meta command, or the error reply.
 
-        As memcached: the first unknown or repeated flag, in the request's order, refuses the command.
+        As memcached: a key token over 250 bytes (base64 or not) is refused first; then the first
+        unknown or repeated flag, in the request's order.
         """
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return BAD_FORMAT
         flags: dict[int, bytes] = {}
         for token in tokens[2:]:
             if token[0] not in allowed:

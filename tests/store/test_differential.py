@@ -83,7 +83,10 @@ CASES: dict[str, bytes] = {
                    b"ms m 1 T1 T1 Z\r\nx\r\nms m 1 Z T1 T1\r\nx\r\nmg m v\r\nmd m q q\r\nmd m k k\r\nmd m Z\r\n"
                    b"ma m D1 D2\r\nma m v v\r\nma m C1 C1\r\nma m Z\r\nmd n q q\r\nmg m v\r\n"
                    # a base64 key is echoed with " b" after it in the answers that do not read an item
-                   b"mg bm8= b k O1\r\nma bm8= b k\r\nmd bm8= b k\r\nmd bQ== b k O2\r\nmd bQ== C1 b k\r\n"),
+                   b"mg bm8= b k O1\r\nma bm8= b k\r\nmd bm8= b k\r\nmd bQ== b k O2\r\nmd bQ== C1 b k\r\n"
+                   # a key token over 250 bytes is refused before its flags are looked at
+                   b"mg " + b"k" * 251 + b" v v\r\nmg " + b"k" * 251 + b" Z\r\nmd " + b"k" * 251 + b" q q\r\n"
+                   b"ma " + b"k" * 251 + b" Z\r\nmg " + b"QUFB" * 63 + b" b v\r\n"),
     "mn_and_version": b"mn\r\nversion\r\nversion x\r\nmn\r\n",
     "quit": b"set a 0 0 1\r\nx\r\nget a\r\nquit\r\nget a\r\n",
 }
