@@ -115,8 +115,9 @@ _PLAIN_GET = re.compile(rb"get ([!-~]{1,250})\r\n").match
 
 
 def _tokens(line: bytes) -> list[bytes]:
-    return [token for token in line.split(_SPACE) if token] if b"  " in line or line[:1] == _SPACE \
-        else line.split(_SPACE) if line else []
+    """memcached's tokens: separated by spaces, with no empty ones (runs, leading and trailing spaces)."""
+    return [token for token in line.split(_SPACE) if token] \
+        if b"  " in line or line[:1] == _SPACE or line[-1:] == _SPACE else line.split(_SPACE) if line else []
 
 
 def _ntokens(tokens: list[bytes]) -> int:
