@@ -23,6 +23,8 @@ passing a value that cannot be published.
 
 from __future__ import annotations
 
+from .error_codes import error_code
+
 __all__ = [
     "CoreMQError",
     "ProtocolError",
@@ -85,13 +87,15 @@ class ServerError(CoreMQError):
 
     ``request`` is the number of the request it answers on its connection
     (1-based, see the protocol's ``"request": n``), or None for an error that
-    answers no particular request (``ERROR: slow consumer``).
+    answers no particular request (``ERROR: slow consumer``). ``code`` is the
+    error's stable machine-readable code (``docs/protocol.md``, *Errors*).
     """
 
     def __init__(self, reason: str, request: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.request = request
+        self.code = error_code(reason)
 
 
 class PermissionDenied(ServerError, PermissionError):

@@ -240,7 +240,7 @@ class Control:
                 logger.warning("connection %s (%s): authentication failed for %r", connection.id, connection.peer,
                                str(credentials.get("username") or "a token")[:64])
                 await asyncio.sleep(self.broker.auth_failures.delay(attempt.address, attempt.username))  # slows guessing
-                self._reply(connection, {"response": "ERROR: authentication failed"}, request)
+                self._reply(connection, {"response": "ERROR: authentication failed", "code": "auth_failed"}, request)
                 return
             succeeded = True
             limit = self.config.max_connections_per_user
@@ -248,7 +248,8 @@ class Control:
                             if other is not connection and other.principal.username == principal.username)
             if same_user >= limit:
                 self._reply(connection, {"response": f"ERROR: too many connections for user "
-                                                     f"{principal.username!r}: limit is {limit}"}, request)
+                                                     f"{principal.username!r}: limit is {limit}",
+                                         "code": "too_many_connections"}, request)
                 return
             if connection.closing:
                 return

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from coremq_client import protocol as P
 from coremq_client.codec import encode_frame
+from coremq_client.error_codes import error_code
 
 __all__ = ["ID_STAMP", "Wire", "split_stored", "stamped", "split_frames", "payloads"]
 
@@ -155,8 +156,11 @@ class Wire:
         return encode_frame(connection_id, self.dumps(reply))
 
     def error(self, connection_id: str, reason: str, request: int | None = None, **extra: Any) -> bytes:
-        """An ``ERROR: reason`` on the connection's id queue, answering ``request`` if given."""
-        reply: dict[str, Any] = {"response": f"ERROR: {reason}", **extra}
+        """An ``ERROR: reason`` on the connection's id queue, answering ``request`` if given.
+
+        Every error carries its stable ``code`` (:func:`coremq_client.error_codes.error_code`).
+        """
+        reply: dict[str, Any] = {"response": f"ERROR: {reason}", "code": error_code(reason), **extra}
         if request is not None:
             reply["request"] = request
         return self.answer(connection_id, reply)
@@ -164,7 +168,8 @@ class Wire:
     def drop_notice(self, connection_id: str, dropped: dict[str, tuple[int, int]]) -> bytes:
         """The slow-consumer notice naming, per queue, the first and last id dropped."""
         spans = {queue: {"first": first, "last": last} for queue, (first, last) in dropped.items()}
-        return self.answer(connection_id, {"response": "ERROR: slow consumer: messages dropped", "dropped": spans})
+        return self.answer(connection_id, {"response": "ERROR: slow consumer: messages dropped",
+                                                    "code": "messages_dropped", "dropped": spans})
 
 
 def split_frames(blob: bytes) -> list[tuple[int, int]]:

@@ -155,7 +155,7 @@ def test_failed_logins_are_slowed_then_refused():
             waits.append(time.monotonic() - started)
         assert waits[3] >= 0.8  # 0.1, 0.2, 0.4, 0.8 seconds
         client.send(client.id, {"coremq_auth": {"username": "bob", "password": "builder"}})
-        assert client.read_until_closed() == [(client.id, {"response": "ERROR: too many failed authentications"})]
+        assert client.read_until_closed() == [(client.id, {"response": "ERROR: too many failed authentications", "code": "auth_blocked"})]
     finally:
         running.stop()
 
@@ -195,7 +195,7 @@ def test_revoked_token_closes_its_connections(secured):
     login(alice, token="tok-alice")
     revoked = RulePolicy(RULES, default="deny", revoked_tokens=frozenset({7}))
     secured.call(lambda: secured.broker.set_access(revoked))
-    assert alice.read_until_closed() == [(alice.id, {"response": "ERROR: credentials revoked"})]
+    assert alice.read_until_closed() == [(alice.id, {"response": "ERROR: credentials revoked", "code": "credentials_revoked"})]
 
 
 def test_connection_limits():
@@ -210,7 +210,7 @@ def test_connection_limits():
         third = RawClient(running.host, running.port)
         refused = RawClient(running.host, running.port, read_welcome=False)
         frames = refused.read_until_closed()
-        assert frames[0][1] == {"response": "ERROR: too many connections: limit is 3"}
+        assert frames[0][1] == {"response": "ERROR: too many connections: limit is 3", "code": "too_many_connections"}
         assert running.call(lambda: len(running.broker.registry.connections)) == 3
         third.close()
     finally:

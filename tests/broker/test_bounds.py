@@ -76,7 +76,7 @@ def test_idle_socket_without_a_first_frame_is_closed_with_an_error():
         started = time.monotonic()
         frames = idle.read_until_closed()
         assert 0.4 <= time.monotonic() - started < 3
-        assert frames == [(idle.id, {"response": "ERROR: timeout: no frame within 0.5 seconds of the welcome"})]
+        assert frames == [(idle.id, {"response": "ERROR: timeout: no frame within 0.5 seconds of the welcome", "code": "timeout"})]
         time.sleep(0.6)  # past the deadline: the connection that sent a frame has none between frames
         assert publish(active, "q", {"n": 1})["response"] == "OK: Message sent"
         assert status(broker)["timeouts"] == 1
@@ -95,7 +95,7 @@ def test_a_silent_client_keeps_its_place_until_connections_are_scarce():
         for other in others:
             assert other.control({"coremq_options": {}})["response"].startswith("OK")
         assert early.read_until_closed() == [
-            (early.id, {"response": "ERROR: timeout: no frame within 0.3 seconds of the welcome"})]
+            (early.id, {"response": "ERROR: timeout: no frame within 0.3 seconds of the welcome", "code": "timeout"})]
         assert publish(late, "q", {"n": 2})["response"] == "OK: Message sent"  # it spoke: no deadline
         assert status(broker)["timeouts"] == 1
         for client in [late, *others]:
@@ -110,7 +110,7 @@ def test_partial_frame_held_past_the_deadline_is_closed_with_an_error():
         assert publish(client, "q", {"n": 1})["response"] == "OK: Message sent"
         client.send_raw(b"+1000 q {\"big\": \"")  # a header and the start of a 1,000-byte frame, never finished
         frames = client.read_until_closed()
-        assert frames == [(client.id, {"response": "ERROR: timeout: frame not completed within 0.5 seconds"})]
+        assert frames == [(client.id, {"response": "ERROR: timeout: frame not completed within 0.5 seconds", "code": "timeout"})]
         assert publish(other, "q", {"n": 2})["response"] == "OK: Message sent"  # everyone else goes on
         assert status(broker)["timeouts"] == 1
 
@@ -128,7 +128,7 @@ def test_a_frame_trickled_byte_by_byte_is_cut_at_the_deadline():
                 time.sleep(0.05)  # the whole frame would take 2.5 s
         assert time.monotonic() - started < 2.4
         assert client.read_until_closed() == [
-            (client.id, {"response": "ERROR: timeout: frame not completed within 0.5 seconds"})]
+            (client.id, {"response": "ERROR: timeout: frame not completed within 0.5 seconds", "code": "timeout"})]
 
 
 def test_a_stream_that_always_ends_mid_frame_but_completes_frames_stays_open():
@@ -166,7 +166,7 @@ def test_anonymous_connections_per_address_are_capped_and_other_addresses_are_no
         clients = [RawClient(broker.host, broker.port) for _ in range(100)]
         refused = RawClient(broker.host, broker.port, read_welcome=False)
         assert [message for _, message in refused.read_until_closed()] == [
-            {"response": "ERROR: too many connections from 127.0.0.1: limit is 100"}]
+            {"response": "ERROR: too many connections from 127.0.0.1: limit is 100", "code": "too_many_connections"}]
         from_elsewhere = RawClient(broker.host, broker.port, source="127.0.0.2")
         assert from_elsewhere.welcome["response"].startswith("OK: Welcome")
         assert status(broker)["refused_per_address"] == 1

@@ -443,7 +443,7 @@ def test_admin_disconnect_and_purge(connect):
     assert admin.control({"coremq_admin": {"action": "disconnect", "connection": victim.id}})["response"] == \
         "OK: Disconnected"
     frames = victim.read_until_closed()
-    assert frames == [(victim.id, {"response": "ERROR: disconnected by an administrator"})]
+    assert frames == [(victim.id, {"response": "ERROR: disconnected by an administrator", "code": "disconnected"})]
     reply = admin.control({"coremq_admin": {"action": "explode"}})
     assert reply["response"] == "ERROR: unknown admin action 'explode'"
 

@@ -69,7 +69,7 @@ def test_a_refused_batch_answers_each_message_and_is_neither_kept_nor_delivered(
         sub.control({"coremq_subscribe": ["picky"]})
         publish_together(pub, "picky", 2)  # one run: refused whole
         assert [pub.read()[1] for _ in range(2)] == [
-            {"response": "ERROR: engine says no", "queue": "picky", "request": n} for n in (1, 2)]
+            {"response": "ERROR: engine says no", "code": "error", "queue": "picky", "request": n} for n in (1, 2)]
         publish_together(pub, "picky", 1)
         assert pub.read()[1] == {"response": "OK: Message sent", "id": 1, "request": 3}
         assert sub.read()[1]["coremq_id"] == 1

@@ -60,7 +60,7 @@ def test_a_run_across_powers_of_ten_parses_frame_by_frame():
 def test_answers_errors_and_the_drop_notice():
     """Answers go on the connection's id queue; errors answer a request when given; the notice names ids."""
     ((queue, body),) = parse(WIRE.error("c1", "bad", 4, queue="x"))
-    assert queue == "c1" and json.loads(body) == {"response": "ERROR: bad", "queue": "x", "request": 4}
+    assert queue == "c1" and json.loads(body) == {"response": "ERROR: bad", "code": "error", "queue": "x", "request": 4}
     ((_, body),) = parse(WIRE.drop_notice("c1", {"q": (3, 9)}))
     assert json.loads(body)["dropped"] == {"q": {"first": 3, "last": 9}}
 

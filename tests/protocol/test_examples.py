@@ -133,7 +133,8 @@ def test_oversized_frame_is_skipped_and_the_connection_goes_on(ports: tuple[int,
     limit = 1048576
     body = b"big " + b"x" * (limit - 3)
     replies = _exchange(ports[0], b"+%d %s+13 after {\"a\":1}" % (len(body), body), 2)
-    assert replies[0] == {"response": f"ERROR: frame too large: {len(body)} bytes, limit is {limit}", "request": 1}
+    assert replies[0] == {"response": f"ERROR: frame too large: {len(body)} bytes, limit is {limit}",
+                          "code": "frame_too_large", "request": 1}
     assert replies[1]["response"] == "OK: Message sent" and replies[1]["request"] == 2
 
 
@@ -158,5 +159,5 @@ def test_login_answers_carry_request_but_no_queue(ports: tuple[int, int]) -> Non
         reply = client.control({"coremq_auth": {"token": "cmq_wrong"}})
     finally:
         client.close()
-    assert reply == {"response": "ERROR: authentication failed", "request": 1}
+    assert reply == {"response": "ERROR: authentication failed", "code": "auth_failed", "request": 1}
     assert error_code(reply["response"][len("ERROR: "):]) == "auth_failed"

@@ -49,7 +49,7 @@ def test_connection_limits(limited: int) -> None:
     assert [login(client)["response"] for client in clients[:3]] == [
         "OK: Authenticated", "OK: Authenticated", "ERROR: too many connections for user 'alice': limit is 2"]
     refused = RawClient("127.0.0.1", limited, read_welcome=False)
-    assert refused.read_until_closed()[0][1] == {"response": "ERROR: too many connections: limit is 6"}
+    assert refused.read_until_closed()[0][1] == {"response": "ERROR: too many connections: limit is 6", "code": "too_many_connections"}
 
 
 def test_subscription_and_frame_limits(limited: int) -> None:
@@ -95,7 +95,7 @@ def test_failed_logins_are_slowed_then_cut_off(limited: int) -> None:
         waits.append(time.monotonic() - started)
     assert waits[0] < waits[1] < waits[2] and waits[2] >= 0.4
     client.send(client.id, {"coremq_auth": {"username": "alice", "password": "alice-pw-1"}})
-    assert client.read_until_closed() == [(client.id, {"response": "ERROR: too many failed authentications"})]
+    assert client.read_until_closed() == [(client.id, {"response": "ERROR: too many failed authentications", "code": "auth_blocked"})]
 
 
 def test_tls_round_trip(database, tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ async def test_a_denial_reveals_nothing_and_is_logged_and_counted(secured: Secur
     bob = await asyncio.to_thread(RawClient, secured.broker.host, secured.broker.port)
     await asyncio.to_thread(bob.control, {"coremq_auth": {"username": "bob", "password": PASSWORDS["bob"]}})
     reply = await asyncio.to_thread(bob.control, {"coremq_gethistory": ["secret"]})
-    assert reply == {"response": "ERROR: permission denied: history on queue 'secret'", "request": 2, "queue": bob.id}
+    assert reply == {"response": "ERROR: permission denied: history on queue 'secret'", "code": "permission_denied", "request": 2, "queue": bob.id}
     assert secured.broker.status()["denials"] == 1
     assert "permission denied: history on queue 'secret'" in caplog.text
     bob.close()

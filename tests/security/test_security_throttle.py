@@ -152,7 +152,7 @@ def test_relogin_as_a_weaker_user_ends_the_subscriptions_it_may_not_hold(site: S
     assert client.control({"coremq_subscribe": ["secret", "news.eu"]})["response"] == "OK: Subscribe successful"
     client.send(client.id, auth("bob", PASSWORDS["bob"]))
     frames = [client.read()[1], client.read()[1]]
-    assert frames[0] == {"response": "ERROR: permission denied: subscribe on queue 'secret' (subscription ended)"}
+    assert frames[0] == {"response": "ERROR: permission denied: subscribe on queue 'secret' (subscription ended)", "code": "permission_denied"}
     assert frames[1]["response"] == "OK: Authenticated" and frames[1]["user"] == "bob"
     writer = From("127.0.0.5", site.port)
     assert writer.control({"coremq_auth": {"token": site.world.alice_token}})["response"] == "OK: Authenticated"

@@ -41,11 +41,11 @@ def hit_every_bound(port: int) -> None:
     talker = RawClient("127.0.0.1", port, source="127.0.0.3")  # 2 of 3 from that address: scarce
     assert talker.control({"coremq_options": {}})["response"].startswith("OK")
     assert silent.read_until_closed() == [
-        (silent.id, {"response": "ERROR: timeout: no frame within 0.5 seconds of the welcome"})]
+        (silent.id, {"response": "ERROR: timeout: no frame within 0.5 seconds of the welcome", "code": "timeout"})]
     clients = [RawClient("127.0.0.1", port, source="127.0.0.4") for _ in range(3)]
     refused = RawClient("127.0.0.1", port, source="127.0.0.4", read_welcome=False)
     assert [reply for _, reply in refused.read_until_closed()] == [
-        {"response": "ERROR: too many connections from 127.0.0.4: limit is 3"}]
+        {"response": "ERROR: too many connections from 127.0.0.4: limit is 3", "code": "too_many_connections"}]
     client = clients[0]
     assert client.control({"coremq_subscribe": [f"q{n}" for n in range(21)]})["response"] == (
         "ERROR: too many queues: limit is 20")

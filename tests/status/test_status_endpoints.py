@@ -156,7 +156,7 @@ def test_actions_publish_purge_disconnect(staff_client: Client, broker) -> None:
 
     reply = staff_client.post("/admin/coremq/status/disconnect/", {"connection": subscriber.id}).json()
     assert reply["ok"]
-    assert subscriber.read_until_closed() == [(subscriber.id, {"response": "ERROR: disconnected by an administrator"})]
+    assert subscriber.read_until_closed() == [(subscriber.id, {"response": "ERROR: disconnected by an administrator", "code": "disconnected"})]
 
 
 def test_actions_report_failures(staff_client: Client, broker) -> None:
