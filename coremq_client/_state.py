@@ -10,17 +10,44 @@ never change them.
 from __future__ import annotations
 
 import ssl as ssl_module
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ._common import ConnectCallback, ErrorCallback, GapCallback, JSONObject, MAX_PENDING, credentials_from
 from .codec import DEFAULT_MAX_FRAME_SIZE, DEFAULT_PORT, Decoder, Encoder, JSONCodec
 from .errors import CoreMQError
 from .protocol import Gap
 from .protocol import ClientProtocol
-from .session import Session
+from .session import Server, Session
 from .transports_ws import WebSocketProtocol, is_websocket_url
 
-__all__ = ["ClientState"]
+__all__ = ["ClientState", "servers_from"]
+
+
+def servers_from(host: str, port: int, servers: Sequence[Server] | None) -> list[Server]:
+    """The list of servers a client connects to, in turn: ``servers``, or ``[(host, port)]`` (or ``[url]``).
+
+    Raises ValueError for an empty list, an entry that is neither ``(host,
+    port)`` nor a ``ws://``/``wss://`` URL, a list mixing the two, or
+    ``servers`` given with a ``host`` or ``port`` of its own.
+    """
+    if servers is None:
+        return [host if is_websocket_url(host) else (host, port)]
+    if (host, port) != ("127.0.0.1", DEFAULT_PORT):
+        raise ValueError("give host and port, or servers, not both")
+    if isinstance(servers, str) or not servers:
+        raise ValueError("servers must be a non-empty list of (host, port) pairs or of ws:// URLs")
+    result: list[Server] = []
+    for server in servers:
+        if isinstance(server, str) and is_websocket_url(server):
+            result.append(server)
+        elif (isinstance(server, (tuple, list)) and len(server) == 2 and isinstance(server[0], str)
+              and isinstance(server[1], int) and not isinstance(server[1], bool)):
+            result.append((server[0], server[1]))
+        else:
+            raise ValueError(f"a server is a (host, port) pair or a ws:// URL, not {server!r}")
+    if len({isinstance(server, str) for server in result}) > 1:
+        raise ValueError("servers mixes (host, port) pairs and ws:// URLs: give one kind")
+    return result
 
 
 class ClientState:
@@ -53,29 +80,51 @@ class ClientState:
         on_connect: ConnectCallback | None = None,
         on_gap: GapCallback | None = None,
         max_pending: int | None = MAX_PENDING,
+        servers: Sequence[Server] | None = None,
     ) -> None:
+        chosen = servers_from(host, port, servers)
         self._session = Session(
             queues=queues, options=options, reconnect=reconnect, backoff=backoff, max_backoff=max_backoff,
             codec=JSONCodec(encoder, decoder), max_frame_size=max_frame_size,
             credentials=credentials_from(token, username, password),
             resume=resume, on_error=on_error, on_connect=on_connect, on_gap=on_gap, max_pending=max_pending,
-            protocol=WebSocketProtocol if is_websocket_url(host) else ClientProtocol,
+            protocol=WebSocketProtocol if isinstance(chosen[0], str) else ClientProtocol, servers=chosen,
         )
-        #: ``ws://`` or ``wss://`` URL given as ``host``: the browser protocol over WebSocket (``port`` unused).
-        self.url = host if is_websocket_url(host) else None
         # What the I/O loops use; the rest of the arguments live in the session.
-        self.host = host
-        self.port = port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.ssl = ssl
         self.max_pending = max_pending
+        self._url_port = port
         self._conn = None
 
     @property
+    def servers(self) -> list[Server]:
+        """The servers the client connects to, in turn (one: ``[(host, port)]`` or ``[url]``)."""
+        return list(self._session.servers)
+
+    @property
+    def url(self) -> str | None:
+        """The ``ws://`` or ``wss://`` URL of the current server: the browser protocol over WebSocket; else None."""
+        server = self._session.server
+        return server if isinstance(server, str) else None
+
+    @property
+    def host(self) -> str:
+        """The host of the current server (its URL over WebSocket)."""
+        server = self._session.server
+        return server if isinstance(server, str) else server[0]
+
+    @property
+    def port(self) -> int:
+        """The port of the current server (over WebSocket: the port given, unused)."""
+        server = self._session.server
+        return self._url_port if isinstance(server, str) else server[1]
+
+    @property
     def address(self) -> str:
-        """Where the client connects: ``host:port``, or the WebSocket URL."""
-        return self.url or f"{self.host}:{self.port}"
+        """Where the client connects (the current server): ``host:port``, or the WebSocket URL."""
+        return self._session.server_name
 
     @property
     def reconnect(self) -> bool:

@@ -45,7 +45,8 @@ class _Connection:
 class AsyncMessageQueue(ClientState):
     """An asyncio CoreMQ client that reconnects by itself; see :class:`~coremq_client.MessageQueue`.
 
-    Same constructor and semantics, logging in, resuming without loss,
+    Same constructor and semantics, ``servers=`` (several nodes, tried in
+    turn), logging in, resuming without loss,
     ``max_pending`` and the repair of dropped messages included (the reader
     task stops reading while ``max_pending`` messages wait for
     :meth:`receive`); every request is a coroutine. ``on_error``, ``on_connect`` and

@@ -12,7 +12,9 @@ protocol. The session never reads, writes, sleeps or waits:
   front end writes what they return and hands the batch to
   :meth:`Session.act`.
 - **reconnecting**: :meth:`Session.retry_delay` says how long to wait before
-  the next attempt (or re-raises: give up); :meth:`Session.check_usable`
+  the next attempt (or re-raises: give up); a client given several servers
+  moves to the next one (:attr:`Session.server`) after each failed attempt
+  and each lost connection; :meth:`Session.check_usable`
   says whether requests may use a link now, must wait, or must fail.
 - **requests**: each public method's work is one :class:`Request` (send a
   frame, maybe wait for its reply: the reply is the result), or an
@@ -65,9 +67,11 @@ from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, LocalUs
 from .protocol import ClientProtocol, Gap, Welcome, wrap
 from .resume import RESUME_PAGE, Item, Resumer
 
-__all__ = ["Batch", "Done", "Link", "Operation", "Probe", "Request", "Session", "advance"]
+__all__ = ["Batch", "Done", "Link", "Operation", "Probe", "Request", "Server", "Session", "advance"]
 
 T = TypeVar("T")
+#: Where a client connects: ``(host, port)``, or a ``ws://``/``wss://`` URL.
+Server = tuple[str, int] | str
 Build = Callable[[ClientProtocol], tuple[int, bytes]]
 
 
@@ -243,6 +247,7 @@ class Session:
         on_gap: GapCallback | None,
         max_pending: int | None,
         protocol: type[ClientProtocol] | Callable[..., Any] = ClientProtocol,
+        servers: list[Server] | None = None,
     ) -> None:
         check_backoff(backoff, max_backoff)
         check_max_pending(max_pending)
@@ -263,6 +268,9 @@ class Session:
         self.auth_failure: AuthenticationFailed | None = None  # refused; waiting for new credentials
         self.ended: ConnectionClosed | None = None  # no connection will ever come again
         self.orderly = False
+        #: The servers to connect to, in turn; ``server_index`` is the one of the current attempt.
+        self.servers: list[Server] = list(servers or [("127.0.0.1", 0)])
+        self.server_index = 0
 
     # -- connections ---------------------------------------------------------------
 
@@ -270,6 +278,15 @@ class Session:
         """Log in with these from the next connection on; a client waiting after a refusal tries them."""
         self.credentials = credentials_from(token, username, password)
         self.auth_failure = None
+
+    @property
+    def server(self) -> Server:
+        """The server the next (or current) connection goes to."""
+        return self.servers[self.server_index]
+
+    def next_server(self) -> None:
+        """Move on to the next server of the list (the first after the last); one server: no change."""
+        self.server_index = (self.server_index + 1) % len(self.servers)
 
     def delays(self) -> Iterator[float]:
         """The reconnect delays of one series of attempts (see :func:`backoff_delays`)."""
@@ -284,6 +301,7 @@ class Session:
         credentials were refused, or the broker refused the connection while
         a caller waits (``wait``: ``connect()``). Without a caller, a refusal
         (say, too many connections for this user) is reported and retried.
+        The next attempt goes to the next server of the list.
         """
         if isinstance(error, (ConnectionClosed, Timeout)):
             if not self.reconnect:
@@ -292,18 +310,30 @@ class Session:
             left = remaining(deadline)
             if left is not None and left <= delay:
                 raise error
+            self.next_server()
             return delay
         if isinstance(error, ServerError) and not (wait or isinstance(error, AuthenticationFailed)):
             self.reporter.report(error)
+            self.next_server()
             return next(delays)
         raise error
 
     def reconnects_after(self, error: ConnectionClosed, where: str, closing: bool) -> bool:
-        """A connection to ``where`` was lost: whether to open another (logged), or end (closing, or no reconnect)."""
+        """A connection to ``where`` was lost: whether to open another (logged), or end (closing, or no reconnect).
+
+        The next connection goes to the next server of the list.
+        """
         if closing or not self.reconnect:
             return False
-        logger.info("connection to %s lost (%s); reconnecting", where, error)
+        self.next_server()
+        logger.info("connection to %s lost (%s); reconnecting to %s", where, error, self.server_name)
         return True
+
+    @property
+    def server_name(self) -> str:
+        """:attr:`server` as ``host:port``, or its URL."""
+        server = self.server
+        return server if isinstance(server, str) else f"{server[0]}:{server[1]}"
 
     def connected(self, link: Link) -> None:
         """``link`` is the client's connection now: its welcome and user are the client's."""

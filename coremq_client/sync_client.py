@@ -75,6 +75,14 @@ class MessageQueue(ClientState):
     thread after a reconnect; it must not block): the connection id changes
     with every connection.
 
+    **Several servers.** ``servers=[(host, port), ...]`` (instead of ``host``
+    and ``port``; or a list of ``ws://`` URLs) names equivalent nodes of one
+    broker, e.g. ``run_coremq --redis`` nodes sharing one Redis. The client
+    connects to the first; after each failed attempt and each lost
+    connection it tries the next one (the first after the last), with the
+    same backoff, and resumes there as after any reconnect. :attr:`address`
+    is the current one.
+
     **Logging in.** With ``token``, or ``username`` and ``password``, every
     connection logs in (``coremq_auth``) after the welcome and before the
     subscriptions are replayed; :attr:`user` is the name the broker confirmed.
