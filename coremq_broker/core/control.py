@@ -10,8 +10,9 @@ raises :class:`RequestError`, which the pipeline turns into an ``ERROR:`` reply.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from coremq_client import protocol as P
 from coremq_client.codec import encode_frame, validate_queue_name
@@ -44,6 +45,19 @@ class Control:
         self.config = broker.config
         self.registry = broker.registry
         self.bounds = broker.bounds
+        #: Control keys served by a part composed in by the runner (the store): key -> handler.
+        self.extensions: dict[str, Callable[[Connection, Any, dict], Any]] = {}
+
+    def register(self, key: str, handler: Callable[[Connection, Any, dict], Any]) -> None:
+        """Serve the control key ``key`` with ``handler(connection, value, message)``.
+
+        The handler checks access (``broker.check``) and returns the reply (a
+        dict), or an awaitable of it (the connection's later frames wait);
+        it raises :class:`RequestError` (also from the awaitable) to refuse.
+        """
+        if not key.startswith("coremq_") or key in P.CONTROL_KEYS or key in P.STAMP_KEYS or key in (P.STRING, P.ARRAY):
+            raise ValueError(f"{key!r} cannot be an extension's control key")
+        self.extensions[key] = handler
 
     def _reply(self, connection: Connection, reply: dict, request: int | None = None) -> None:
         """Answer ``request`` (by default the connection's latest) with ``reply``."""
@@ -54,9 +68,10 @@ class Control:
 
     def handle(self, connection: Connection, message: dict) -> None:
         """Carry out the control request ``message`` (exactly one control key); raise :class:`RequestError`."""
-        keys = [key for key in message if key in P.CONTROL_KEYS]
+        extensions = self.extensions
+        keys = [key for key in message if key in P.CONTROL_KEYS or key in extensions]
         unknown = [key for key in message if key.startswith("coremq_") and key not in P.CONTROL_KEYS
-                   and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
+                   and key not in extensions and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
         if unknown:
             raise RequestError(f"unknown control key {unknown[0]!r}")
         if len(keys) != 1:
@@ -78,8 +93,24 @@ class Control:
             self._status(connection, value)
         elif key == P.AUTH:
             self._auth(connection, value)
+        elif key in extensions:
+            self._extension(connection, extensions[key], value, message)
         else:
             self._admin(connection, value)
+
+    def _extension(self, connection: Connection, handler: Callable[[Connection, Any, dict], Any], value: Any,
+                   message: dict) -> None:
+        reply = handler(connection, value, message)
+        if not inspect.isawaitable(reply):
+            self._reply(connection, reply)
+            return
+        answered: list[dict] = []
+
+        async def wait() -> None:
+            answered.append(await reply)
+
+        self._answer_after(connection, wait(), lambda request: self._reply(connection, answered[0], request),
+                           connection.requests)
 
     def _queue_list(self, value: Any, key: str) -> list[str]:
         if isinstance(value, str):
