@@ -115,11 +115,19 @@ class ClientState:
         server = self._session.server
         return server if isinstance(server, str) else server[0]
 
+    @host.setter
+    def host(self, host: str) -> None:  # the next connection of a client given one server goes there
+        self._session.servers[self._session.server_index] = (host, self.port)
+
     @property
     def port(self) -> int:
         """The port of the current server (over WebSocket: the port given, unused)."""
         server = self._session.server
         return self._url_port if isinstance(server, str) else server[1]
+
+    @port.setter
+    def port(self, port: int) -> None:
+        self._session.servers[self._session.server_index] = (self.host, port)
 
     @property
     def address(self) -> str:
