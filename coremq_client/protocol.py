@@ -9,6 +9,7 @@ blocking and asyncio clients are thin I/O loops around it.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -17,6 +18,7 @@ from .errors import AuthenticationFailed, LocalUsageError, MessageError, Permiss
 
 __all__ = [
     "SUBSCRIBE", "UNSUBSCRIBE", "OPTIONS", "GETHISTORY", "STATUS", "ADMIN", "AUTH", "CONTROL_KEYS",
+    "STORE_GET", "STORE_SET", "STORE_DELETE", "STORE_INCR", "STORE_TOUCH", "STORE_KEYS",
     "SENDER", "SENT", "SERVER", "ID", "STAMP_KEYS", "STRING", "ARRAY",
     "WELCOME", "BYE", "OPTION_ECHO", "OPTION_REPLY",
     "Welcome", "Reply", "Delivery", "Gap", "Bye", "ClientProtocol",
@@ -32,6 +34,13 @@ STATUS = "coremq_status"
 ADMIN = "coremq_admin"  # {"action": "disconnect" | "purge", ...}; for administrators
 AUTH = "coremq_auth"  # {"token": ...} or {"username": ..., "password": ...}
 CONTROL_KEYS = frozenset({SUBSCRIBE, UNSUBSCRIBE, OPTIONS, GETHISTORY, STATUS, ADMIN, AUTH})
+# The store's requests (docs/store.md): served when the broker runs with the store (run_coremq).
+STORE_GET = "coremq_get"  # key, or {"key": k}
+STORE_SET = "coremq_set"  # {"key", "value" | "value_base64", "flags", "ttl", "mode", "cas"}
+STORE_DELETE = "coremq_delete"  # key
+STORE_INCR = "coremq_incr"  # {"key", "delta"}
+STORE_TOUCH = "coremq_touch"  # {"key", "ttl"}
+STORE_KEYS = frozenset({STORE_GET, STORE_SET, STORE_DELETE, STORE_INCR, STORE_TOUCH})
 
 # Stamps the broker puts on every published message.
 SENDER = "coremq_sender"
@@ -53,6 +62,11 @@ OK_OPTIONS = "OK: Options set"
 OK_SENT = "OK: Message sent"
 OK_STATUS = "OK: Status"
 OK_AUTH = "OK: Authenticated"
+OK_STORE_VALUE = "OK: Value"
+OK_STORE_STORED = "OK: Stored"
+OK_STORE_DELETED = "OK: Deleted"
+OK_STORE_INCREMENTED = "OK: Incremented"
+OK_STORE_TOUCHED = "OK: Touched"
 
 # Options.
 OPTION_ECHO = "echo"    # receive your own publishes
@@ -265,6 +279,35 @@ class ClientProtocol:
     def authenticate(self, credentials: dict[str, str]) -> tuple[int, bytes]:
         """Log in: ``{"token": ...}`` or ``{"username": ..., "password": ...}``."""
         return self.request({AUTH: credentials})
+
+    def store_get(self, key: str) -> tuple[int, bytes]:
+        """Read a key of the broker's store."""
+        return self.request({STORE_GET: key})
+
+    def store_set(self, key: str, value: str | bytes, *, flags: int = 0, ttl: int = 0, mode: str = "set",
+                  cas: int | None = None) -> tuple[int, bytes]:
+        """Write a key of the store (``mode``: set, add, replace, append, prepend; ``cas``: only if unchanged)."""
+        fields: dict[str, Any] = {"key": key, "flags": flags, "ttl": ttl, "mode": mode}
+        if isinstance(value, str):
+            fields["value"] = value
+        else:
+            try:
+                fields["value"] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                fields["value_base64"] = base64.b64encode(value).decode("ascii")
+        if cas is not None:
+            fields["cas"] = cas
+        return self.request({STORE_SET: fields})
+
+    def store_delete(self, key: str) -> tuple[int, bytes]:
+        return self.request({STORE_DELETE: key})
+
+    def store_incr(self, key: str, delta: int = 1) -> tuple[int, bytes]:
+        """Add ``delta`` (negative: subtract) to the number a key holds."""
+        return self.request({STORE_INCR: {"key": key, "delta": delta}})
+
+    def store_touch(self, key: str, ttl: int) -> tuple[int, bytes]:
+        return self.request({STORE_TOUCH: {"key": key, "ttl": ttl}})
 
     def _frame(self, queue: str, message: dict) -> tuple[int, bytes]:
         try:
