@@ -53,6 +53,13 @@ ERROR_CODES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((code, re.compile(p
     ("no_such_connection", r"no such connection: |no connection "),
     ("durable_unavailable", r"durable history unavailable: "),
     ("cluster_unavailable", r"cluster unavailable: "),
+    # The store's requests (docs/store.md).
+    ("store_not_found", r"key not found: "),
+    ("store_exists", r"key exists: "),
+    ("store_cas_mismatch", r"cas mismatch: "),
+    ("store_too_large", r"value too large: "),
+    ("store_not_numeric", r"value not numeric: "),
+    ("store_unavailable", r"store unavailable: "),
     ("disconnected", r"disconnected by an administrator"),
     ("broker_unavailable", r"the broker is unavailable|connection to the broker lost|the bridge is closed"),
     ("internal_error", r"internal error"),
