@@ -16,8 +16,6 @@ decr touch flush_all stats version verbosity quit`` and the meta commands
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 import re
@@ -106,6 +104,33 @@ def _uint64(token: bytes) -> int | None:
     """``safe_strtoull``: deltas and CAS ids."""
     value = _strtoll(token)
     return None if value is None or value < 0 else value
+
+
+_MD_NUMBERS = {67: _uint64, 84: _int32}  # C, T
+_MA_NUMBERS = {67: _uint64, 78: _int32, 74: _uint64, 68: _uint64, 84: _int32}  # C, N, J, D, T
+_BASE64 = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def _base64_key(text: bytes) -> bytes | None:
+    """A ``b`` key decoded as memcached does, or None: bytes outside the alphabet are skipped, the
+    rest must come in blocks of four, and decoding stops after the first block with ``=``."""
+    chars = [c for c in text if c in _BASE64 or c == 61]
+    if not chars or len(chars) % 4:
+        return None
+    out = bytearray()
+    for i in range(0, len(chars), 4):
+        block = chars[i:i + 4]
+        number = 0
+        for c in block:
+            number = number << 6 | _BASE64.get(c, 0)
+        out += number.to_bytes(3, "big")
+        pad = block.count(61)
+        if pad:
+            if pad > 2:
+                return None
+            del out[len(out) - pad:]
+            break
+    return bytes(out) or None
 
 
 #: Commands in their plainest form (printable key, small numbers, CRLF), parsed in one step; all else
@@ -453,11 +478,14 @@ class MemcachedSession:
         return b"MN\r\n"
 
     def _meta_key(self, tokens: list[bytes], allowed: frozenset[int], invalid: bytes = BAD_FLAG,
-                  duplicate: bytes = DUPLICATE_FLAG) -> tuple[bytes, dict[int, bytes]] | bytes:
+                  duplicate: bytes = DUPLICATE_FLAG,
+                  numbers: dict[int, Callable[[bytes], int | None]] | None = None,
+                  ) -> tuple[bytes, dict[int, bytes]] | bytes:
         """The key and the flags (first byte -> the rest of the token) of a meta command, or the error reply.
 
         As memcached: a key token over 250 bytes (base64 or not) is refused first; then the first
-        unknown or repeated flag, in the request's order.
+        unknown or repeated flag, in the request's order, or (``numbers``: md's and ma's numeric
+        flags and their parsers) one whose number does not parse; then a base64 key that does not decode.
         """
         if len(tokens[1]) > KEY_MAX_LENGTH:
             return BAD_FORMAT
@@ -467,14 +495,13 @@ class MemcachedSession:
                 return invalid
             if token[0] in flags:
                 return duplicate
+            if numbers is not None and token[0] in numbers and numbers[token[0]](token[1:]) is None:
+                return invalid
             flags[token[0]] = token[1:]
         key = tokens[1]
         if 98 in flags:  # b: the key is base64
-            try:
-                key = base64.b64decode(key, validate=True)
-            except (binascii.Error, ValueError):
-                return BAD_KEY_ENCODING
-            if not key:
+            key = _base64_key(key)  # type: ignore[assignment]
+            if key is None:
                 return BAD_KEY_ENCODING
         if len(key) > KEY_MAX_LENGTH:
             return BAD_FORMAT
@@ -557,9 +584,8 @@ class MemcachedSession:
             flags[token[0]] = token[1:]
         key = tokens[1]
         if error is None and 98 in flags:
-            try:
-                key = base64.b64decode(key, validate=True)
-            except (binascii.Error, ValueError):
+            key = _base64_key(key)  # type: ignore[assignment]
+            if key is None:
                 error = BAD_KEY_ENCODING
         mode, client_flags, exptime, cas = "set", 0, 0, 0
         if error is None and 77 in flags:
@@ -616,7 +642,7 @@ class MemcachedSession:
     def _md(self, tokens: list[bytes], ntokens: int) -> bytes:
         if ntokens < 3:
             return ERROR
-        parsed = self._meta_key(tokens, _MD_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG)
+        parsed = self._meta_key(tokens, _MD_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG, _MD_NUMBERS)
         if isinstance(parsed, bytes):
             return parsed
         key, flags = parsed
@@ -635,7 +661,7 @@ class MemcachedSession:
     def _ma(self, tokens: list[bytes], ntokens: int) -> bytes:
         if ntokens < 3:
             return ERROR
-        parsed = self._meta_key(tokens, _MA_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG)
+        parsed = self._meta_key(tokens, _MA_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG, _MA_NUMBERS)
         if isinstance(parsed, bytes):
             return parsed
         key, flags = parsed

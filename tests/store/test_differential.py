@@ -87,6 +87,13 @@ CASES: dict[str, bytes] = {
                    # a key token over 250 bytes is refused before its flags are looked at
                    b"mg " + b"k" * 251 + b" v v\r\nmg " + b"k" * 251 + b" Z\r\nmd " + b"k" * 251 + b" q q\r\n"
                    b"ma " + b"k" * 251 + b" Z\r\nmg " + b"QUFB" * 63 + b" b v\r\n"),
+    # memcached's base64 decoder skips characters outside the alphabet and stops after a padded block;
+    # md and ma check their numeric flags (any of them bad: invalid or duplicate flag) before the key.
+    "meta_base64_and_numbers": (b"ms YWJj 1 b\r\nx\r\nmg YW_Jj b v\r\nmg YW\x7fJj b v\r\nmg YWJj= b v\r\n"
+                                b"mg YWJj==== b v\r\nmg YWI=YWJj b v\r\nms a_b_c_d_ 1 b TE\r\nx\r\n"
+                                b"ms a_b_c_d_ 1 b T5\r\ny\r\nmg abcd b v\r\nma k NI\r\nma k Nx\r\nma k TI\r\n"
+                                b"ma k CI\r\nma k D1 JD MS\r\nma k MS JD\r\nma k_ NE b\r\nmd k CR\r\nmd k TR\r\n"
+                                b"md k C-\r\nmd k_ CE b\r\nset k 0 0 1\r\n1\r\nmd k T-1\r\nmg k v\r\n"),
     # A space before the line's end is no token (memcached's tokenizer skips it).
     "trailing_space": (b"set ts 0 0 1 \r\n5\r\nget ts \r\nincr ts 1 \r\nincr ts \r\ndecr ts 1 noreply \r\n"
                        b"touch ts 100 \r\nmg ts v \r\nms ts 1 \r\n7\r\nma ts \r\nmd ts q \r\ndelete ts \r\n"
