@@ -20,6 +20,8 @@ from ._state import ClientState
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, ServerError, Timeout
 from .protocol import Delivery
 from .session import Batch, Done, Link, Operation, Probe, Request, advance
+from . import store as store_operations
+from .store import StoreItem
 from .transports_ws import open_websocket_streams
 
 __all__ = ["AsyncMessageQueue"]
@@ -365,6 +367,29 @@ class AsyncMessageQueue(ClientState):
     async def admin(self, action: str, **fields: Any) -> JSONObject:
         """An administrator's request; see :meth:`MessageQueue.admin`."""
         return await self._perform(self._session.admin(action, fields))
+
+    # -- the store (docs/store.md) ----------------------------------------------
+
+    async def store_get(self, key: str) -> StoreItem | None:
+        """A key of the broker's store, or None; see :meth:`MessageQueue.store_get`."""
+        return await self._perform(store_operations.get(key))
+
+    async def store_set(self, key: str, value: str | bytes, *, ttl: int = 0, flags: int = 0, mode: str = "set",
+                        cas: int | None = None) -> int:
+        """Write a key of the store; its new cas. See :meth:`MessageQueue.store_set`."""
+        return await self._perform(store_operations.set(key, value, flags=flags, ttl=ttl, mode=mode, cas=cas))
+
+    async def store_delete(self, key: str) -> bool:
+        """Delete a key of the store; whether it was there."""
+        return await self._perform(store_operations.delete(key))
+
+    async def store_incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to a key's number; the new number. See :meth:`MessageQueue.store_incr`."""
+        return await self._perform(store_operations.incr(key, delta))
+
+    async def store_touch(self, key: str, ttl: int) -> bool:
+        """Give a key a new ``ttl``; whether it was there."""
+        return await self._perform(store_operations.touch(key, ttl))
 
     # -- receiving -------------------------------------------------------------
 

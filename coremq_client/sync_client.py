@@ -25,6 +25,8 @@ from ._state import ClientState
 from .errors import AuthenticationFailed, ConnectionClosed, CoreMQError, Timeout
 from .protocol import ClientProtocol, Delivery
 from .session import Batch, Done, Link, Operation, Probe, Request, advance
+from . import store as store_operations
+from .store import StoreItem
 from .transports import Stream, open_stream
 from .transports_ws import WebSocketStream, open_websocket
 
@@ -513,6 +515,41 @@ class MessageQueue(ClientState):
         Never re-sent after a lost connection.
         """
         return self._perform(self._session.admin(action, fields))
+
+    # -- the store (docs/store.md) ----------------------------------------------
+
+    def store_get(self, key: str) -> StoreItem | None:
+        """The value of ``key`` in the broker's store (docs/store.md), or None when there is none.
+
+        A :class:`~coremq_client.store.StoreItem`: ``value`` (bytes), ``text``, ``flags``, ``cas``, ``expires``.
+        The permission rules of the queue ``coremq.store.<key>`` decide (``subscribe``).
+        """
+        return self._perform(store_operations.get(key))
+
+    def store_set(self, key: str, value: str | bytes, *, ttl: int = 0, flags: int = 0, mode: str = "set",
+                  cas: int | None = None) -> int:
+        """Write ``key`` in the store; return its new ``cas``.
+
+        ``ttl``: memcached's exptime (0 never expires; seconds up to 30 days; above, a UNIX time).
+        ``mode``: ``set``, ``add`` (only a new key), ``replace``, ``append``, ``prepend``; ``cas``:
+        only if the key's cas is still that (else :class:`ServerError` ``store_cas_mismatch``).
+        """
+        return self._perform(store_operations.set(key, value, flags=flags, ttl=ttl, mode=mode, cas=cas))
+
+    def store_delete(self, key: str) -> bool:
+        """Delete ``key`` from the store; whether it was there."""
+        return self._perform(store_operations.delete(key))
+
+    def store_incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` (negative: subtract, stopping at 0) to the number ``key`` holds; the new number.
+
+        A missing key raises :class:`ServerError` ``store_not_found``; a value that is no number, ``store_not_numeric``.
+        """
+        return self._perform(store_operations.incr(key, delta))
+
+    def store_touch(self, key: str, ttl: int) -> bool:
+        """Give ``key`` a new ``ttl`` (as :meth:`store_set`); whether it was there."""
+        return self._perform(store_operations.touch(key, ttl))
 
     # -- receiving -------------------------------------------------------------
 

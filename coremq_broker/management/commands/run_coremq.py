@@ -106,6 +106,7 @@ class Command(BaseCommand):
         """The store served over the memcached protocol beside the broker (docs/store.md), unless --no-memcached."""
         if options["no_memcached"]:
             return []
+        from coremq_broker.store.requests import StoreRequests
         from coremq_broker.transports.memcached import MemcachedService
 
         from django.conf import settings
@@ -116,8 +117,10 @@ class Command(BaseCommand):
             # The default: any free port beside a broker on any free port (--port 0); 11211
             # otherwise, and if that is taken the broker runs without the store (and says so).
             port, required = (0 if options["port"] == 0 else store_config.memcached_port), False
-        return [MemcachedService(store_config, port=_given(port, store_config.memcached_port), required=required,
-                                 announce=self.announce)]
+        service = MemcachedService(store_config, port=_given(port, store_config.memcached_port), required=required,
+                                   announce=self.announce)
+        # The same store from the CoreMQ protocol: coremq_get, coremq_set, ... (coremq_broker.store.requests).
+        return [service, StoreRequests(service.store, store_config.memcached_watch_prefix)]
 
     def announce(self, service: str, host: str, port: int) -> None:
         """Print a bound address on stdout (scripts and tests wait for these lines)."""
