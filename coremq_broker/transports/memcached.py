@@ -21,9 +21,11 @@ import os
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..store.config import StoreConfig
+from ..store.redis_store import RedisStore
 from ..store.store import (
     EXISTS, MAX_U64, NON_NUMERIC, NOT_FOUND, NOT_STORED, STORED, TOO_LARGE, Store,
 )
@@ -730,6 +732,8 @@ class _Connection(asyncio.Protocol):
         self.session = MemcachedSession(server.store, stats=server.stats)
         self.transport: asyncio.Transport | None = None
         self._paused_writing = False
+        self._inbox = bytearray()  # a blocking store: what came while the worker thread had the session
+        self._busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -748,6 +752,9 @@ class _Connection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        if self.server.executor is not None:
+            self._offload(data)
+            return
         try:
             answer = self.session.receive(data)
         except Exception:  # a bug must cost this connection only
@@ -768,6 +775,44 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and self.session.waiting and not self._paused_writing:
             self.data_received(b"")
 
+    # A blocking store (Redis, several nodes): the session runs in a worker thread, one read of a
+    # connection at a time (its commands stay in order); the connection is not read meanwhile.
+
+    def _offload(self, data: bytes) -> None:
+        self._inbox += data
+        transport = self.transport
+        if self._busy or transport is None:
+            return
+        self._busy = True
+        transport.pause_reading()
+        chunk, self._inbox = bytes(self._inbox), bytearray()
+        future = asyncio.get_running_loop().run_in_executor(self.server.executor, self.session.receive, chunk)
+        future.add_done_callback(self._received)
+
+    def _received(self, future: "asyncio.Future[bytes]") -> None:
+        self._busy = False
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            answer = future.result()
+        except Exception:  # a bug, or the store's Redis unreachable: this connection only
+            logger.exception("memcached connection: closing after an internal error")
+            answer = b"SERVER_ERROR internal error\r\n"
+            self.session.closed = True
+        if answer:
+            transport.write(answer)
+        if self.session.closed:
+            transport.close()
+        elif not self._paused_writing:
+            self._next()
+
+    def _next(self) -> None:
+        if self._inbox or self.session.waiting:
+            self._offload(b"")
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         self._paused_writing = True
         if self.transport is not None:
@@ -775,6 +820,10 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        if self.server.executor is not None:
+            if not self._busy and self.transport is not None:
+                self._next()
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
             if self.session.waiting:
@@ -792,6 +841,9 @@ class MemcachedServer:
         self.store = store
         self.max_connections = max_connections
         self.sweep_interval = sweep_interval
+        #: Worker threads for a store that blocks (:class:`~coremq_broker.store.redis_store.RedisStore`).
+        self.executor = (ThreadPoolExecutor(max_workers=16, thread_name_prefix="coremq-store")
+                         if getattr(store, "blocking", False) else None)
         self.connections: set[_Connection] = set()
         self.total_connections = 0
         self.refused = 0
@@ -858,6 +910,8 @@ class MemcachedServer:
             if connection.transport is not None:
                 connection.transport.close()
         self.connections.clear()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> "MemcachedServer":
         await self.serve()
@@ -881,7 +935,8 @@ class MemcachedService:
     _running: "MemcachedService | None" = None
 
     def __init__(self, config: StoreConfig, *, port: int | None = None, required: bool = True,
-                 announce: Callable[[str, str, int], None] | None = None) -> None:
+                 announce: Callable[[str, str, int], None] | None = None, redis_url: str | None = None,
+                 key_prefix: str = "coremq:") -> None:
         self.config = config
         self.port = config.memcached_port if port is None else port
         #: False: a port that is taken is announced as ``memcached-unavailable`` and the broker runs on.
@@ -889,7 +944,10 @@ class MemcachedService:
         self.announce = announce
         self._broker: Any = None
         watch = broker_watch(lambda: self._broker, config.memcached_watch_prefix) if config.memcached_watch else None
-        self.store = Store(config.memcached_memory, max_item_size=config.memcached_max_item_size, watch=watch)
+        #: With ``redis_url`` (several nodes) the keys live in Redis (docs/store.md, *Several nodes*).
+        self.store: Any = (Store(config.memcached_memory, max_item_size=config.memcached_max_item_size, watch=watch)
+                           if redis_url is None else
+                           RedisStore(redis_url, key_prefix, max_item_size=config.memcached_max_item_size, watch=watch))
         self.server = MemcachedServer(self.store, max_connections=config.memcached_max_connections)
 
     @classmethod
@@ -898,6 +956,9 @@ class MemcachedService:
         return cls._running
 
     def attach(self, broker: Any) -> Callable[[], None]:
+        watch = self.store.watch
+        if getattr(self.store, "blocking", False) and watch is not None:  # changes made in worker threads
+            self.store.watch = lambda event, key, item: broker.loop.call_soon_threadsafe(watch, event, key, item)
         try:
             host, port = self.server.bind(broker.host, self.port)
         except OSError:
