@@ -13,8 +13,10 @@ is the memcached port's own, so both see the same keys.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import inspect
 from typing import Any, Awaitable, Callable
 
@@ -73,6 +75,13 @@ class StoreRequests:
     def stop(self) -> None:
         self.broker = None
 
+    def _run(self, method: str, *args: Any) -> Any:
+        """Call the store's ``method``; a blocking store's (Redis) in the loop's executor, as an awaitable."""
+        function = getattr(self.store, method)
+        if getattr(self.store, "blocking", False):
+            return asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args))
+        return function(*args)
+
     # -- reading a request ------------------------------------------------------
 
     def _key(self, connection: Any, request: str, fields: dict, action: str) -> tuple[str, bytes]:
@@ -114,7 +123,7 @@ class StoreRequests:
             return {"response": P.OK_STORE_VALUE, "key": key, "found": True, **value_fields(item.value),
                     "flags": item.flags, "cas": item.cas, "expires": item.expires or None}
 
-        return _then(self.store.get(encoded), answer)
+        return _then(self._run("get", encoded), answer)
 
     def set(self, connection: Any, value: Any, message: dict) -> dict | Awaitable[dict]:
         """``{"coremq_set": {"key", "value" | "value_base64", "flags", "ttl", "mode", "cas"}}``: the new ``cas``."""
@@ -164,7 +173,7 @@ class StoreRequests:
         """``(outcome, new cas)``; for a local store, done here (a store with ``store_cas`` answers both)."""
         store = self.store
         if hasattr(store, "store_cas"):
-            return store.store_cas(mode, key, data, flags, ttl, cas)
+            return self._run("store_cas", mode, key, data, flags, ttl, cas)
         outcome = store.store(mode, key, data, flags, ttl, cas)
         item = store.items.get(key)
         if outcome == NOT_STORED and mode in ("append", "prepend"):
@@ -175,7 +184,7 @@ class StoreRequests:
         """``{"coremq_delete": key}``: ``deleted``, whether the key was there."""
         fields = self._fields(P.STORE_DELETE, value, frozenset())
         key, encoded = self._key(connection, P.STORE_DELETE, fields, "publish")
-        return _then(self.store.delete(encoded),
+        return _then(self._run("delete", encoded),
                      lambda deleted: {"response": P.OK_STORE_DELETED, "key": key, "deleted": bool(deleted)})
 
     def incr(self, connection: Any, value: Any, message: dict) -> dict | Awaitable[dict]:
@@ -192,7 +201,7 @@ class StoreRequests:
                 raise StoreRequestError(f"value not numeric: {key!r} holds no unsigned 64-bit number")
             return {"response": P.OK_STORE_INCREMENTED, "key": key, "value": result}
 
-        return _then(self.store.delta(encoded, abs(delta), delta >= 0), answer)
+        return _then(self._run("delta", encoded, abs(delta), delta >= 0), answer)
 
     def touch(self, connection: Any, value: Any, message: dict) -> dict | Awaitable[dict]:
         """``{"coremq_touch": {"key", "ttl"}}``: ``touched``, whether the key was there."""
@@ -200,5 +209,5 @@ class StoreRequests:
         fields = self._fields(request, value, frozenset({"ttl"}))
         key, encoded = self._key(connection, request, fields, "publish")
         ttl = self._number(request, fields, "ttl", -(2**31), 2**31 - 1, default=None)
-        return _then(self.store.touch(encoded, ttl),
+        return _then(self._run("touch", encoded, ttl),
                      lambda touched: {"response": P.OK_STORE_TOUCHED, "key": key, "touched": bool(touched)})

@@ -117,8 +117,11 @@ class Command(BaseCommand):
             # The default: any free port beside a broker on any free port (--port 0); 11211
             # otherwise, and if that is taken the broker runs without the store (and says so).
             port, required = (0 if options["port"] == 0 else store_config.memcached_port), False
+        # With the Redis engine the keys live in Redis: every node answers the same (docs/store.md).
+        cluster = getattr(self, "cluster", None)
+        shared = {"redis_url": cluster.redis_url, "key_prefix": cluster.key_prefix} if cluster is not None else {}
         service = MemcachedService(store_config, port=_given(port, store_config.memcached_port), required=required,
-                                   announce=self.announce)
+                                   announce=self.announce, **shared)
         # The same store from the CoreMQ protocol: coremq_get, coremq_set, ... (coremq_broker.store.requests).
         return [service, StoreRequests(service.store, store_config.memcached_watch_prefix)]
 
