@@ -98,7 +98,7 @@ CASES: dict[str, bytes] = {
     "trailing_space": (b"set ts 0 0 1 \r\n5\r\nget ts \r\nincr ts 1 \r\nincr ts \r\ndecr ts 1 noreply \r\n"
                        b"touch ts 100 \r\nmg ts v \r\nms ts 1 \r\n7\r\nma ts \r\nmd ts q \r\ndelete ts \r\n"
                        b"add ts 0 0 1 noreply \r\n8\r\ngat 0 ts \r\ndelete ts 0 \r\nverbosity 1 \r\nflush_all 0 \r\n"
-                       b"version \r\nmn \r\n"),
+                       b"version \r\nverbosity 0 noreply \r\n"),
     "mn_and_version": b"mn\r\nversion\r\nversion x\r\nmn\r\n",
     "quit": b"set a 0 0 1\r\nx\r\nget a\r\nquit\r\nget a\r\n",
 }
