@@ -42,3 +42,35 @@ def test_a_refusal_is_logged_once_and_daphnes_send_gets_no_writer(monkeypatch, c
             "WebSocket fast path off, browsers are written to through ASGI send: autobahn 0.1 is not 26.11") == 1
     finally:
         adapter._refused.cache_clear()
+
+
+def test_a_transport_the_writers_do_not_know_gets_asgi_send_and_one_log_line(caplog):
+    """A daphne connection on another kind of Twisted transport: no writer (ASGI send, no bound), said once per kind.
+
+    Attributes are not enough to pick a writer: Twisted's TLS layer passes every attribute it lacks on to the
+    TCP connection beneath, so a TLS connection looks like a TCP one to ``hasattr`` (writing to that socket
+    sent cleartext into the TLS stream). The writers are chosen by type; the TLS one is tested through a real
+    daphne in tests/websocket/test_tls.py.
+    """
+    import functools
+
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet.testing import StringTransport
+
+    adapter._refused.cache_clear()
+    adapter._unknown_transport.cache_clear()
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)
+    protocol.transport = StringTransport()
+    send = functools.partial(Server.handle_reply, protocol)
+    try:
+        with caplog.at_level(logging.WARNING, logger="coremq.websocket"):
+            assert adapter.direct_writer(send, 1 << 20) is None
+            assert adapter.direct_writer(send, 1 << 20) is None
+        lines = [r.getMessage() for r in caplog.records if "StringTransport" in r.getMessage()]
+        assert lines == ["WebSocket fast path off for twisted.internet.testing.StringTransport connections: browsers "
+                         "on them are written to through ASGI send, without the slow-consumer bound"]
+        assert not adapter.is_tls(send)
+    finally:
+        adapter._refused.cache_clear()
+        adapter._unknown_transport.cache_clear()

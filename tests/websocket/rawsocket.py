@@ -6,23 +6,28 @@ import base64
 import json
 import os
 import socket
+import ssl
 import struct
 from typing import Any
 
 
 class RawWebSocket:
-    """Opens ``ws://127.0.0.1:port/path`` with an allowed Origin; reads JSON text frames only when asked."""
+    """Opens ``ws://127.0.0.1:port/path`` (``wss://`` with ``tls``) with an allowed Origin; reads JSON text frames
+    only when asked."""
 
-    def __init__(self, port: int, path: str, *, receive_buffer: int | None = None, timeout: float = 30.0) -> None:
-        self.sock = socket.socket()
+    def __init__(self, port: int, path: str, *, receive_buffer: int | None = None, timeout: float = 30.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        sock = socket.socket()
         if receive_buffer is not None:  # before connecting, so the TCP window stays small
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+        self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        scheme = "http" if tls is None else "https"
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Origin: http://127.0.0.1:{port}\r\n\r\n").encode())
+                           f"Origin: {scheme}://127.0.0.1:{port}\r\n\r\n").encode())
         self.buffer = b""
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self._recv()
@@ -30,7 +35,10 @@ class RawWebSocket:
         assert head.startswith(b"HTTP/1.1 101"), head
 
     def _recv(self) -> bytes:
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except ssl.SSLError as exc:  # a TLS connection cut off mid-record
+            raise ConnectionError(f"TLS: {exc}") from exc
         if not data:
             raise ConnectionError("closed by the server")
         return data

@@ -4,15 +4,26 @@ Through ASGI every delivered message would cost, per browser, a coroutine
 chain, a WebSocket frame built by autobahn and a UTF-8 encode. Server frames
 are not masked, so one message's frame is the same bytes for every browser:
 when the ASGI ``send`` is daphne's (``Server.handle_reply`` bound to the
-connection's protocol), :func:`direct_writer` returns a :class:`DirectWriter`
-that writes those bytes to the protocol's Twisted transport, and the bridge
-encodes each frame once. Anything else (closing, other ASGI servers, the
+connection's protocol), :func:`direct_writer` returns a writer for the
+protocol's Twisted transport, and the bridge encodes each frame once:
+
+- on a plain TCP connection, a :class:`DirectWriter`, which sends the bytes
+  to the socket itself;
+- on a TLS connection (daphne listening on an ``ssl:`` endpoint), a
+  :class:`TLSWriter`, which hands them to Twisted's TLS layer: bytes written
+  to the socket beneath it would reach the browser unencrypted, which ends
+  the connection (``tlsv1 alert protocol version``).
+
+Anything else (closing, other ASGI servers, another kind of transport, the
 test communicator) goes through ASGI as usual.
 
-The writer also bounds what a browser may leave unread: Twisted buffers
-without limit, so a browser whose socket holds more than ``max_buffer``
-bytes unsent is a slow consumer and is cut off (it reconnects and catches up
-from history), as the broker does with TCP clients.
+Both writers also bound what a browser may leave unread: Twisted buffers
+without limit, so a browser whose connection holds more than ``max_buffer``
+bytes unsent (under TLS, encrypted bytes, and the cleartext the TLS layer
+holds back during a handshake) is a slow consumer and is cut off (it
+reconnects and catches up from history), as the broker does with TCP
+clients. Through ASGI ``send`` there is no such bound; the first browser on
+a transport the writers do not know says so in the log.
 
 On shutdown, daphne's reactor drops every connection without writing what
 it still holds, so a browser would see no close frame (code 1006) and could
@@ -21,8 +32,9 @@ bridge first, from a reactor shutdown trigger, and waits (at most
 :data:`CLOSE_HANDSHAKE_TIMEOUT`) for the browsers to answer their close frames.
 
 The fast path leans on internals: daphne's ``Server.handle_reply``,
-autobahn's state numbers, and Twisted's TCP transport buffer
-(``_tempDataLen``, ``dataBuffer``, ``offset``). :func:`fast_path_refusal`
+autobahn's state numbers, Twisted's TCP transport buffer (``_tempDataLen``,
+``dataBuffer``, ``offset``) and its TLS layer's (``_appSendBuffer``).
+:func:`fast_path_refusal`
 checks them, and the installed versions against :data:`WRITTEN_FOR`, once,
 when the first browser connects; if anything differs the bridge uses ASGI
 ``send`` for every browser and says why in one log line. A test fails when
@@ -46,8 +58,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from .bridge import Bridge
 
-__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "WRITTEN_FOR", "DirectWriter", "close_on_shutdown", "direct_writer",
-           "fast_path_refusal"]
+__all__ = ["CLOSE_HANDSHAKE_TIMEOUT", "WRITTEN_FOR", "DirectWriter", "TLSWriter", "close_on_shutdown",
+           "direct_writer", "fast_path_refusal", "is_tls"]
 
 logger = logging.getLogger("coremq.websocket")
 
@@ -103,6 +115,50 @@ class DirectWriter:
         self.transport.abortConnection()
 
 
+class TLSWriter:
+    """Writes whole WebSocket frames to one daphne connection over TLS, within a bound.
+
+    The frame goes to Twisted's TLS layer (``TLSMemoryBIOProtocol``), which
+    encrypts it into the TCP transport's buffer beneath. That buffer reaches
+    the socket only when the event loop comes round, after the bridge's whole
+    burst, so the bound is checked before each write: what both layers still
+    hold from earlier writes (bytes the socket did not take while the loop
+    ran) must be at most ``max_buffer``.
+    """
+
+    __slots__ = ("protocol", "tls", "tcp", "max_buffer")
+
+    def __init__(self, protocol: Any, max_buffer: int) -> None:
+        self.protocol = protocol
+        self.tls = protocol.transport
+        self.tcp = self.tls.transport
+        self.max_buffer = max_buffer
+
+    def write(self, frame: bytes) -> bool:
+        """Encrypt and queue ``frame``; False once the browser is a slow consumer."""
+        if self.protocol.state != _STATE_OPEN:
+            return True  # closing: daphne finishes that
+        tls, tcp = self.tls, self.tcp
+        behind = tcp._tempDataLen + len(tcp.dataBuffer) - tcp.offset
+        for held in tls._appSendBuffer:  # cleartext waiting for a TLS handshake to finish
+            behind += len(held)
+        if behind > self.max_buffer:
+            return False
+        tls.write(frame)
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding what it has not read."""
+        self.tls.abortConnection()
+
+
+def is_tls(send: Callable[..., Any]) -> bool:
+    """Whether ``send`` is daphne's own for a connection over TLS (daphne's WebSocket scope does not say)."""
+    protocol = _protocol(send)
+    interfaces = sys.modules.get("twisted.internet.interfaces")
+    return protocol is not None and interfaces is not None and interfaces.ISSLTransport.providedBy(protocol.transport)
+
+
 def _protocol(send: Callable[..., Any]) -> Any:
     """daphne's ``WebSocketProtocol`` behind ``send`` when ``send`` is daphne's own, else None."""
     if not isinstance(send, functools.partial) or len(send.args) != 1:
@@ -116,19 +172,38 @@ def _protocol(send: Callable[..., Any]) -> Any:
     return protocol
 
 
-def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | None:
-    """A :class:`DirectWriter` when ``send`` is daphne's own and its internals are the known ones, else None (ASGI)."""
+def direct_writer(send: Callable[..., Any], max_buffer: int) -> DirectWriter | TLSWriter | None:
+    """A writer for daphne's connection behind ``send``: :class:`DirectWriter` on plain TCP, :class:`TLSWriter`
+    over TLS; None (ASGI ``send``) when ``send`` is not daphne's, or the internals or the transport are not the
+    known ones."""
     protocol = _protocol(send)
     if protocol is None or _refused():
         return None
     transport = protocol.transport
-    if getattr(transport, "TLS", True) or not all(hasattr(transport, name) for name in _TRANSPORT_ATTRIBUTES):
-        return None  # TLS, or not the Twisted TCP transport this was written for: ASGI still works
-    return DirectWriter(protocol, max_buffer)
+    tcp = sys.modules.get("twisted.internet.tcp")
+    tls = sys.modules.get("twisted.protocols.tls")
+    # Types, not attributes: the TLS layer hands every attribute it lacks on to the TCP
+    # connection beneath it, so a TLS connection has a socket, a dataBuffer and TLS = False.
+    if tcp is not None and isinstance(transport, tcp.Connection) and not is_tls(send):
+        return DirectWriter(protocol, max_buffer)
+    if (tls is not None and tcp is not None and isinstance(transport, tls.TLSMemoryBIOProtocol)
+            and isinstance(transport.transport, tcp.Connection) and not transport.transport.TLS):
+        return TLSWriter(protocol, max_buffer)
+    _unknown_transport(type(transport).__module__ + "." + type(transport).__qualname__)
+    return None
 
 
-#: What :class:`DirectWriter` uses of a ``twisted.internet.tcp`` connection.
+@functools.cache
+def _unknown_transport(kind: str) -> None:
+    """Say once per kind of transport that its browsers go through ASGI ``send``, without the bound."""
+    logger.warning("WebSocket fast path off for %s connections: browsers on them are written to through ASGI send, "
+                   "without the slow-consumer bound", kind)
+
+
+#: What :class:`DirectWriter` uses of a ``twisted.internet.tcp`` connection (:class:`TLSWriter` the buffer's three).
 _TRANSPORT_ATTRIBUTES = ("socket", "write", "abortConnection", "disconnecting", "_tempDataLen", "dataBuffer", "offset")
+#: What :class:`TLSWriter` uses of ``twisted.protocols.tls.TLSMemoryBIOProtocol``.
+_TLS_ATTRIBUTES = ("transport", "write", "abortConnection", "_appSendBuffer")
 
 
 def fast_path_refusal(versions: dict[str, str] | None = None) -> str | None:
@@ -156,6 +231,17 @@ def fast_path_refusal(versions: dict[str, str] | None = None) -> str | None:
     missing = [name for name in _TRANSPORT_ATTRIBUTES if not hasattr(tcp.Connection, name) and name not in source]
     if missing:
         return f"Twisted's TCP transport has no {', '.join(missing)}"
+    try:
+        from twisted.internet.interfaces import ISSLTransport
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+    except ImportError:  # no pyOpenSSL: daphne serves no TLS, so TLSWriter is never used
+        return None
+    source = inspect.getsource(TLSMemoryBIOProtocol)
+    missing = [name for name in _TLS_ATTRIBUTES if not hasattr(TLSMemoryBIOProtocol, name) and name not in source]
+    if missing:
+        return f"Twisted's TLS transport has no {', '.join(missing)}"
+    if not ISSLTransport.implementedBy(TLSMemoryBIOProtocol):
+        return "Twisted's TLS transport is no ISSLTransport"
     return None
 
 

@@ -6,7 +6,9 @@ page elsewhere must not get a socket that acts as the logged-in user. The
 check is Django's CSRF origin check, on the handshake:
 
 - the ``Origin`` must be the request's own origin: ``https`` when the socket
-  is ``wss`` (or ``SECURE_PROXY_SSL_HEADER`` says so behind a proxy), else
+  is ``wss`` (the scope's ``scheme``; daphne gives none, so a connection to
+  daphne's own TLS endpoint is told by its transport, see :func:`.daphne.is_tls`)
+  or ``SECURE_PROXY_SSL_HEADER`` says so behind a proxy, else
   ``http``, then the ``Host`` header (``X-Forwarded-Host`` with
   ``USE_X_FORWARDED_HOST``), which must be in ``ALLOWED_HOSTS``; scheme, host
   and port all count (``http://example.com:8000`` is not
@@ -31,6 +33,8 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import is_same_domain, split_domain_port, validate_host
 
+from .daphne import is_tls
+
 __all__ = ["SameOriginValidator", "origin_allowed"]
 
 logger = logging.getLogger("coremq.websocket")
@@ -47,6 +51,8 @@ class SameOriginValidator:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         if scope["type"] != "websocket":
             raise ValueError("SameOriginValidator guards WebSocket connections only")
+        if "scheme" not in scope and is_tls(send):
+            scope = {**scope, "scheme": "wss"}  # daphne over TLS: the ASGI scheme it leaves out
         if origin_allowed(scope):
             return await self.application(scope, receive, send)
         headers = dict(scope.get("headers") or ())
