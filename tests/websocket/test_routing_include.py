@@ -21,6 +21,7 @@ class Echo(AsyncWebsocketConsumer):
         await self.send(text_data=f"echo: {text_data}")
 
 
+@pytest.mark.django_db(transaction=True)  # Channels' consumers close stale database connections on each frame
 async def test_own_routes_and_coremq_in_one_application(in_process_broker) -> None:
     """websocket_application(websocket_urlpatterns + yours) serves both: CoreMQ's welcome and the project's echo."""
     application = websocket_application(websocket_urlpatterns + [path("ws/echo/", Echo.as_asgi())])
