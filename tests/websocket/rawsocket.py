@@ -50,17 +50,22 @@ class RawWebSocket:
         return data
 
     def receive(self) -> dict[str, Any]:
-        """The next text frame's JSON; ConnectionError when the server closed or dropped the connection."""
-        first, second = self._take(2)
-        length = second & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", self._take(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self._take(8))[0]
-        payload = self._take(length)
-        if first & 0x0F == 0x8:
-            raise ConnectionError(f"close frame {payload[:2].hex()}")
-        return json.loads(payload)
+        """The next text frame's JSON; ConnectionError when the server closed or dropped the connection.
+
+        daphne's pings (every 20 s) are skipped, unanswered.
+        """
+        while True:
+            first, second = self._take(2)
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._take(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._take(8))[0]
+            payload = self._take(length)
+            if first & 0x0F == 0x8:
+                raise ConnectionError(f"close frame {payload[:2].hex()}")
+            if first & 0x0F not in (0x9, 0xA):
+                return json.loads(payload)
 
     def receive_type(self, kind: str) -> dict[str, Any]:
         while True:
