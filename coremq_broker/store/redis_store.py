@@ -7,7 +7,7 @@ worker thread (:class:`~coremq_broker.transports.memcached.MemcachedServer`),
 the control requests in the loop's executor. With the prefix ``P`` (the
 cluster's ``KEY_PREFIX``, ``coremq:`` by default)::
 
-    P s:<key>:i     hash    v: value, f: flags, c: cas        a Redis expiry for the item's
+    P s:<key>:i     hash    v: value, f: flags, c: cas, h: fetched since stored    a Redis expiry for the item's
     P s:cas         string  the last cas given (INCR)
 
 Each change is one Lua script (or a WATCH transaction for ``incr``, whose
@@ -58,6 +58,7 @@ if expires == -1 then
   redis.call('DEL', KEYS[1])
   return {'STORED', cas}
 end
+redis.call('HDEL', KEYS[1], 'h')
 redis.call('HSET', KEYS[1], 'v', value, 'f', flags, 'c', cas)
 if not keep then
   if expires > 0 then redis.call('PEXPIREAT', KEYS[1], expires) else redis.call('PERSIST', KEYS[1]) end
@@ -65,16 +66,22 @@ end
 return {'STORED', cas}
 """
 
-# KEYS: item. ARGV: touch ("" none; else expires in ms, 0 never, -1 already past). Returns {v, f, c, expires ms} or nil.
+# KEYS: item. ARGV: touch ("" none; else expires in ms, 0 never, -1 already past), "1" to count as a fetch.
+# Returns {v, f, c, expires ms (-1 never, 1000 past), fetched before ("1" or "0")} or nil.
 GET_SCRIPT = """
-local item = redis.call('HMGET', KEYS[1], 'v', 'f', 'c')
+local item = redis.call('HMGET', KEYS[1], 'v', 'f', 'c', 'h')
 if item[1] == false then return false end
+local fetched = item[4] or '0'
+if ARGV[2] == '1' and fetched ~= '1' then redis.call('HSET', KEYS[1], 'h', '1') end
 if ARGV[1] ~= '' then
   local expires = tonumber(ARGV[1])
-  if expires == -1 then redis.call('DEL', KEYS[1]); return false end
+  if expires == -1 then
+    redis.call('DEL', KEYS[1])
+    return {item[1], item[2], item[3], 1000, fetched}
+  end
   if expires > 0 then redis.call('PEXPIREAT', KEYS[1], expires) else redis.call('PERSIST', KEYS[1]) end
 end
-return {item[1], item[2], item[3], redis.call('PEXPIRETIME', KEYS[1])}
+return {item[1], item[2], item[3], redis.call('PEXPIRETIME', KEYS[1]), fetched}
 """
 
 
@@ -156,17 +163,19 @@ class RedisStore:
     def _item(self, found: Any) -> Item | None:
         if not found:
             return None
-        value, flags, cas, expires = found
-        return Item(value, int(flags), expires / 1000 if expires > 0 else 0.0, int(cas), self.clock())
+        value, flags, cas, expires, fetched = found
+        item = Item(value, int(flags), expires / 1000 if expires > 0 else 0.0, int(cas), self.clock())
+        item.fetched = fetched == b"1"
+        return item
 
     def peek(self, key: bytes, now: float | None = None) -> Item | None:
-        return self._item(self._call(self._get_script, keys=[self.key(key)], args=[""]))
+        return self._item(self._call(self._get_script, keys=[self.key(key)], args=["", "0"]))
 
     def get(self, key: bytes, touch: int | None = None) -> Item | None:
         stats = self.stats
         stats["cmd_get"] += 1
         argument = "" if touch is None else self._expires_ms(touch)
-        item = self._item(self._call(self._get_script, keys=[self.key(key)], args=[argument]))
+        item = self._item(self._call(self._get_script, keys=[self.key(key)], args=[argument, "1"]))
         if touch is not None:
             stats["cmd_touch"] += 1
             stats["touch_hits" if item is not None else "touch_misses"] += 1
@@ -239,6 +248,7 @@ class RedisStore:
                     cas = pipe.incr(self.cas_key)  # not watched: a retry only skips a cas id
                     pipe.multi()
                     pipe.hset(redis_key, mapping={"v": digits, "c": cas})
+                    pipe.hdel(redis_key, "h")
                     pipe.execute()
                     break
             except WatchError:
@@ -253,9 +263,12 @@ class RedisStore:
         return number
 
     def touch(self, key: bytes, exptime: int) -> bool:
-        item = self.get(key, touch=exptime)
-        self.stats["cmd_get"] -= 1  # a touch is no retrieval
-        self.stats["get_hits" if item is not None else "get_misses"] -= 1
+        """Give the item a new expiry (not a fetch); False if there is none."""
+        item = self._item(self._call(self._get_script, keys=[self.key(key)], args=[self._expires_ms(exptime), "0"]))
+        self.stats["cmd_touch"] += 1
+        self.stats["touch_hits" if item is not None else "touch_misses"] += 1
+        if item is not None and self.watch is not None:
+            self.watch("touch", key, item)
         return item is not None
 
     def delete(self, key: bytes, count: bool = True) -> bool:

@@ -17,12 +17,15 @@ from pymemcache.exceptions import MemcacheServerError
 from brokers import BrokerThread
 from coremq_broker.core.config import BrokerConfig
 from coremq_broker.store.config import StoreConfig
+from coremq_broker.store.redis_store import RedisStore
 from coremq_broker.store.requests import StoreRequests
 from coremq_broker.transports.memcached import MemcachedService
 from coremq_client.errors import ServerError
 from coremq_client.sync_client import MessageQueue
+from memcached_peers import StoreServerThread, exchange
 from redis_servers import RedisServer, redis_server  # noqa: F401  (the fixture)
 from servers import ServerProcess
+from test_differential import CASES, _normalise
 
 pytestmark = pytest.mark.timeout(180)
 CLUSTER_TESTS = Path(__file__).resolve().parent.parent / "cluster"
@@ -73,7 +76,7 @@ def test_a_key_set_on_one_node_is_read_on_the_other(two_nodes):
     assert a.memcached.gets("k")[0] == b"v2"
     with a.client() as mq:
         assert mq.store_get("k").flags == 9
-    assert redis_server.client().hgetall(b"test:s:k:i") | {b"c": b"0"} == {b"v": b"v2", b"f": b"9", b"c": b"0"}
+    assert redis_server.client().hmget(b"test:s:k:i", "v", "f") == [b"v2", b"9"]
     assert b.memcached.append("k", b"+") and a.memcached.prepend("k", b"-")
     assert b.memcached.get("k") == b"-v2+"
     assert a.memcached.delete("k") is True
@@ -175,6 +178,18 @@ def test_flush_all_and_watch_on_the_node_that_made_the_change(two_nodes):
         assert (change["event"], change["value"]) == ("incr", "3")
     assert b.memcached.flush_all() is True
     assert a.memcached.get_many(["f1", "f2", "w"]) == {}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_differential_cases_with_the_keys_in_redis(name, memcached, redis_server):  # noqa: F811
+    """The differential sequences answer as memcached does with the store in Redis too."""
+    store = StoreServerThread(RedisStore(redis_server.url, "diff:"))
+    try:
+        expected = exchange(memcached.port, [CASES[name]])
+        assert _normalise(exchange(store.port, [CASES[name]])) == _normalise(expected)
+    finally:
+        store.stop()
+        store.store.close()
 
 
 def test_redis_unreachable_answers_store_unavailable(redis_server):  # noqa: F811
