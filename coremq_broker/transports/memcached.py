@@ -16,6 +16,7 @@ decr touch flush_all stats version verbosity quit`` and the meta commands
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import re
@@ -106,6 +107,11 @@ def _uint64(token: bytes) -> int | None:
     """``safe_strtoull``: deltas and CAS ids."""
     value = _strtoll(token)
     return None if value is None or value < 0 else value
+
+
+def _key_echo(tokens: list[bytes], key: bytes, binary: bool) -> bytes:
+    """The ``k`` of a meta reply: the key as sent, or a base64 key re-encoded from what it decoded to."""
+    return b"k" + base64.b64encode(key) + b" b" if binary else b"k" + tokens[1]
 
 
 _MD_NUMBERS = {67: _uint64, 84: _int32}  # C, T
@@ -482,7 +488,7 @@ class MemcachedSession:
     def _meta_key(self, tokens: list[bytes], allowed: frozenset[int], invalid: bytes = BAD_FLAG,
                   duplicate: bytes = DUPLICATE_FLAG,
                   numbers: dict[int, Callable[[bytes], int | None]] | None = None,
-                  ) -> tuple[bytes, dict[int, bytes]] | bytes:
+                  bad_key: bytes = BAD_KEY_ENCODING) -> tuple[bytes, dict[int, bytes]] | bytes:
         """The key and the flags (first byte -> the rest of the token) of a meta command, or the error reply.
 
         As memcached: a key token over 250 bytes (base64 or not) is refused first; then the first
@@ -504,24 +510,19 @@ class MemcachedSession:
         if 98 in flags:  # b: the key is base64
             key = _base64_key(key)  # type: ignore[assignment]
             if key is None:
-                return BAD_KEY_ENCODING
+                return bad_key
         if len(key) > KEY_MAX_LENGTH:
             return BAD_FORMAT
         return key, flags
 
     @staticmethod
-    def _echo(tokens: list[bytes], only: bytes = b"Ok") -> list[bytes]:
-        """The flags a reply repeats from the request (opaque, key), in the request's order.
-
-        A base64 key (flag ``b``) is echoed as sent, followed by `` b``, as memcached does.
-        """
+    def _echo(tokens: list[bytes], key: bytes, only: bytes = b"Ok") -> list[bytes]:
+        """The flags a reply repeats from the request (opaque, key), in the request's order."""
         parts = []
         for token in tokens[2:]:
             if token[0] in only:
-                if token[0] == 79:
-                    parts.append(token)
-                else:
-                    parts.append(b"k" + tokens[1] + (b" b" if any(t[0] == 98 for t in tokens[2:]) else b""))
+                binary = any(t[0] == 98 for t in tokens[2:])
+                parts.append(token if token[0] == 79 else _key_echo(tokens, key, binary))
         return parts
 
     def _mg(self, tokens: list[bytes], ntokens: int) -> bytes:
@@ -542,7 +543,7 @@ class MemcachedSession:
         if item is None:
             if 113 in flags:  # q: a miss says nothing
                 return b""
-            return b" ".join([b"EN", *self._echo(tokens)]) + b"\r\n"
+            return b" ".join([b"EN", *self._echo(tokens, key)]) + b"\r\n"
         now = time.time()
         parts: list[bytes] = []
         for token in tokens[2:]:
@@ -590,24 +591,26 @@ class MemcachedSession:
             if key is None:
                 error = BAD_KEY_ENCODING
         mode, client_flags, exptime, cas = "set", 0, 0, 0
-        if error is None and 77 in flags:
-            mode = _MS_MODES.get(flags[77][:1])
-            if mode is None or len(flags[77]) != 1:
-                error = b"CLIENT_ERROR invalid mode for ms M token\r\n"
+        # memcached reads T and C first (in the request's order), then F, then M
+        for token in tokens[3:] if error is None else ():
+            if token[0] == 84:
+                exptime = _int32(token[1:])
+                error = BAD_TOKEN if exptime is None else None
+            elif token[0] == 67:
+                cas = _uint64(token[1:])
+                error = BAD_TOKEN if cas is None else None
+            if error is not None:
+                break
         if error is None and 70 in flags:
             client_flags = _uint32(flags[70])
             if client_flags is None:
                 error = BAD_FORMAT
-        if error is None and 84 in flags:
-            exptime = _int32(flags[84])
-            if exptime is None:
-                error = BAD_TOKEN
-        if error is None and 67 in flags:
-            cas = _uint64(flags[67])
-            if cas is None:
-                error = BAD_TOKEN
-            elif mode == "set":
-                mode = "cas"
+        if error is None and 77 in flags:
+            mode = _MS_MODES.get(flags[77][:1])
+            if mode is None or len(flags[77]) != 1:
+                error = b"CLIENT_ERROR invalid mode for ms M token\r\n"
+        if error is None and 67 in flags and mode == "set":
+            mode = "cas"
         if error is None and not self.store.fits(key, length):
             error = TOO_LARGE_REPLY
             self.store.refuse_too_large(mode, key)  # type: ignore[arg-type]
@@ -636,7 +639,7 @@ class MemcachedSession:
             if flag == 79:
                 parts.append(token)
             elif flag == 107:
-                parts.append(b"k" + tokens[1] + (b" b" if 98 in flags else b""))
+                parts.append(_key_echo(tokens, key, 98 in flags))
             elif flag == 99 and item is not None:
                 parts.append(b"c%d" % item.cas)
         out.append(b" ".join(parts) + b"\r\n")
@@ -644,7 +647,8 @@ class MemcachedSession:
     def _md(self, tokens: list[bytes], ntokens: int) -> bytes:
         if ntokens < 3:
             return ERROR
-        parsed = self._meta_key(tokens, _MD_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG, _MD_NUMBERS)
+        parsed = self._meta_key(tokens, _MD_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG, _MD_NUMBERS,
+                                BAD_OR_DUPLICATE_FLAG)
         if isinstance(parsed, bytes):
             return parsed
         key, flags = parsed
@@ -658,12 +662,13 @@ class MemcachedSession:
             if 113 in flags:
                 return b""
             code = b"HD"
-        return b" ".join([code, *self._echo(tokens)]) + b"\r\n"
+        return b" ".join([code, *self._echo(tokens, key)]) + b"\r\n"
 
     def _ma(self, tokens: list[bytes], ntokens: int) -> bytes:
         if ntokens < 3:
             return ERROR
-        parsed = self._meta_key(tokens, _MA_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG, _MA_NUMBERS)
+        parsed = self._meta_key(tokens, _MA_FLAGS, BAD_OR_DUPLICATE_FLAG, BAD_OR_DUPLICATE_FLAG, _MA_NUMBERS,
+                                BAD_OR_DUPLICATE_FLAG)
         if isinstance(parsed, bytes):
             return parsed
         key, flags = parsed
@@ -691,11 +696,11 @@ class MemcachedSession:
         if item is None:
             if vivify is None:
                 store.delta(key, delta, incr)  # counted as a miss
-                return b" ".join([b"NF", *self._echo(tokens)]) + b"\r\n"
+                return b" ".join([b"NF", *self._echo(tokens, key)]) + b"\r\n"
             store.store("add", key, b"%d" % initial, 0, vivify)
             number = initial
         elif 67 in flags and _uint64(flags[67]) != item.cas:
-            return b" ".join([b"EX", *self._echo(tokens)]) + b"\r\n"
+            return b" ".join([b"EX", *self._echo(tokens, key)]) + b"\r\n"
         else:
             result = store.delta(key, delta, incr)
             if result == NON_NUMERIC:
@@ -713,7 +718,7 @@ class MemcachedSession:
             if flag == 79:
                 parts.append(token)
             elif flag == 107:
-                parts.append(b"k" + tokens[1] + (b" b" if 98 in flags else b""))
+                parts.append(_key_echo(tokens, key, 98 in flags))
             elif flag == 99:
                 parts.append(b"c%d" % item.cas)
             elif flag == 116:
@@ -956,9 +961,8 @@ class MemcachedService:
         return cls._running
 
     def attach(self, broker: Any) -> Callable[[], None]:
-        watch = self.store.watch
-        if getattr(self.store, "blocking", False) and watch is not None:  # changes made in worker threads
-            self.store.watch = lambda event, key, item: broker.loop.call_soon_threadsafe(watch, event, key, item)
+        if getattr(self.store, "blocking", False) and self.store.watch is not None:
+            self.store.watch = self._cluster_watch(broker, self.store.watch)
         try:
             host, port = self.server.bind(broker.host, self.port)
         except OSError:
@@ -974,6 +978,31 @@ class MemcachedService:
         if self.announce is not None:
             self.announce("memcached", host, port)
         return self.stop
+
+    def _cluster_watch(self, broker: Any, watch: Callable[..., None]) -> Callable[..., None]:
+        """The watch of a store in Redis: changes are made in worker threads and published on the loop;
+        a key whose queue this node does not hold is published when subscribers on another node listen."""
+        prefix, store = self.config.memcached_watch_prefix, self.store
+
+        def publish(event: str, key: bytes, item: Any, queue: str | None) -> None:
+            if queue is not None and queue not in broker.registry.queues:
+                try:
+                    broker.registry.queue(queue)
+                except Exception:  # a bound (MAX_QUEUES): this change is not published
+                    logger.warning("store watch: queue %r not made for a change", queue)
+                    return
+            watch(event, key, item)
+
+        def threadsafe(event: str, key: bytes, item: Any) -> None:
+            try:
+                queue: str | None = prefix + key.decode("utf-8")
+            except UnicodeDecodeError:
+                return
+            if queue in broker.registry.queues or not store.listened(queue):
+                queue = None
+            broker.loop.call_soon_threadsafe(publish, event, key, item, queue)
+
+        return threadsafe
 
     def stop(self) -> None:
         self.server.close()
