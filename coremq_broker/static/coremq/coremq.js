@@ -9,6 +9,11 @@
  *   mq.on("gap", ({ queue, from, to }) => ...);   // messages that could not be recovered
  *   mq.on("revoked", ({ code, error }) => ...);    // credentials revoked or refused: closed for good
  *
+ * Given a list of URLs (several web processes or nodes of one broker), it
+ * connects to the first and, after each failed attempt or lost connection,
+ * to the next one (the first after the last):
+ *   const mq = new CoreMQ(["wss://a.example/ws/coremq/", "wss://b.example/ws/coremq/"]);
+ *
  * It reconnects by itself (exponential backoff with jitter), subscribes again,
  * and fetches from history what it missed meanwhile, per queue, from the last
  * message id it saw: a page that loses its connection for a moment misses
@@ -42,11 +47,17 @@
 
   class CoreMQ {
     /**
-     * @param {string} url  the endpoint, absolute (ws://, wss://, http(s)://) or relative to the page
+     * @param {string|string[]} url  the endpoint, absolute (ws://, wss://, http(s)://) or relative to the
+     *   page; or a non-empty list of them, tried in turn
      * @param {object} options  see DEFAULTS
      */
     constructor(url = "/ws/coremq/", options = {}) {
-      this.url = toWebSocketUrl(url);
+      const urls = Array.isArray(url) ? url : [url];
+      if (urls.length === 0) throw new TypeError("CoreMQ needs at least one URL");
+      /** Every endpoint, in the order they are tried. */
+      this.urls = urls.map(toWebSocketUrl);
+      /** The endpoint of the current (or next) connection. */
+      this.url = this.urls[0];
       this.options = Object.assign({}, DEFAULTS, options);
       /** "connecting", "open", "reconnecting" or "closed" */
       this.state = "connecting";
@@ -206,6 +217,7 @@
       const step = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** this._attempt);
       const delay = Math.round(step * (0.5 + Math.random() / 2));  // jitter: pages do not return in a herd
       this._attempt += 1;
+      this.url = this.urls[(this.urls.indexOf(this.url) + 1) % this.urls.length];  // the next endpoint
       this._setState("reconnecting");
       this._emit("reconnecting", { attempt: this._attempt, delay });
       clearTimeout(this._retryTimer);
