@@ -221,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .layer import main as layer_main
 
         return layer_main(argv[1:])
+    if argv[:1] == ["cluster"]:  # one node against two on one Redis
+        from .cluster import main as cluster_main
+
+        return cluster_main(argv[1:])
     if argv[:1] == ["store"]:  # the store's memcached protocol against memcached
         from .store import main as store_main
 
