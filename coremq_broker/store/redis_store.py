@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import redis
 from redis.exceptions import RedisError, WatchError
 
+from ..cluster.keys import Keys
 from ..core.control import RequestError
 from .store import (
     EXISTS, ITEM_OVERHEAD, MAX_U64, NON_NUMERIC, NOT_FOUND, NOT_STORED, STORED, TOO_LARGE, Item, Mode, Store,
@@ -128,6 +129,27 @@ class RedisStore:
         self._store_script = self.client.register_script(STORE_SCRIPT)
         self._get_script = self.client.register_script(GET_SCRIPT)
         self.stats = Store(0).stats  # the same counters as the local store, for this node
+        self._keys = Keys(prefix)
+        self._listened: dict[str, tuple[float, bool]] = {}
+
+    def listened(self, queue: str) -> bool:
+        """Whether subscribers on any node listen to ``queue`` (its cluster channel has subscribers).
+
+        Remembered for a second per queue: the watch asks it for each change of a key whose
+        queue this node does not hold.
+        """
+        now = time.monotonic()
+        known = self._listened.get(queue)
+        if known is not None and known[0] > now:
+            return known[1]
+        try:
+            listened = bool(self.client.pubsub_numsub(self._keys.queue_channel(queue))[0][1])
+        except RedisError:
+            listened = False
+        if len(self._listened) >= 10_000:
+            self._listened.clear()
+        self._listened[queue] = (now + 1.0, listened)
+        return listened
 
     def key(self, key: bytes) -> bytes:
         return self._p + key + b":i"

@@ -233,6 +233,18 @@ def test_two_run_coremq_nodes_share_the_store(redis_server, tmp_path):  # noqa: 
         _, cas = one.gets("shared")
         assert two.cas("shared", b"x", cas) is True
         assert one.cas("shared", b"y", cas) is False
+        with MessageQueue("127.0.0.1", second[2], queues=["coremq.store.watched"]) as watcher:
+            # Node one holds no such queue: the change made there reaches the subscriber on node two.
+            deadline = time.monotonic() + 10
+            while True:
+                one.set("watched", b"1")
+                delivered = watcher.get_message(timeout=0.5)
+                if delivered[0] is not None:
+                    break
+                assert time.monotonic() < deadline, "no change message from the other node"
+            assert (delivered[1]["event"], delivered[1]["value"]) == ("set", "1")
+            one.incr("watched", 1)
+            assert (watcher.get_message(timeout=5)[1]["value"]) == "2"
         one.close()
         two.close()
     finally:
