@@ -163,6 +163,10 @@ def test_expiry_is_a_redis_ttl(two_nodes):
         assert mq.store_touch("u", 50) is True
         assert 0 < redis.pttl(b"test:s:u:i") <= 50_000
     assert a.memcached.raw_command(b"gat 50 u", b"END\r\n") == b"VALUE u 0 1\r\n1\r\n"
+    a.memcached.set("soon", b"1", expire=10)
+    assert b.memcached.flush_all(delay=100) is True  # a delayed flush: each key expires then, or sooner
+    assert 10_000 < redis.pttl(b"test:s:u:i") <= 100_000
+    assert 0 < redis.pttl(b"test:s:soon:i") <= 10_000
 
 
 def test_flush_all_and_watch_on_the_node_that_made_the_change(two_nodes):
