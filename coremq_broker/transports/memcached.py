@@ -699,7 +699,7 @@ class MemcachedSession:
                 return b" ".join([b"NF", *self._echo(tokens, key)]) + b"\r\n"
             store.store("add", key, b"%d" % initial, 0, vivify)
             number = initial
-        elif 67 in flags and _uint64(flags[67]) != item.cas:
+        elif 67 in flags and _uint64(flags[67]) not in (0, item.cas):  # C0: no compare
             return b" ".join([b"EX", *self._echo(tokens, key)]) + b"\r\n"
         else:
             result = store.delta(key, delta, incr)

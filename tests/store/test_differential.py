@@ -98,7 +98,9 @@ CASES: dict[str, bytes] = {
     # invalid flag; ms checks T before F, C and M, and those in the request's order.
     "meta_echo_and_order": (b"ms a_b_c_d_ 1 b k\r\ny\r\nmd a_b_c_d_ b k\r\nma zz_zz b k\r\nmg zz_zz b k\r\n"
                             b"md zz_zz C1 b k\r\nmd k_ b\r\nma k_ b\r\nms m 3 FD T- O-1 q\r\n 12\r\n"
-                            b"ms m 3 C FS c\r\n 12\r\nms m 3 FI M-\r\nabc\r\nms m 3 M- FI\r\nabc\r\n"),
+                            b"ms m 3 C FS c\r\n 12\r\nms m 3 FI M-\r\nabc\r\nms m 3 M- FI\r\nabc\r\n"
+                            # ma's C0 compares nothing (md's and ms's do compare)
+                            b"set c0 0 0 2\r\n12\r\nma c0 C0 v\r\nmd c0 C0\r\nms c0 2 C0\r\n34\r\nmg c0 v\r\n"),
     # A space before the line's end is no token (memcached's tokenizer skips it).
     "trailing_space": (b"set ts 0 0 1 \r\n5\r\nget ts \r\nincr ts 1 \r\nincr ts \r\ndecr ts 1 noreply \r\n"
                        b"touch ts 100 \r\nmg ts v \r\nms ts 1 \r\n7\r\nma ts \r\nmd ts q \r\ndelete ts \r\n"
