@@ -123,3 +123,30 @@ def test_coremq_js_rotates_to_the_next_url_when_its_node_is_killed(web_nodes: tu
             assert errors == []
         finally:
             browser.close()
+
+
+def test_python_client_over_websocket_rotates_to_the_next_url(web_nodes: tuple[str, WebNode, WebNode]) -> None:
+    """``MessageQueue(servers=[ws URL, ws URL])``: the first node killed mid-stream, every message once, in order."""
+    _, first, second = web_nodes
+    subscriber = MessageQueue(servers=[first.url, second.url], queues=["stream"], timeout=10, backoff=0.05)
+    subscriber.connect()
+    sent: list[int] = []
+    failures: list[BaseException] = []
+    streamer = threading.Thread(target=stream, args=(second.port, sent, failures), daemon=True)
+    streamer.start()
+    got: list[tuple[int, int]] = []
+    try:
+        while len(got) < STREAM:
+            delivery = subscriber.receive(timeout=15)
+            assert delivery is not None, (len(got), len(sent), failures)
+            got.append((delivery.id, delivery.message["n"]))
+            if len(got) == 50:
+                first.kill()  # while the stream flows
+                assert len(sent) < STREAM
+        streamer.join(30)
+        assert failures == []
+        assert got == [(n + 1, n) for n in range(STREAM)]
+        assert subscriber.receive(timeout=0.3) is None and not subscriber.gaps
+        assert subscriber.address == second.url
+    finally:
+        subscriber.close()
