@@ -319,9 +319,13 @@ class FrameDeadline:
 
     def read(self, mid_frame: bool, progressed: Any) -> None:
         """After a read: ``mid_frame`` if input ends inside a frame, ``progressed`` if any frame completed."""
-        if progressed and self._first:
+        if self._first and (progressed or mid_frame):
+            # The welcome's deadline is met; frames have their own. A first frame still under way
+            # runs on the frame deadline from now, scarce connections or not.
             self._first = False
-            self.cancel()  # the welcome's deadline is met; frames have their own
+            self.cancel()
+            if not progressed:
+                self._started = None
         if mid_frame:
             if progressed or self._started is None:
                 self._started = self.loop.time()

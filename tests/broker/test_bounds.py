@@ -115,6 +115,19 @@ def test_partial_frame_held_past_the_deadline_is_closed_with_an_error():
         assert status(broker)["timeouts"] == 1
 
 
+def test_a_first_frame_left_half_sent_is_cut_at_the_frame_deadline():
+    """A first frame begun and never finished is a frame in progress: FRAME_TIMEOUT applies, not the welcome's rule."""
+    with running(frame_timeout=0.5, first_frame_timeout=60.0) as broker:
+        client = RawClient(broker.host, broker.port)
+        other = RawClient(broker.host, broker.port)
+        client.send_raw(b"+20 zer")  # connections are not scarce: a silent client would keep its place
+        frames = client.read_until_closed()
+        assert frames == [(client.id, {"response": "ERROR: timeout: frame not completed within 0.5 seconds",
+                                       "code": "timeout"})]
+        assert publish(other, "q", {"n": 1})["response"] == "OK: Message sent"
+        assert status(broker)["timeouts"] == 1
+
+
 def test_a_frame_trickled_byte_by_byte_is_cut_at_the_deadline():
     """Bytes that keep arriving do not extend a frame's deadline: a frame must be complete FRAME_TIMEOUT after it began."""
     with running(frame_timeout=0.5) as broker:
