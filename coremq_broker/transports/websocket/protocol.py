@@ -207,7 +207,7 @@ def _history(value: dict, ref: Ref, max_length: int) -> History:
         resolved[name] = after
     limit = value.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise _Refused(f"history limit must be a positive integer, not {_json(limit)}")
+        raise _Refused(f"history limit must be a positive integer, got {_json(limit)}")
     return History(resolved, ref, limit)
 
 
