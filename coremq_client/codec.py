@@ -49,6 +49,7 @@ __all__ = [
     "check_nesting",
     "encode_frame",
     "nesting_depth",
+    "shown",
     "split_address",
     "validate_queue_name",
 ]
@@ -94,6 +95,20 @@ def encode_frame(queue: str, body: bytes) -> bytes:
     return b"+%d %s %s" % (len(name) + 1 + len(body), name, body)
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error text shows it: JSON (bytes as the JSON string of their text), cut at ``limit``.
+
+    Error texts go to clients in any language: they never hold Python syntax.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = json.dumps(str(value), ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def validate_queue_name(name: object, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH) -> str:
     """Return ``name`` if it is a usable queue name, else raise :class:`InvalidQueueName`."""
     if not isinstance(name, str):
@@ -105,7 +120,7 @@ def validate_queue_name(name: object, max_length: int = DEFAULT_MAX_QUEUE_NAME_L
     bad = _NOT_IN_NAMES.search(name)
     if bad is not None:
         what = "whitespace" if bad[0].isspace() else "a control character" if bad[0] < "\ud800" else "a surrogate"
-        raise InvalidQueueName(f"queue name {name!r} contains {what}")
+        raise InvalidQueueName(f"queue name '{shown(name, 100)[1:-1]}' contains {what}")  # escaped as in JSON
     return name
 
 
@@ -280,7 +295,7 @@ class FrameParser:
         False means the header is not complete yet (more bytes may make it whole).
         """
         if data[pos] != 0x2B:  # "+"
-            self._fail(FrameHeaderError(f"frame must start with '+', got {data[pos:pos + 10]!r}"))
+            self._fail(FrameHeaderError(f"frame must start with '+', got {shown(data[pos:pos + 10])}"))
             return True
         space = data.find(b" ", pos + 1, pos + 2 + _MAX_LENGTH_DIGITS)
         if space < 0:
@@ -289,9 +304,9 @@ class FrameParser:
                 return True
             if data[pos + 1 : end].isdigit() or pos + 1 == end:
                 return False
-            self._fail(FrameHeaderError(f"frame length {data[pos + 1:end]!r} is not a decimal number"))
+            self._fail(FrameHeaderError(f"frame length {shown(data[pos + 1:end])} is not a decimal number"))
             return True
-        self._fail(FrameHeaderError(f"frame length {data[pos + 1:space]!r} is not a decimal number"))
+        self._fail(FrameHeaderError(f"frame length {shown(data[pos + 1:space])} is not a decimal number"))
         return True
 
 

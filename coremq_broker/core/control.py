@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from coremq_client import protocol as P
-from coremq_client.codec import encode_frame, validate_queue_name
+from coremq_client.codec import encode_frame, shown, validate_queue_name
 from coremq_client.errors import CoreMQError
 
 from .access import denial, peer_address, subscription_limit
@@ -75,7 +75,7 @@ class Control:
         if unknown:
             raise RequestError(f"unknown control key {unknown[0]!r}")
         if len(keys) != 1:
-            raise RequestError(f"a control request holds exactly one control key, got {sorted(keys)}")
+            raise RequestError(f"a control request holds exactly one control key, got {shown(sorted(keys))}")
         key = keys[0]
         value = message[key]
         if key == P.SUBSCRIBE:
@@ -177,12 +177,12 @@ class Control:
             names = self._queue_list(list(value), P.GETHISTORY)
             for name in names:
                 if since[name] is not None and (not isinstance(since[name], int) or isinstance(since[name], bool)):
-                    raise RequestError(f"history since must be an integer or null, got {since[name]!r}")
+                    raise RequestError(f"history since must be an integer or null, got {shown(since[name])}")
         else:
             names = self._queue_list(value, P.GETHISTORY)
             since = {}
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise RequestError(f"history limit must be a positive integer, got {limit!r}")
+            raise RequestError(f"history limit must be a positive integer, got {shown(limit)}")
         for name in names:
             self._check_private(connection, "history", name)
             self._check(connection, "history", name)

@@ -42,3 +42,21 @@ def test_tcp_error_reply_carries_its_code(broker, frame: bytes, code: str) -> No
 def test_server_error_has_the_code_of_its_text() -> None:
     assert ServerError("message too large: 9 bytes, limit is 8").code == "message_too_large"
     assert PermissionDenied("permission denied: subscribe q").code == "permission_denied"
+
+
+@pytest.mark.parametrize("frame, shown", [
+    (b"hello world", 'got "hello worl"'),
+    (b"+12x q {}", 'frame length "12x" is not a decimal number'),
+    (encode_frame("own", b'{"coremq_subscribe": ["a"], "coremq_unsubscribe": ["b"]}'), 'got ["coremq_subscribe"'),
+])
+def test_tcp_error_texts_show_values_as_json_not_python(broker, frame: bytes, shown: str) -> None:
+    """Error texts reach clients in any language: a value they quote is JSON, never a Python repr."""
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        parser = FrameParser()
+        welcome = _frames(sock, parser, 1)[0]
+        if frame.startswith(b"+") and b" own " in frame:
+            frame = encode_frame(welcome["connection_id"], frame.split(b" ", 2)[2])
+        sock.sendall(frame)
+        reply = _frames(sock, parser, 1)[0]
+    assert shown in reply["response"], reply
+    assert "b'" not in reply["response"] and "['" not in reply["response"]
