@@ -96,17 +96,22 @@ def encode_frame(queue: str, body: bytes) -> bytes:
 
 
 def shown(value: Any, limit: int = 60) -> str:
-    """``value`` as an error text shows it: JSON (bytes as the JSON string of their text), cut at ``limit``.
+    """``value`` as an error text shows it, cut at ``limit`` characters: never in Python syntax.
 
-    Error texts go to clients in any language: they never hold Python syntax.
+    A string (or bytes, as their text) in single quotes, its characters escaped
+    as in JSON: single quotes are how every CoreMQ error names a queue, an
+    option or a key (``unknown control key 'coremq_x'``); anything else as JSON.
     """
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", "replace")
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = json.dumps(str(value), ensure_ascii=False)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    if isinstance(value, str):
+        text = "'%s'" % json.dumps(value, ensure_ascii=False)[1:-1]
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            text = shown(str(value), limit)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def validate_queue_name(name: object, max_length: int = DEFAULT_MAX_QUEUE_NAME_LENGTH) -> str:
@@ -120,7 +125,7 @@ def validate_queue_name(name: object, max_length: int = DEFAULT_MAX_QUEUE_NAME_L
     bad = _NOT_IN_NAMES.search(name)
     if bad is not None:
         what = "whitespace" if bad[0].isspace() else "a control character" if bad[0] < "\ud800" else "a surrogate"
-        raise InvalidQueueName(f"queue name '{shown(name, 100)[1:-1]}' contains {what}")  # escaped as in JSON
+        raise InvalidQueueName(f"queue name {shown(name, 300)} contains {what}")
     return name
 
 

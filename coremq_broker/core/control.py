@@ -73,7 +73,7 @@ class Control:
         unknown = [key for key in message if key.startswith("coremq_") and key not in P.CONTROL_KEYS
                    and key not in extensions and key not in P.STAMP_KEYS and key not in (P.STRING, P.ARRAY)]
         if unknown:
-            raise RequestError(f"unknown control key {unknown[0]!r}")
+            raise RequestError(f"unknown control key {shown(unknown[0])}")
         if len(keys) != 1:
             raise RequestError(f"a control request holds exactly one control key, got {shown(sorted(keys))}")
         key = keys[0]
@@ -154,7 +154,7 @@ class Control:
             raise RequestError(f"{P.OPTIONS} takes an object")
         for name, option in value.items():
             if name in (P.OPTION_ECHO, P.OPTION_REPLY) and option is not None and not isinstance(option, bool):
-                raise RequestError(f"option {name!r} must be true, false or null")
+                raise RequestError(f"option {shown(name)} must be true, false or null")
         for name, option in value.items():
             if option is None:
                 connection.options.pop(name, None)
@@ -318,7 +318,7 @@ class Control:
         if action == "disconnect":
             target = self.registry.connections.get(value.get("connection"))  # type: ignore[arg-type]
             if target is None:
-                raise RequestError(f"no connection {value.get('connection')!r}")
+                raise RequestError(f"no connection {shown(value.get('connection'))}")
             logger.info("connection %s disconnected by %s", target.id, by)
             target.close("disconnected by an administrator")
             return {"response": "OK: Disconnected"}
@@ -329,7 +329,7 @@ class Control:
                 self.broker.engine.purge(queue)
                 recount(self.bounds, queue)
             return {"response": "OK: Purged", "purged": purged}
-        raise RequestError(f"unknown admin action {action!r}")
+        raise RequestError(f"unknown admin action {shown(action)}")
 
     def status(self, *, connections: bool = False, queues: bool = False, series: bool = False) -> dict[str, Any]:
         """The server's description, as a status request returns it.

@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from coremq_client import protocol as P
-from coremq_client.codec import NESTING_CHECK_FROM, check_nesting, validate_queue_name
+from coremq_client.codec import NESTING_CHECK_FROM, check_nesting, shown, validate_queue_name
 from coremq_client.errors import InvalidQueueName, MessageError
 
 from .control import RequestError
@@ -168,7 +168,7 @@ class Pipeline:
         queue = self._target(connection, name)
         limit = queue.settings.max_message_size
         if limit is not None and len(body) > limit:
-            raise RequestError(f"message too large: {len(body)} bytes, limit for queue {name!r} is {limit}")
+            raise RequestError(f"message too large: {len(body)} bytes, limit for queue {shown(name)} is {limit}")
         if stamps is None or not self._splice:
             body, stamps = self._encoded(P.wrap(message) if not isinstance(message, dict) else message,
                                          connection, now)
@@ -201,7 +201,7 @@ class Pipeline:
             if registry.is_closed_address(name) and not (elsewhere is not None and elsewhere(name)):
                 # A closed connection's id never becomes a public queue: what is sent there is lost.
                 registry.dead_letters += 1
-                raise RequestError(f"no such connection: message to {name!r} dropped")
+                raise RequestError(f"no such connection: message to {shown(name)} dropped")
             if registry.owner_of(name) != connection.id:
                 self.broker.check(connection, "publish", name)
             return registry.queue(name)

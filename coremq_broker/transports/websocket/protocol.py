@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
 from coremq_client import protocol as P
-from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, JSONCodec, check_nesting, validate_queue_name
+from coremq_client.codec import DEFAULT_MAX_QUEUE_NAME_LENGTH, JSONCodec, check_nesting, shown, validate_queue_name
 from coremq_client.error_codes import error_code
 from coremq_client.errors import InvalidQueueName, MessageError
 
@@ -231,13 +231,8 @@ def _valid_ref(ref: Any) -> bool:
 
 
 def _json(value: Any, limit: int = 40) -> str:
-    """``value`` for an error's text, never in Python syntax: a string in single quotes, anything else as JSON.
-
-    Cut at ``limit`` characters. Single quotes are how every CoreMQ error names
-    a queue, an option or a key (``unknown control key 'coremq_x'``).
-    """
-    text = f"'{value}'" if isinstance(value, str) else _CODEC.dumps(value).decode()
-    return text if len(text) <= limit else text[:limit] + "..."
+    """``value`` for an error's text (:func:`coremq_client.codec.shown`, cut shorter)."""
+    return shown(value, limit)
 
 
 def _queue_name(name: Any, max_length: int) -> str:
