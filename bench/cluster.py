@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .coremq_process import CoreMQProcess
-from .fanout import FanoutSettings, _Run, new_topic
+from .fanout import FanoutSettings, drive, new_topic
 from .latency import PERCENTILES, LatencySettings, _Probe
 from .measure import CpuMeter, percentile
 from .net import Link, close_links, new_event_loop, open_links
@@ -136,17 +136,7 @@ async def fanout(target: Nodes, subscribers: int, settings: FanoutSettings) -> d
         publisher = (await open_links(target.ports[0], [wire.publisher(0)], name="publisher",
                                       spread=wire.spread_sources))[0]
         links.append(publisher)
-        stream = wire.delivery_stream(topic)
-        verifiers = [wire.delivery_verifier(topic, stream) for _ in subs]
-        run = _Run(target, settings, SeqStream(wire.publish_frame(topic)), publisher, subs, verifiers,
-                   wire.publisher_verifier(subscribers), wire.acks)
-        for link, verifier in zip(subs, verifiers):
-            link.on_lost = run.lost
-            link.set_sink(run.subscriber_sink(verifier))
-        publisher.on_lost = run.lost
-        publisher.on_writable = run.pump
-        publisher.set_sink(run.publisher_sink)
-        await run.run()
+        run, verifiers = await drive(target, settings, topic, publisher, subs)
         seconds = run.t_delivered - run.t_start
         verified = all(v.count == run.published and v.error is None for v in verifiers)
         row.update(published=run.published, delivered=run.delivered, seconds=round(seconds, 4),

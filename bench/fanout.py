@@ -229,6 +229,27 @@ class _Run:
             timer.cancel()
 
 
+async def drive(target: Any, settings: FanoutSettings, topic: str, publisher: Link,
+                subs: list[Link]) -> tuple["_Run", list[Any]]:
+    """Publish on ``publisher`` at full speed, verify every delivery on ``subs``; the finished run and verifiers.
+
+    The links are open already (on one server or spread over several nodes).
+    """
+    wire = target.wire
+    delivery_stream = wire.delivery_stream(topic)
+    verifiers = [wire.delivery_verifier(topic, delivery_stream) for _ in subs]
+    run = _Run(target, settings, SeqStream(wire.publish_frame(topic)), publisher, subs, verifiers,
+               wire.publisher_verifier(len(subs)), wire.acks)
+    for link, verifier in zip(subs, verifiers):
+        link.on_lost = run.lost
+        link.set_sink(run.subscriber_sink(verifier))
+    publisher.on_lost = run.lost
+    publisher.on_writable = run.pump
+    publisher.set_sink(run.publisher_sink)
+    await run.run()
+    return run, verifiers
+
+
 async def fanout_run(target: Target, subscribers: int, settings: FanoutSettings) -> FanoutResult:
     """One verified fan-out run against ``target`` with ``subscribers`` subscribers."""
     result = FanoutResult(target.name, subscribers)
@@ -242,17 +263,7 @@ async def fanout_run(target: Target, subscribers: int, settings: FanoutSettings)
         publisher = (await open_links(target.port, [wire.publisher(0)], name=f"{target.label} publisher",
                                       spread=wire.spread_sources))[0]
         links.append(publisher)
-        delivery_stream = wire.delivery_stream(topic)
-        verifiers = [wire.delivery_verifier(topic, delivery_stream) for _ in subs]
-        run = _Run(target, settings, SeqStream(wire.publish_frame(topic)), publisher, subs, verifiers,
-                   wire.publisher_verifier(subscribers), wire.acks)
-        for link, verifier in zip(subs, verifiers):
-            link.on_lost = run.lost
-            link.set_sink(run.subscriber_sink(verifier))
-        publisher.on_lost = run.lost
-        publisher.on_writable = run.pump
-        publisher.set_sink(run.publisher_sink)
-        await run.run()
+        run, verifiers = await drive(target, settings, topic, publisher, subs)
         result.published = run.published
         result.delivered = run.delivered
         result.seconds = run.t_delivered - run.t_start
