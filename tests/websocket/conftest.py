@@ -138,11 +138,11 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def new_page(chromium: Any) -> Iterator[Callable[[str], Any]]:
-    """``new_page(url)``: a fresh tab (own context, so own storage) with the page's errors collected."""
+    """``new_page(url, **context_options)``: a fresh tab (own context, so own storage) with the page's errors collected."""
     contexts = []
 
-    def open_page(url: str) -> Any:
-        context = chromium.new_context(viewport={"width": 1240, "height": 860})
+    def open_page(url: str, **context_options: Any) -> Any:
+        context = chromium.new_context(viewport={"width": 1240, "height": 860}, **context_options)
         contexts.append(context)
         page = context.new_page()
         page.errors = []

@@ -8,7 +8,12 @@ import os
 import socket
 import ssl
 import struct
+import threading
 from typing import Any
+
+import pytest
+
+from coremq_client import MessageQueue
 
 
 class RawWebSocket:
@@ -75,3 +80,29 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def flood_stuck_and_reader(stuck: RawWebSocket, reader: RawWebSocket, port: int, messages: int, pad: str) -> int:
+    """Publish ``messages`` on queue ``flood`` over TCP at ``port``: ``reader`` must get every one, in order,
+    while ``stuck`` (which never reads) is cut off; return how many ``stuck`` still received before the cut.
+    """
+    received: list[int] = []
+
+    def read_all() -> None:
+        while len(received) < messages:
+            received.append(reader.receive_type("message")["message"]["n"])
+
+    thread = threading.Thread(target=read_all, daemon=True)
+    thread.start()
+    with MessageQueue("127.0.0.1", port) as client:
+        for n in range(messages):
+            client.publish("flood", {"n": n, "pad": pad})
+    thread.join(60)
+    assert received == list(range(messages))
+    got = 0
+    with pytest.raises(ConnectionError):
+        while True:
+            stuck.receive_type("message")
+            got += 1
+    assert got < messages
+    return got

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-from coremq_client import MessageQueue
-
 from webservers import Servers, free_port
-from rawsocket import RawWebSocket
+from rawsocket import RawWebSocket, flood_stuck_and_reader
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,24 +21,5 @@ def test_a_browser_that_does_not_read_is_cut_off(servers: Servers) -> None:
     stuck.receive_type("subscribed")
     reader = RawWebSocket(web_port, "/ws/coremq/?queues=flood")
     reader.receive_type("subscribed")
-    received: list[int] = []
-
-    def read_all() -> None:
-        while len(received) < MESSAGES:
-            received.append(reader.receive_type("message")["message"]["n"])
-
-    thread = threading.Thread(target=read_all, daemon=True)
-    thread.start()
-    with MessageQueue("127.0.0.1", port) as client:
-        for n in range(MESSAGES):
-            client.publish("flood", {"n": n, "pad": PAD})
-    thread.join(60)
-    assert received == list(range(MESSAGES))
-
-    got = 0
-    with pytest.raises(ConnectionError):
-        while True:
-            stuck.receive_type("message")
-            got += 1
-    assert got < MESSAGES
+    flood_stuck_and_reader(stuck, reader, port, MESSAGES, PAD)
     assert "slow consumer" in "".join(server.output)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -23,7 +22,7 @@ from websockets.sync.client import connect
 from coremq_client import MessageQueue
 
 from pages import CLIENT
-from rawsocket import RawWebSocket
+from rawsocket import RawWebSocket, flood_stuck_and_reader
 from webservers import Server, Servers, free_port
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "client"))  # selfsigned
@@ -123,26 +122,7 @@ def test_a_browser_that_does_not_read_over_wss_is_cut_off(servers: Servers, tmp_
     stuck.receive_type("subscribed")
     reader = RawWebSocket(site.web_port, "/ws/coremq/?queues=flood", tls=site.client_tls)
     reader.receive_type("subscribed")
-    received: list[int] = []
-
-    def read_all() -> None:
-        while len(received) < MESSAGES:
-            received.append(reader.receive_type("message")["message"]["n"])
-
-    thread = threading.Thread(target=read_all, daemon=True)
-    thread.start()
-    with MessageQueue("127.0.0.1", site.port) as client:
-        for n in range(MESSAGES):
-            client.publish("flood", {"n": n, "pad": PAD})
-    thread.join(60)
-    assert received == list(range(MESSAGES))
-
-    got = 0
-    with pytest.raises(ConnectionError):
-        while True:
-            stuck.receive_type("message")
-            got += 1
-    assert got < MESSAGES
+    flood_stuck_and_reader(stuck, reader, site.port, MESSAGES, PAD)
     assert "slow consumer" in site.output()
     assert "SSL error" not in site.output()
 
@@ -160,28 +140,9 @@ _RECORD_URLS = """() => {
 }"""
 
 
-@pytest.fixture
-def https_page(chromium: Any) -> Iterator[Any]:
-    """``https_page(url)``: a Chromium tab that accepts the test's self-signed certificate."""
-    contexts = []
-
-    def open_page(url: str) -> Any:
-        context = chromium.new_context(ignore_https_errors=True)
-        contexts.append(context)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda error: page.errors.append(str(error)))
-        page.goto(url)
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
-
-
-def test_coremq_js_in_chromium_over_https_and_wss(site: TLSSite, https_page: Any) -> None:
+def test_coremq_js_in_chromium_over_https_and_wss(site: TLSSite, new_page: Any) -> None:
     """A page served over https opens /ws/coremq/ as wss (relative URL), gets messages and publishes."""
-    page = https_page(f"{site.origin}/static/coremq/coremq.js")
+    page = new_page(f"{site.origin}/static/coremq/coremq.js", ignore_https_errors=True)  # the self-signed certificate
     page.add_script_tag(url="/static/coremq/coremq.js")
     page.evaluate(_RECORD_URLS)
     page.evaluate(CLIENT, "/ws/coremq/")
