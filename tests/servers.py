@@ -7,6 +7,7 @@ processes.
 from __future__ import annotations
 
 import queue
+import sys
 import signal
 import subprocess
 import threading
@@ -18,6 +19,12 @@ import pytest
 __all__ = ["ROOT", "ServerProcess"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def migrate(env: dict[str, str]) -> None:
+    """Create the project's tables in the database ``env`` names (``COREMQ_DATABASE``), quietly."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=120)
 
 
 class ServerProcess:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "websocket"))  # th
 
 from coremq_client import AsyncMessageQueue, AuthenticationFailed, LocalUsageError, MessageQueue  # noqa: E402
 from tabs import issue_token  # noqa: E402
-from webservers import ROOT, Servers, free_port  # noqa: E402
+from webservers import Servers, free_port  # noqa: E402
+from servers import migrate  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ws-client") / "db.sqlite3"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "coremq_project.settings", "COREMQ_DATABASE": str(path)}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    migrate(env)
     return path
 
 

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from coremq_client import MessageQueue
 from redis_servers import RedisServer, free_port
-from servers import ROOT, ServerProcess
+from servers import ROOT, ServerProcess, migrate
 
 pytestmark = pytest.mark.timeout(180)
 HERE = Path(__file__).resolve().parent
@@ -55,8 +54,7 @@ def web_nodes(tmp_path: Path) -> Iterator[tuple[str, WebNode, WebNode]]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "failover_settings", "COREMQ_DATABASE": str(tmp_path / "db.sqlite3"),
            "COREMQ_TEST_TRUSTED_ORIGIN": origin, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=120)
+    migrate(env)
     redis = RedisServer()
     nodes: list[WebNode] = []
     try:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from servers import ROOT, ServerProcess
+from servers import ServerProcess, migrate
 
 __all__ = ["started_servers"]
 
@@ -31,7 +30,7 @@ def started_servers(directory: Path) -> Iterator[tuple[int, int]]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "coremq_project.settings", "PYTHONUNBUFFERED": "1",
            "COREMQ_DATABASE": str(directory / "db.sqlite3"),
            "COREMQ_DURABLE_PATH": str(directory / "history.sqlite3")}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    migrate(env)
     tcp, web = _free_port(), _free_port()
     server = ServerProcess([sys.executable, "manage.py", "run_coremq", "--port", str(tcp), "--web-port", str(web),
                             "--memcached-port", "0"], env)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -18,7 +16,8 @@ from coremq_broker.core.broker import Broker
 from coremq_broker.core.config import BrokerConfig
 from coremq_broker.transports.tcp import TcpConnection
 from coremq_broker.transports.websocket.links import close_bridges
-from webservers import CHROMIUM, CHROMIUM_ARGS, ROOT, Servers
+from webservers import CHROMIUM, CHROMIUM_ARGS, Servers
+from servers import migrate
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 
@@ -111,7 +110,7 @@ def e2e_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite database for the servers of the browser tests."""
     database = tmp_path_factory.mktemp("e2e") / "db.sqlite3"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "coremq_project.settings", "COREMQ_DATABASE": str(database)}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    migrate(env)
     return database
 
 
