@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from channels.db import database_sync_to_async
 
 from django.contrib.auth import get_user_model
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from .. import conf
@@ -83,12 +83,15 @@ def load_policy() -> SitePolicy:
     invalid = Q(revoked__isnull=False) | Q(expires__lte=timezone.now())
     app_label, codename = RELAY_PERMISSION.split(".")
     relay = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    # Read before the active users: one made in between is then newer, not taken for a removed one.
+    newest_user = get_user_model().objects.aggregate(newest=Max("pk"))["newest"] or 0
     active = get_user_model().objects.filter(is_active=True)
     return SitePolicy(
         rules=rules_from(rows),
         default=conf.get_web_setting("DEFAULT_POLICY"),
         revoked_tokens=frozenset(ApiToken.objects.filter(invalid).values_list("pk", flat=True)),
         active_users=frozenset(active.values_list("pk", flat=True)),
+        newest_user=newest_user,
         relays=frozenset(active.filter(Q(user_permissions__in=relay) | Q(groups__permissions__in=relay))
                          .values_list("pk", flat=True)),
     )

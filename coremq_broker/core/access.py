@@ -147,6 +147,9 @@ class RulePolicy(AccessPolicy):
     default: str = "open"
     revoked_tokens: frozenset[int] = field(default_factory=frozenset)
     active_users: frozenset[int] | None = None  # None: not checked
+    #: The highest user id when the snapshot was read (None: every id was known): a user made
+    #: since then is not in ``active_users`` yet, and is not taken for a removed one.
+    newest_user: int | None = None
     # Globs are matched once per queue name and snapshot, not once per publish.
     _matching: dict[str, tuple[Rule, ...]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -184,8 +187,9 @@ class RulePolicy(AccessPolicy):
     def is_revoked(self, principal: Principal) -> bool:
         if principal.token_id is not None and principal.token_id in self.revoked_tokens:
             return True
-        return (self.active_users is not None and principal.user_id is not None
-                and principal.user_id not in self.active_users)
+        user = principal.user_id
+        return (self.active_users is not None and user is not None and user not in self.active_users
+                and (self.newest_user is None or user <= self.newest_user))
 
 
 def peer_address(host: str) -> str:

@@ -98,6 +98,22 @@ def test_policy_snapshot_from_the_tables(world, settings) -> None:
     assert load_policy().revoked_tokens == {expired, revoked, soon.pk}
 
 
+def test_a_user_made_after_the_snapshot_is_not_taken_for_a_removed_one(world) -> None:
+    """Until the next poll a new user is not in the snapshot's active users: it may log in; a deleted one may not."""
+    policy = load_policy()
+    newcomer = User.objects.create_user("newcomer", password="newcomer-pw-1")
+    assert not policy.is_revoked(Principal(username="newcomer", user_id=newcomer.pk))
+    gone = User.objects.get(username="relay")
+    gone_id = gone.pk
+    gone.delete()
+    assert policy.is_revoked(Principal(username="relay", user_id=gone_id)) is False  # this snapshot still had it
+    assert load_policy().is_revoked(Principal(username="relay", user_id=gone_id))
+    inactive = User.objects.get(pk=newcomer.pk)
+    inactive.is_active = False
+    inactive.save()
+    assert load_policy().is_revoked(Principal(username="newcomer", user_id=newcomer.pk))
+
+
 def test_relays_and_the_in_process_bridge_pass_every_rule(world) -> None:
     """The relay user and the in-process bridge may do anything on queues; others still follow the rules."""
     policy = load_policy()
